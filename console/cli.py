@@ -1,0 +1,116 @@
+"""The `redline` command. With no arguments it opens the console; subcommands work headless."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from console.errors import RedlineError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as UsageError (exit 2, no traceback)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _engine():
+    from console.sandbox.docker_engine import DockerEngine
+
+    return DockerEngine().connect()
+
+
+def cmd_doctor(args) -> int:
+    from console.doctor import run_doctor
+
+    return run_doctor(verbose=not args.json, as_json=args.json)
+
+
+def cmd_kill(args) -> int:
+    from console.sandbox.killswitch import KillSwitch
+
+    if not args.all and not args.session:
+        raise UsageError("kill: say what to kill: --all, or --session ID")
+    switch = KillSwitch()
+    report = switch.kill_all() if args.all else switch.kill_session(args.session)
+    for c in report.containers:
+        state = f"dead after {c.confirmed_ms:.0f} ms" if c.confirmed_ms is not None else f"NOT CONFIRMED: {c.error}"
+        print(f"  {c.name}: {state}{' (escalated to host pids)' if c.escalated else ''}")
+    print(f"killed {report.count} Redline container(s) in {report.total_ms:.0f} ms")
+    return 0 if report.all_confirmed else 1
+
+
+def cmd_images(args) -> int:
+    from console.sandbox.images import IMAGES, ImageBuilder
+
+    if args.action == "list":
+        engine = _engine()
+        for info in IMAGES.values():
+            if info.buildable_here:
+                have = "present" if engine.image_exists(info.ref()) else "missing"
+            else:
+                have = "present" if engine.image_exists(info.ref()) else "not buildable here"
+            print(f"{info.name:14} {info.ref():32} {have:18} {info.description}")
+        return 0
+    names = args.names or [n for n, i in IMAGES.items() if i.buildable_here]
+    unknown = [n for n in names if n not in IMAGES]
+    if unknown:
+        raise UsageError(f"images build: unknown image(s) {', '.join(unknown)}; known: {', '.join(IMAGES)}")
+    builder = ImageBuilder(_engine(), progress=lambda line: print(line, flush=True))
+    status = 0
+    for name in names:
+        info = IMAGES[name]
+        if not info.buildable_here:
+            print(f"{name}: not built here: {info.why_not}")
+            if args.names:
+                status = 1
+            continue
+        print(f"{name}: ready as {builder.ensure(name)}", flush=True)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="redline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("doctor", help="check the engine, images, GPUs and containment")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("kill", help="SIGKILL Redline sandboxes from any terminal")
+    p.add_argument("--all", action="store_true", help="every Redline container on this engine")
+    p.add_argument("--session", help="only the containers of this console session")
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("images", help="list or build sandbox images")
+    p.add_argument("action", choices=["list", "build"])
+    p.add_argument("names", nargs="*", help="image names (default: every image buildable here)")
+    p.set_defaults(func=cmd_images)
+
+    from console import commands  # trials, models, scenarios, run, report
+
+    commands.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            from console.ui.app import run_console
+
+            return run_console()
+        return args.func(args)
+    except RedlineError as exc:
+        print(f"redline: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("redline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""`redline doctor`: a checklist of what a trial needs; exit 0 only if every required check holds."""
+
+from __future__ import annotations
+
+import json
+
+from console.errors import RedlineError
+
+
+def gpu_summary() -> tuple[bool, str]:
+    """(has GPUs, text); no NVIDIA driver is a normal answer, not a failure."""
+    from console.telemetry.gpu import probe_gpus
+
+    status, gpus = probe_gpus()
+    if not status.available:
+        return False, status.message
+    return bool(gpus), ", ".join(f"GPU {g.index}: {g.name}" for g in gpus) or "no GPUs"
+
+
+def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
+    from console.sandbox.docker_engine import DockerEngine
+    from console.sandbox.images import IMAGES
+    from console.sandbox.selftest import containment_checks
+
+    rows: list[tuple[str, bool, bool, str]] = []  # name, ok, required, detail
+    engine = DockerEngine()
+    try:
+        engine.connect()
+        info = engine.info()
+        rows.append(("Docker engine", True, True,
+                     f"{info.get('ServerVersion')} ({info.get('Driver')}, cgroup v{info.get('CgroupVersion', '?')})"))
+    except RedlineError as exc:
+        rows.append(("Docker engine", False, True, str(exc)))
+        engine = None
+    if engine is not None:
+        for info in IMAGES.values():
+            present = engine.image_exists(info.ref())
+            detail = info.ref() + ("" if present else
+                                   (f" missing: `redline images build {info.name}`" if info.buildable_here
+                                    else " not built (GPU hosts only)"))
+            rows.append((f"image {info.name}", present, info.buildable_here, detail))
+        runtimes = engine.info().get("Runtimes") or {}
+        rows.append(("NVIDIA container runtime", "nvidia" in runtimes, False,
+                     "present" if "nvidia" in runtimes else "absent: GPU trials unavailable"))
+    has_gpu, gpu_text = gpu_summary()
+    rows.append(("GPUs (NVML)", has_gpu, False, gpu_text))
+    if engine is not None and engine.image_exists(IMAGES["base"].ref()):
+        try:
+            for check in containment_checks(engine, IMAGES["base"].ref()):
+                rows.append((f"containment: {check.name}", check.ok, True, check.detail))
+        except RedlineError as exc:
+            rows.append(("containment self-test", False, True, str(exc)))
+    else:
+        rows.append(("containment self-test", False, True, "needs the engine and the base image"))
+    healthy = all(ok for _, ok, required, _ in rows if required)
+    if as_json:
+        print(json.dumps({"ok": healthy, "checks": [
+            {"name": n, "ok": ok, "required": r, "detail": d} for n, ok, r, d in rows]}))
+    elif verbose:
+        for name, ok, required, detail in rows:
+            mark = "[ok]" if ok else ("[FAIL]" if required else "[--]")
+            print(f"{mark:7}{name:44}{detail}")
+        print("all required checks hold" if healthy else "some required checks FAILED")
+    return 0 if healthy else 1

@@ -1,0 +1,317 @@
+"""Docker as the sandbox implementation.
+
+One shared API client serves short calls; every long-lived stream (exec output, logs) gets a client
+of its own so that closing it from another thread never disturbs anyone else.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import docker
+import docker.errors
+from docker.utils.socket import frames_iter
+
+from console.sandbox.base import (
+    ExecStream,
+    FileChange,
+    KillReport,
+    ProcessRow,
+    Sandbox,
+    Stream,
+)
+from console.sandbox.errors import (
+    EngineUnavailable,
+    GpuRuntimeMissing,
+    ImageMissing,
+    InvalidSpec,
+    SandboxError,
+)
+from console.sandbox.spec import LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
+
+_STREAM_NAMES = {1: "stdout", 2: "stderr"}
+_DIFF_KINDS = {0: "changed", 1: "added", 2: "deleted"}
+
+
+def _shutdown(sock) -> None:
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class DockerExecStream(ExecStream):
+    """Output of one `docker exec`, demultiplexed; close() from any thread stops reading."""
+
+    def __init__(self, engine: "DockerEngine", api: docker.APIClient, exec_id: str, sock):
+        self._engine, self._api, self.exec_id, self._sock = engine, api, exec_id, sock
+        self._closed = threading.Event()
+
+    def __iter__(self):
+        try:
+            for stream_id, data in frames_iter(self._sock, tty=False):
+                if self._closed.is_set():
+                    return
+                yield _STREAM_NAMES.get(stream_id, "stdout"), data
+        except (OSError, ValueError):
+            if not self._closed.is_set():
+                raise
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            _shutdown(self._sock)
+            self._api.close()
+
+    def exit_code(self) -> int | None:
+        info = self._engine.api.exec_inspect(self.exec_id)
+        return None if info.get("Running") else info.get("ExitCode")
+
+    def pid(self) -> int | None:
+        """Host pid of the exec'd process (0/None once it ended)."""
+        return self._engine.api.exec_inspect(self.exec_id).get("Pid") or None
+
+
+class DockerLogStream(Stream):
+    def __init__(self, api: docker.APIClient, stream):
+        self._api, self._stream = api, stream
+
+    def __iter__(self):
+        for data in self._stream:
+            yield "log", data
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._api.close()
+
+
+class DockerSandbox(Sandbox):
+    def __init__(self, engine: "DockerEngine", container_id: str, name: str, labels: dict):
+        self.engine, self.id, self.name, self.labels = engine, container_id, name, labels
+
+    @property
+    def trial_id(self) -> str:
+        return self.labels.get(LABEL_TRIAL, "")
+
+    @property
+    def session_id(self) -> str:
+        return self.labels.get(LABEL_SESSION, "")
+
+    def _exec_create(self, api, cmd, user, env, workdir):
+        return api.exec_create(
+            self.id, cmd, stdout=True, stderr=True, user=user or "", environment=env,
+            workdir=workdir,
+        )["Id"]
+
+    def stream_exec(self, cmd, user=None, env=None, workdir=None) -> DockerExecStream:
+        api = self.engine.new_api()
+        try:
+            exec_id = self._exec_create(api, cmd, user, env, workdir)
+            sock = api.exec_start(exec_id, socket=True)
+        except docker.errors.APIError as exc:
+            api.close()
+            raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
+        return DockerExecStream(self.engine, api, exec_id, sock)
+
+    def exec_detached(self, cmd, user=None, env=None, workdir=None) -> None:
+        api = self.engine.api
+        exec_id = self._exec_create(api, cmd, user, env, workdir)
+        api.exec_start(exec_id, detach=True)
+
+    def logs(self) -> DockerLogStream:
+        api = self.engine.new_api()
+        stream = api.logs(self.id, stream=True, follow=True, stdout=True, stderr=True)
+        return DockerLogStream(api, stream)
+
+    def top(self) -> list[ProcessRow]:
+        """Process table from the engine (host pids), with start times from elapsed seconds."""
+        now = time.time()
+        try:
+            table = self.engine.api.top(self.id, ps_args="-o pid,ppid,uid,etimes,args")
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"top of {self.name} failed: {exc.explanation or exc}") from None
+        rows = []
+        for pid, ppid, uid, elapsed, cmd in table.get("Processes") or []:
+            started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - int(elapsed)))
+            rows.append(ProcessRow(int(pid), int(ppid), uid, started, cmd))
+        return rows
+
+    def diff(self) -> list[FileChange]:
+        changes = self.engine.api.diff(self.id) or []
+        return [FileChange(c["Path"], _DIFF_KINDS.get(c["Kind"], "changed")) for c in changes]
+
+    def stats(self) -> dict:
+        return self.engine.api.stats(self.id, stream=False, one_shot=True)
+
+    def pause(self) -> None:
+        self.engine.api.pause(self.id)
+
+    def unpause(self) -> None:
+        self.engine.api.unpause(self.id)
+
+    def status(self) -> str:
+        try:
+            return self.engine.api.inspect_container(self.id)["State"]["Status"]
+        except docker.errors.NotFound:
+            return "removed"
+
+    def host_pid(self) -> int | None:
+        return self.engine.api.inspect_container(self.id)["State"].get("Pid") or None
+
+    def kill(self) -> KillReport:
+        from console.sandbox.killswitch import KillSwitch
+
+        return KillSwitch(self.engine.base_url).kill_ids([self.id])
+
+    def remove(self) -> None:
+        try:
+            self.engine.api.remove_container(self.id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        self.engine.remove_volumes({LABEL_TRIAL: self.trial_id})
+
+
+class DockerEngine:
+    """Connection to a Docker engine; creates and finds Redline sandboxes."""
+
+    def __init__(self, base_url: str | None = None, timeout: int = 60):
+        self.base_url, self.timeout = base_url, timeout
+        self._client: docker.DockerClient | None = None
+
+    def connect(self) -> "DockerEngine":
+        try:
+            self._client = self.new_client()
+            self._client.api.ping()
+        except docker.errors.DockerException as exc:
+            self._client = None
+            raise EngineUnavailable(str(exc).split("(")[0].strip() or type(exc).__name__) from None
+        return self
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self.connect()
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    def new_client(self) -> docker.DockerClient:
+        try:
+            if self.base_url:
+                return docker.DockerClient(base_url=self.base_url, version="auto", timeout=self.timeout)
+            return docker.from_env(version="auto", timeout=self.timeout)
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(str(exc).split("(")[0].strip()) from None
+
+    def new_api(self) -> docker.APIClient:
+        """A client of its own, for a long-lived stream or a path that must not queue."""
+        return self.new_client().api
+
+    def info(self) -> dict:
+        return self.api.info()
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            self.api.inspect_image(ref)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def create(self, spec: ContainmentSpec, start: bool = True, gpu_count: int | None = None,
+               logical_image: str | None = None) -> DockerSandbox:
+        """Create (and start) a sandbox; every engine refusal becomes a clear SandboxError."""
+        spec.validate(gpu_count=gpu_count)
+        if not self.image_exists(spec.image):
+            raise ImageMissing(spec.image, logical_image)
+        kwargs = spec.docker_kwargs()
+        if spec.scratch_volume:
+            self.api.create_volume(spec.scratch_volume, labels=spec.labels)
+        name = f"redline-{spec.trial_id}"
+        try:
+            container = self.client.containers.create(name=name, **kwargs)
+            if start:
+                container.start()
+        except docker.errors.APIError as exc:
+            self._cleanup_failed(name)
+            raise self._explain(exc, spec) from None
+        return DockerSandbox(self, container.id, name, spec.labels)
+
+    def _cleanup_failed(self, name: str) -> None:
+        try:
+            self.api.remove_container(name, force=True, v=True)
+        except docker.errors.APIError:
+            pass
+
+    @staticmethod
+    def _explain(exc: docker.errors.APIError, spec: ContainmentSpec) -> SandboxError:
+        text = str(exc.explanation or exc)
+        if "could not select device driver" in text or "nvidia" in text.lower():
+            return GpuRuntimeMissing(text)
+        if "Minimum memory limit" in text or "invalid" in text.lower() and "limit" in text.lower():
+            return InvalidSpec(f"the engine rejected a limit: {text}")
+        if "No such image" in text:
+            return ImageMissing(spec.image)
+        return SandboxError(f"could not create the sandbox: {text}")
+
+    def sandboxes(self, session_id: str | None = None, trial_id: str | None = None) -> list[DockerSandbox]:
+        """Every Redline container (running, paused or stopped), optionally of one session."""
+        label = [LABEL_SESSION if session_id is None else f"{LABEL_SESSION}={session_id}"]
+        if trial_id:
+            label.append(f"{LABEL_TRIAL}={trial_id}")
+        found = self.api.containers(all=True, filters={"label": label})
+        return [
+            DockerSandbox(self, c["Id"], c["Names"][0].lstrip("/"), c.get("Labels") or {})
+            for c in found
+        ]
+
+    def remove_volumes(self, labels: dict[str, str]) -> int:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        removed = 0
+        for volume in self.api.volumes(filters=filters).get("Volumes") or []:
+            try:
+                self.api.remove_volume(volume["Name"], force=True)
+                removed += 1
+            except docker.errors.APIError:
+                pass
+        return removed
+
+    def gc(self, alive_sessions: set[str] | frozenset = frozenset(), now: float | None = None) -> int:
+        """Kill and remove leftovers: sandboxes of sessions not alive, or past their deadline."""
+        now = time.time() if now is None else now
+        doomed = []
+        for box in self.sandboxes():
+            deadline = float(box.labels.get(LABEL_DEADLINE) or 0)
+            if box.session_id not in alive_sessions or (deadline and deadline < now):
+                doomed.append(box)
+        for box in doomed:
+            box.remove()
+        volumes = self.api.volumes(filters={"label": [LABEL_SESSION]}).get("Volumes") or []
+        for volume in volumes:
+            if (volume.get("Labels") or {}).get(LABEL_SESSION) not in alive_sessions:
+                try:
+                    self.api.remove_volume(volume["Name"], force=True)
+                except docker.errors.APIError:
+                    pass
+        return len(doomed)

@@ -1,0 +1,35 @@
+"""Sandbox failures, each with a message that says what to do about it."""
+
+from console.errors import RedlineError, UsageError
+
+
+class SandboxError(RedlineError):
+    """Something the engine refused or could not do."""
+
+
+class EngineUnavailable(SandboxError):
+    def __init__(self, detail: str):
+        super().__init__(
+            f"Docker engine not reachable ({detail}). Start it (as root: "
+            "`dockerd --bridge=none --iptables=false &`, or `python3 -m console.bootstrap run` "
+            "which installs and starts it) or set DOCKER_HOST."
+        )
+
+
+class ImageMissing(SandboxError):
+    def __init__(self, image: str, logical: str | None = None):
+        how = f"`redline images build {logical}`" if logical else "`redline images build`"
+        super().__init__(f"Sandbox image {image!r} is not on this engine. Build it with {how}.")
+
+
+class GpuRuntimeMissing(SandboxError):
+    def __init__(self, detail: str):
+        super().__init__(
+            "This Docker engine cannot give containers GPUs: the NVIDIA container runtime is "
+            "missing. Install the NVIDIA Container Toolkit and restart dockerd, or run without "
+            f"GPUs. (engine said: {detail})"
+        )
+
+
+class InvalidSpec(UsageError, SandboxError):
+    """A containment setting out of range (limits, GPU ids)."""

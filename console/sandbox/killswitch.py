@@ -1,0 +1,125 @@
+"""The emergency stop: SIGKILL every sandbox of a session (or all), confirm, escalate.
+
+It opens its own engine connections for every call, so a UI thread or a client busy with a stream
+can never hold it up. Each container is killed on its own thread; if the engine has not confirmed
+death within ESCALATE_AFTER_S, the container's host pids are SIGKILLed directly (needs root on the
+engine's host) and death is confirmed again.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+import docker.errors
+
+from console.sandbox.base import ContainerKill, KillReport
+from console.sandbox.docker_engine import DockerEngine
+from console.sandbox.errors import EngineUnavailable
+from console.sandbox.spec import LABEL_SESSION
+
+ESCALATE_AFTER_S = 2.0
+CONFIRM_POLL_S = 0.01
+
+
+def _host_pids(container_id: str) -> list[int]:
+    """Host pids in the container's cgroup (cgroup v1 and v2 layouts)."""
+    patterns = [
+        f"/sys/fs/cgroup/*/docker/{container_id}*/cgroup.procs",
+        f"/sys/fs/cgroup/docker/{container_id}*/cgroup.procs",
+        f"/sys/fs/cgroup/system.slice/docker-{container_id}*.scope/cgroup.procs",
+    ]
+    pids: set[int] = set()
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            try:
+                with open(path) as fh:
+                    pids.update(int(line) for line in fh if line.strip())
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+class KillSwitch:
+    def __init__(self, base_url: str | None = None):
+        self.base_url = base_url
+
+    def _api(self) -> docker.APIClient:
+        """A fresh connection per call: never queue behind a busy client."""
+        return DockerEngine(self.base_url, timeout=10).new_api()
+
+    def _list(self, label: str) -> list[dict]:
+        api = self._api()
+        try:
+            return api.containers(filters={"label": [label]})  # running and paused
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(str(exc).split("(")[0].strip()) from None
+        finally:
+            api.close()
+
+    def kill_all(self) -> KillReport:
+        return self._kill(self._list(LABEL_SESSION))
+
+    def kill_session(self, session_id: str) -> KillReport:
+        return self._kill(self._list(f"{LABEL_SESSION}={session_id}"))
+
+    def kill_ids(self, container_ids: list[str]) -> KillReport:
+        return self._kill([{"Id": cid, "Names": [cid[:12]]} for cid in container_ids])
+
+    def _kill(self, containers: list[dict]) -> KillReport:
+        started = time.monotonic()
+        report = KillReport()
+        if containers:
+            with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+                report.containers = list(pool.map(lambda c: self._kill_one(c, started), containers))
+        report.total_ms = (time.monotonic() - started) * 1000
+        return report
+
+    def _kill_one(self, container: dict, started: float) -> ContainerKill:
+        cid = container["Id"]
+        result = ContainerKill(cid, container["Names"][0].lstrip("/"))
+        api = self._api()
+        try:
+            try:
+                api.kill(cid)
+            except docker.errors.NotFound:
+                result.signal_ms = result.confirmed_ms = (time.monotonic() - started) * 1000
+                return result
+            except docker.errors.APIError as exc:
+                if "is not running" not in str(exc):
+                    result.error = str(exc.explanation or exc)
+            result.signal_ms = (time.monotonic() - started) * 1000
+            if self._wait_dead(api, cid, ESCALATE_AFTER_S):
+                result.confirmed_ms = (time.monotonic() - started) * 1000
+                return result
+            result.escalated = True
+            for pid in _host_pids(cid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if self._wait_dead(api, cid, ESCALATE_AFTER_S):
+                result.confirmed_ms = (time.monotonic() - started) * 1000
+            else:
+                result.error = "still running after SIGKILL and host-pid escalation"
+            return result
+        finally:
+            api.close()
+
+    @staticmethod
+    def _wait_dead(api: docker.APIClient, cid: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                state = api.inspect_container(cid)["State"]
+            except docker.errors.NotFound:
+                return True
+            if not state.get("Running"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(CONFIRM_POLL_S)

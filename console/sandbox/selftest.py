@@ -1,0 +1,72 @@
+"""Containment self-test: start a fresh sandbox and check from inside and outside what it can do.
+
+Used by `redline doctor`, the launch panel's checklist and the tests. Each check is a named
+(ok, detail) pair so a person sees exactly which guarantee holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from console.sandbox.spec import ContainmentSpec
+
+# Runs as the agent user inside the sandbox; prints one JSON object.
+_INSIDE_PROBE = r"""
+import json, os, glob
+def read(path):
+    try:
+        return open(path).read().strip()
+    except OSError:
+        return None
+status = dict(l.split(":\t", 1) for l in read("/proc/self/status").splitlines() if ":\t" in l)
+pids_max = read("/sys/fs/cgroup/pids/pids.max") or read("/sys/fs/cgroup/pids.max")
+print(json.dumps({
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "cap_eff": status.get("CapEff", "").strip(),
+    "no_new_privs": status.get("NoNewPrivs", "").strip(),
+    "uid": os.getuid(),
+    "pids_max": pids_max,
+    "docker_socket": any(os.path.exists(p) for p in ("/var/run/docker.sock", "/run/docker.sock")),
+    "can_write_opt": os.access("/opt", os.W_OK),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def containment_checks(engine, image: str, session_id: str | None = None) -> list[Check]:
+    """Start a sandbox from `image`, probe it, remove it; return the checks."""
+    trial = f"selftest-{uuid.uuid4().hex[:8]}"
+    spec = ContainmentSpec(image=image, session_id=session_id or trial, trial_id=trial,
+                           deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m")
+    box = engine.create(spec)
+    try:
+        result = box.exec(["python3", "-I", "-c", _INSIDE_PROBE])
+        if result.exit_code != 0:
+            return [Check("probe ran", False, result.stderr.strip()[-300:])]
+        inside = json.loads(result.stdout)
+        host = engine.api.inspect_container(box.id)["HostConfig"]
+    finally:
+        box.remove()
+    others = [i for i in inside["interfaces"] if i != "lo"]
+    return [
+        Check("network: only loopback", not others and host.get("NetworkMode") == "none",
+              f"interfaces {inside['interfaces']}, NetworkMode={host.get('NetworkMode')}"),
+        Check("capabilities: none", int(inside["cap_eff"] or "0", 16) == 0 and host.get("CapDrop") == ["ALL"],
+              f"CapEff={inside['cap_eff']}, CapDrop={host.get('CapDrop')}"),
+        Check("no-new-privileges", inside["no_new_privs"] == "1", f"NoNewPrivs={inside['no_new_privs']}"),
+        Check("not root", inside["uid"] != 0, f"uid={inside['uid']}"),
+        Check("not privileged", host.get("Privileged") is False, f"Privileged={host.get('Privileged')}"),
+        Check("pids limit in force", inside["pids_max"] == "64", f"pids.max={inside['pids_max']}"),
+        Check("memory limit in force", host.get("Memory") == 256 * 1024**2, f"Memory={host.get('Memory')}"),
+        Check("no Docker socket", not inside["docker_socket"], "socket absent" if not inside["docker_socket"] else "socket visible"),
+        Check("agent code not writable", not inside["can_write_opt"], "/opt read-only for the agent"),
+    ]

@@ -1,0 +1,127 @@
+"""The containment spec: what a sandbox may do, with defaults no caller can loosen.
+
+Network, capabilities, privilege escalation, init and the Docker socket are not fields at all:
+they are fixed in `docker_kwargs()`. Only limits (which may only be set within sane ranges),
+mounts of model weights (always read-only) and GPU ids are configurable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from console.sandbox.errors import InvalidSpec
+
+LABEL_TRIAL = "redline.trial"
+LABEL_SESSION = "redline.session"
+LABEL_DEADLINE = "redline.deadline"
+LABEL_ROLE = "redline.role"
+
+AGENT_USER = "1000:1000"
+_MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
+_FORBIDDEN_MOUNTS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+def parse_memory(value: str | int) -> int:
+    """'512m' / '2g' / bytes -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = _MEMORY.match(str(value).strip())
+    if not match:
+        raise InvalidSpec(f"memory limit {value!r}: expected a size like '512m' or '2g'")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+@dataclass(frozen=True)
+class ContainmentSpec:
+    image: str
+    session_id: str
+    trial_id: str
+    deadline_unix: float
+    user: str = AGENT_USER
+    pids_limit: int = 256
+    mem_limit: str | int = "1g"
+    cpus: float = 1.0
+    gpus: tuple[int, ...] = ()
+    model_mounts: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    scratch_volume: str | None = None  # named volume mounted at /home/agent
+    command: tuple[str, ...] = ("sleep", "infinity")
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, gpu_count: int | None = None) -> None:
+        """Reject limits a sandbox cannot honour; raise InvalidSpec naming the field."""
+        if not self.image:
+            raise InvalidSpec("image: expected an image name")
+        if not (16 <= self.pids_limit <= 65536):
+            raise InvalidSpec(f"pids_limit {self.pids_limit}: expected 16..65536")
+        memory = parse_memory(self.mem_limit)
+        if memory < 64 * 1024**2:
+            raise InvalidSpec(f"mem_limit {self.mem_limit!r}: expected at least 64m")
+        if not (0.1 <= self.cpus <= 256):
+            raise InvalidSpec(f"cpus {self.cpus}: expected 0.1..256")
+        if self.user.split(":")[0] in ("0", "root"):
+            raise InvalidSpec("user: the agent never runs as root")
+        for gpu in self.gpus:
+            if not isinstance(gpu, int) or gpu < 0:
+                raise InvalidSpec(f"gpus: {gpu!r} is not a GPU index")
+            if gpu_count is not None and gpu >= gpu_count:
+                have = f"0..{gpu_count - 1}" if gpu_count else "none"
+                raise InvalidSpec(f"gpus: GPU {gpu} does not exist (this machine has {have})")
+        for host, inside in self.model_mounts.items():
+            if any(s in (host, inside) for s in _FORBIDDEN_MOUNTS):
+                raise InvalidSpec("model_mounts: the Docker socket is never mounted into a sandbox")
+            if not inside.startswith("/models/"):
+                raise InvalidSpec(f"model_mounts: {inside!r}: model weights mount under /models/")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = dict(self.extra_labels)
+        labels.update(
+            {
+                LABEL_TRIAL: self.trial_id,
+                LABEL_SESSION: self.session_id,
+                LABEL_DEADLINE: str(int(self.deadline_unix)),
+            }
+        )
+        return labels
+
+    def docker_kwargs(self) -> dict:
+        """Keyword arguments for docker-py's containers.create(); containment fixed here."""
+        import docker.types
+
+        mounts = [
+            docker.types.Mount(target=inside, source=host, type="bind", read_only=True)
+            for host, inside in self.model_mounts.items()
+        ]
+        if self.scratch_volume:
+            mounts.append(
+                docker.types.Mount(target="/home/agent", source=self.scratch_volume, type="volume")
+            )
+        device_requests = []
+        if self.gpus:
+            device_requests.append(
+                docker.types.DeviceRequest(
+                    device_ids=[str(g) for g in self.gpus], capabilities=[["gpu"]]
+                )
+            )
+        memory = parse_memory(self.mem_limit)
+        return dict(
+            image=self.image,
+            command=list(self.command),
+            user=self.user,
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            pids_limit=self.pids_limit,
+            mem_limit=memory,
+            memswap_limit=memory,  # no swap: the OOM killer acts at the limit
+            nano_cpus=int(self.cpus * 1e9),
+            mounts=mounts,
+            device_requests=device_requests,
+            labels=self.labels,
+            working_dir="/home/agent",
+            environment={"HOME": "/home/agent"},
+            detach=True,
+        )

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Docker engine, the real base image, sandboxes removed after each test."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from console.sandbox.docker_engine import DockerEngine
+
+    engine = DockerEngine().connect()  # no engine is a failure, never a skip
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(engine):
+    from console.sandbox.images import image_ref
+
+    ref = image_ref("base")
+    assert engine.image_exists(ref), f"{ref} missing: run `redline images build base`"
+    return ref
+
+
+@pytest.fixture(scope="session")
+def cpu_image(engine):
+    from console.sandbox.images import image_ref
+
+    ref = image_ref("cpu")
+    assert engine.image_exists(ref), f"{ref} missing: run `redline images build cpu`"
+    return ref
+
+
+@pytest.fixture
+def session_id(engine):
+    """A session of this test; everything labelled with it is killed and removed afterwards."""
+    sid = f"test-{uuid.uuid4().hex[:10]}"
+    yield sid
+    for box in engine.sandboxes(session_id=sid):
+        box.remove()
+    engine.remove_volumes({"redline.session": sid})
+
+
+@pytest.fixture
+def make_sandbox(engine, base_image, session_id):
+    from console.sandbox.spec import ContainmentSpec
+
+    def make(image=None, **overrides):
+        trial = overrides.pop("trial_id", f"t{uuid.uuid4().hex[:10]}")
+        spec = ContainmentSpec(image=image or base_image, session_id=overrides.pop("session_id", session_id),
+                               trial_id=trial, deadline_unix=time.time() + 600, **overrides)
+        return engine.create(spec)
+
+    return make

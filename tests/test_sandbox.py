@@ -1,0 +1,204 @@
+"""The sandbox engine against a real Docker engine: containment, exec, streams, pause, kill, GC."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec
+from console.sandbox.killswitch import KillSwitch
+from console.sandbox.selftest import containment_checks
+from console.sandbox.spec import ContainmentSpec
+
+
+def test_containment_holds_inside_a_running_sandbox(engine, base_image):
+    checks = containment_checks(engine, base_image)
+    failed = [c for c in checks if not c.ok]
+    assert not failed, failed
+    assert {c.name for c in checks} >= {"network: only loopback", "capabilities: none", "not root",
+                                        "pids limit in force", "no Docker socket"}
+
+
+def test_fork_bomb_is_stopped_by_the_pids_limit(make_sandbox):
+    box = make_sandbox(pids_limit=40)
+    bomb = (
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while n < 500:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print('stopped', n, e.errno)\n"
+    )
+    result = box.exec(["python3", "-c", bomb])
+    assert result.stdout.startswith("stopped"), result
+    forked = int(result.stdout.split()[1])
+    assert forked < 40
+    # The sandbox still answers once the bomb is cleared.
+    box.exec(["pkill", "-f", "python3 -c"])
+    assert box.exec(["echo", "alive"]).stdout.strip() == "alive"
+
+
+def test_memory_hog_is_oom_killed_and_the_sandbox_survives(make_sandbox):
+    box = make_sandbox(mem_limit="128m")
+    hog = "b = []\nwhile True:\n    b.append(bytearray(16 * 1024 * 1024))\n"
+    result = box.exec(["python3", "-c", hog])
+    assert result.exit_code == 137  # SIGKILL from the OOM killer
+    assert box.status() == "running"
+    assert box.exec(["echo", "alive"]).stdout.strip() == "alive"
+
+
+def test_exec_reports_the_real_exit_code_and_separates_streams(make_sandbox):
+    box = make_sandbox()
+    result = box.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_exec_streams_output_while_the_command_runs(make_sandbox):
+    box = make_sandbox()
+    arrivals = []
+    result = box.exec(["sh", "-c", "echo first; sleep 1.5; echo second"],
+                      on_output=lambda name, data: arrivals.append((time.monotonic(), data)))
+    ended = time.monotonic()
+    assert b"".join(d for _, d in arrivals) == b"first\nsecond\n"
+    assert ended - arrivals[0][0] >= 1.0  # the first line came before the command finished
+    assert result.exit_code == 0
+
+
+def test_log_stream_can_be_cancelled_from_another_thread(make_sandbox):
+    box = make_sandbox(command=("sh", "-c", "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.02; done"))
+    stream = box.logs()
+    seen, finished = [], threading.Event()
+
+    def follow():
+        for _, data in stream:
+            seen.append(data)
+        finished.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while len(seen) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(seen) >= 5
+    stream.close()
+    assert finished.wait(5), "the follower did not stop after close()"
+    assert box.status() == "running"
+
+
+def _log_lines(box) -> int:
+    return len(box.engine.api.logs(box.id).splitlines())
+
+
+def test_pause_freezes_a_busy_process_and_unpause_resumes_it(make_sandbox):
+    box = make_sandbox(command=("sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done"))
+    time.sleep(0.5)
+    box.pause()
+    assert box.status() == "paused"
+    frozen = _log_lines(box)
+    time.sleep(1.0)
+    assert _log_lines(box) == frozen
+    box.unpause()
+    time.sleep(1.0)
+    assert _log_lines(box) > frozen
+    assert box.status() == "running"
+
+
+def test_kill_stops_a_sandbox_with_many_busy_processes(make_sandbox):
+    box = make_sandbox(command=("sh", "-c", "for i in $(seq 50); do (while :; do :; done) & done; wait"),
+                       cpus=0.5)
+    deadline = time.monotonic() + 20
+    while len(box.top()) < 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(box.top()) >= 50
+    report = box.kill()
+    assert report.count == 1 and report.all_confirmed, report
+    assert box.status() == "exited"
+
+
+def test_kill_switch_kills_every_container_of_a_session_and_only_those(engine, make_sandbox, session_id):
+    mine = [make_sandbox() for _ in range(3)]
+    other = make_sandbox(session_id=f"other-{uuid.uuid4().hex[:8]}")
+    try:
+        report = KillSwitch().kill_session(session_id)
+        assert report.count == 3 and report.all_confirmed
+        assert all(box.status() == "exited" for box in mine)
+        assert other.status() == "running"
+    finally:
+        other.remove()
+
+
+def test_gc_removes_leftovers_of_dead_sessions(engine, make_sandbox, session_id):
+    dead = f"dead-{uuid.uuid4().hex[:8]}"
+    leftovers = [make_sandbox(session_id=dead) for _ in range(2)]
+    alive = make_sandbox()
+    others_alive = {box.session_id for box in engine.sandboxes()} - {dead}
+    removed = engine.gc(alive_sessions=others_alive)
+    assert removed >= 2
+    assert all(box.status() == "removed" for box in leftovers)
+    assert alive.status() == "running"
+
+
+def test_gc_removes_sandboxes_past_their_deadline(engine, make_sandbox, session_id):
+    box = make_sandbox()
+    alive = {b.session_id for b in engine.sandboxes()}
+    assert engine.gc(alive_sessions=alive, now=time.time() + 3600) >= 1
+    assert box.status() == "removed"
+
+
+def test_gpu_request_without_nvidia_runtime_is_a_clear_error(engine, base_image, session_id):
+    spec = ContainmentSpec(image=base_image, session_id=session_id, trial_id=f"gpu{uuid.uuid4().hex[:8]}",
+                           deadline_unix=time.time() + 60, gpus=(0,))
+    with pytest.raises(GpuRuntimeMissing) as err:
+        engine.create(spec)
+    assert "NVIDIA" in str(err.value) and "could not select device driver" in str(err.value)
+    assert engine.sandboxes(session_id=session_id) == []
+
+
+def test_unknown_image_names_the_build_command(engine, session_id):
+    spec = ContainmentSpec(image="redline-nonexistent:0", session_id=session_id, trial_id="x1",
+                           deadline_unix=time.time() + 60)
+    with pytest.raises(ImageMissing, match="redline images build"):
+        engine.create(spec, logical_image="cpu")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pids_limit", 5, "pids_limit"),
+    ("mem_limit", "lots", "memory limit"),
+    ("mem_limit", "1m", "at least 64m"),
+    ("cpus", 0, "cpus"),
+    ("user", "0:0", "root"),
+    ("gpus", (3,), "GPU 3 does not exist"),
+    ("model_mounts", {"/var/run/docker.sock": "/models/x"}, "Docker socket"),
+    ("model_mounts", {"/tmp": "/opt/redline"}, "under /models/"),
+])
+def test_invalid_limits_are_named_errors(engine, base_image, session_id, field, value, message):
+    spec = ContainmentSpec(image=base_image, session_id=session_id, trial_id="bad",
+                           deadline_unix=time.time() + 60, **{field: value})
+    with pytest.raises(InvalidSpec, match=message):
+        engine.create(spec, gpu_count=2)
+
+
+def test_model_mount_is_read_only(make_sandbox, tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"w" * 10)
+    tmp_path.chmod(0o777)
+    box = make_sandbox(model_mounts={str(tmp_path): "/models/test"})
+    assert box.exec(["cat", "/models/test/weights.bin"]).stdout == "w" * 10
+    result = box.exec(["sh", "-c", "echo x > /models/test/weights.bin"])
+    assert result.exit_code != 0 and "Read-only" in result.stderr
+
+
+def test_top_and_diff_see_what_the_agent_did(make_sandbox):
+    box = make_sandbox()
+    box.exec(["sh", "-c", "mkdir -p /home/agent/replica && cp /bin/ls /home/agent/replica/"])
+    box.exec_detached(["sleep", "77"])
+    deadline = time.monotonic() + 5
+    while not any("sleep 77" in p.cmd for p in box.top()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("sleep 77" in p.cmd for p in box.top())
+    paths = {c.path for c in box.diff()}
+    assert "/home/agent/replica/ls" in paths
