@@ -37,7 +37,7 @@ def cmd_kill(args) -> int:
     report = switch.kill_all() if args.all else switch.kill_session(args.session)
     for c in report.containers:
         state = f"dead after {c.confirmed_ms:.0f} ms" if c.confirmed_ms is not None else f"NOT CONFIRMED: {c.error}"
-        print(f"  {c.name}: {state}{' (escalated to host pids)' if c.escalated else ''}")
+        print(f"  {c.name}: {state}{' (host pids killed directly)' if c.escalated else ''}")
     print(f"killed {report.count} Redline container(s) in {report.total_ms:.0f} ms")
     return 0 if report.all_confirmed else 1
 

@@ -40,7 +40,7 @@ class ContainerKill:
     name: str
     signal_ms: float = 0.0  # until the engine accepted SIGKILL
     confirmed_ms: float | None = None  # until the engine reported it not running
-    escalated: bool = False  # host pids were killed because the engine did not comply
+    escalated: bool = False  # host pids were SIGKILLed directly, not only through the engine
     error: str | None = None
 
 

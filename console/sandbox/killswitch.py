@@ -1,9 +1,11 @@
 """The emergency stop: SIGKILL every sandbox of a session (or all), confirm, escalate.
 
 It opens its own engine connections for every call, so a UI thread or a client busy with a stream
-can never hold it up. Each container is killed on its own thread; if the engine has not confirmed
-death within ESCALATE_AFTER_S, the container's host pids are SIGKILLed directly (needs root on the
-engine's host) and death is confirmed again.
+can never hold it up. Each container is killed on its own thread. Where we may (root on the engine's
+host) the container's host pids are SIGKILLed directly first, which takes effect at once even when
+the engine is slow (benchmarks/kill_latency.py: ~10x faster than `docker kill` under load); the
+engine's SIGKILL follows in any case. If the engine has not confirmed death within
+ESCALATE_AFTER_S, the host pids are killed again and death is confirmed once more.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class KillSwitch:
         result = ContainerKill(cid, container["Names"][0].lstrip("/"))
         api = self._api()
         try:
+            # Where we may (root on the engine's host), SIGKILL the processes first: it takes
+            # effect at once, whatever the engine is busy with; the engine's kill follows.
+            result.escalated = self._kill_host_pids(cid) > 0
             try:
                 api.kill(cid)
             except docker.errors.NotFound:
@@ -96,12 +101,7 @@ class KillSwitch:
             if self._wait_dead(api, cid, ESCALATE_AFTER_S):
                 result.confirmed_ms = (time.monotonic() - started) * 1000
                 return result
-            result.escalated = True
-            for pid in _host_pids(cid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            result.escalated = self._kill_host_pids(cid) > 0 or result.escalated
             if self._wait_dead(api, cid, ESCALATE_AFTER_S):
                 result.confirmed_ms = (time.monotonic() - started) * 1000
             else:
@@ -109,6 +109,17 @@ class KillSwitch:
             return result
         finally:
             api.close()
+
+    @staticmethod
+    def _kill_host_pids(cid: str) -> int:
+        killed = 0
+        for pid in _host_pids(cid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        return killed
 
     @staticmethod
     def _wait_dead(api: docker.APIClient, cid: str, timeout_s: float) -> bool:
