@@ -11,10 +11,10 @@ def gpu_summary() -> tuple[bool, str]:
     """(has GPUs, text); no NVIDIA driver is a normal answer, not a failure."""
     from console.telemetry.gpu import probe_gpus
 
-    status, gpus = probe_gpus()
-    if not status.available:
-        return False, status.message
-    return bool(gpus), ", ".join(f"GPU {g.index}: {g.name}" for g in gpus) or "no GPUs"
+    inventory = probe_gpus()
+    if not inventory.status.available:
+        return False, inventory.status.message
+    return True, ", ".join(f"GPU {i}: {name}" for i, name in enumerate(inventory.names))
 
 
 def run_doctor(verbose: bool = True, as_json: bool = False) -> int:

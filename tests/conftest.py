@@ -52,10 +52,15 @@ def session_id(engine):
 def make_sandbox(engine, base_image, session_id):
     from console.sandbox.spec import ContainmentSpec
 
+    made = []
+
     def make(image=None, **overrides):
         trial = overrides.pop("trial_id", f"t{uuid.uuid4().hex[:10]}")
         spec = ContainmentSpec(image=image or base_image, session_id=overrides.pop("session_id", session_id),
                                trial_id=trial, deadline_unix=time.time() + 600, **overrides)
-        return engine.create(spec)
+        made.append(engine.create(spec))
+        return made[-1]
 
-    return make
+    yield make
+    for box in made:
+        box.remove()

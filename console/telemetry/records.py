@@ -1,0 +1,33 @@
+"""Telemetry samples as JSON records, and rebuilding a history from them (replay).
+
+A trial's JSONL stores `sample.to_record()` for each sample; feeding the same records back
+through `replay_history` reproduces the history the live console had.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from console.telemetry import containers, gpu
+from console.telemetry.history import TieredHistory
+
+SAMPLE_TYPES = {
+    gpu.RECORD_TYPE: gpu.GpuSample,
+    containers.RECORD_TYPE: containers.ContainerStatsSample,
+}
+
+
+def sample_from_record(record: dict):
+    """The GpuSample or ContainerStatsSample a record was made from; None for other records."""
+    sample_type = SAMPLE_TYPES.get(record.get("type"))
+    return None if sample_type is None else sample_type.from_record(record)
+
+
+def replay_history(records: Iterable[dict], history: TieredHistory | None = None) -> TieredHistory:
+    """Feed every telemetry record (others are skipped) into `history` (default: a new one)."""
+    history = history if history is not None else TieredHistory()
+    for record in records:
+        sample = sample_from_record(record)
+        if sample is not None:
+            history.add(sample)
+    return history
