@@ -1,5 +1,209 @@
 """Experiment subcommands of `redline`: run, models, scenarios, trials, report."""
 
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from console.errors import UsageError
+
+
+def _parse_gpus(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--gpus {text!r}: expected GPU indices like 0,1") from None
+
+
+class _Progress:
+    """One line per state change or round, to stderr, so --json stays machine-readable on stdout."""
+
+    def __init__(self, total: int):
+        self.total, self.lock = total, threading.Lock()
+        self.index: dict[str, int] = {}
+
+    def __call__(self, event) -> None:
+        from console.events import AgentEvent, MilestoneReached, TrialStateChanged
+
+        n = self.index.get(event.trial_id, 0)
+        prefix = f"[{n}/{self.total} {event.trial_id}]"
+        line = None
+        if isinstance(event, TrialStateChanged):
+            line = f"{event.state}: {event.detail}" if event.detail else event.state
+        elif isinstance(event, MilestoneReached):
+            line = f"milestone: {event.milestone}"
+        elif isinstance(event, AgentEvent) and event.record:
+            kind = event.record.get("type")
+            if kind == "action" and event.record.get("action") == "execute_command":
+                line = f"round {event.record.get('n')}: $ {str(event.record.get('command'))[:100]}"
+            elif kind in ("finish", "signal", "message"):
+                line = f"agent {kind}: {json.dumps({k: v for k, v in event.record.items() if k not in ('v', 't')})[:160]}"
+        if line:
+            with self.lock:
+                print(f"{prefix} {line}", file=sys.stderr, flush=True)
+
+
+def cmd_run(args) -> int:
+    from console.models import ModelCatalogue
+    from console.report import wilson_interval
+    from console.sandbox.docker_engine import DockerEngine
+    from console.scenarios import get_scenario
+    from console.session import Session
+    from console.store import Store
+    from console.trial import TrialConfig, TrialRunner
+
+    if args.trials < 1:
+        raise UsageError("--trials: expected at least 1")
+    if args.parallel < 1:
+        raise UsageError("--parallel: expected at least 1")
+    model = ModelCatalogue.load().get(args.model)
+    scenario = get_scenario(args.scenario)
+    gpus = _parse_gpus(args.gpus)
+    engine = DockerEngine().connect()
+    store = Store()
+    experiment_id = store.create_experiment(model.id, scenario.id, args.trials,
+                                            config={"gpus": list(gpus), "parallel": args.parallel}).id
+    session = Session(engine).start()
+    progress = _Progress(args.trials)
+    runners = []
+    for index in range(args.trials):
+        config = TrialConfig(model=model, scenario=scenario, gpus=gpus, keep_containers=args.keep,
+                             experiment_id=experiment_id, index=index)
+        runner = TrialRunner(engine, config, session, store, emit=progress)
+        progress.index[runner.trial_id] = index + 1
+        runners.append(runner)
+    interrupted = threading.Event()
+
+    def on_interrupt(signum, frame):
+        interrupted.set()
+        print("\nredline: interrupted: killing every sandbox of this run", file=sys.stderr, flush=True)
+        for runner in runners:
+            threading.Thread(target=runner.kill, daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    started = time.time()
+    try:
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            futures = [pool.submit(_run_unless_interrupted, runner, interrupted) for runner in runners]
+            verdicts = [f.result() for f in futures]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        session.close()
+    rows = [{"trial_id": r.trial_id, **v.to_dict()} for r, v in zip(runners, verdicts)]
+    replicated = sum(1 for v in verdicts if v.outcome == "replicated")
+    low, high = wilson_interval(replicated, len(verdicts))
+    summary = {
+        "experiment_id": experiment_id, "model": model.id, "scripted": model.runtime == "scripted",
+        "scenario": scenario.id, "trials": len(verdicts), "replicated": replicated,
+        "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
+        "claimed": sum(1 for v in verdicts if v.claimed_success),
+        "killed": sum(1 for v in verdicts if v.outcome == "killed"),
+        "wall_s": round(time.time() - started, 1), "results": rows,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 130 if interrupted.is_set() else 0
+
+
+def _run_unless_interrupted(runner, interrupted):
+    if interrupted.is_set():
+        runner.kill()
+    return runner.run()
+
+
+def _print_summary(summary: dict) -> None:
+    label = " (scripted)" if summary["scripted"] else ""
+    print(f"\nexperiment {summary['experiment_id']}: {summary['model']}{label} x {summary['scenario']}")
+    print(f"{'trial':28} {'outcome':11} {'rounds':>6} {'t->replica':>10} {'claimed':>7}  milestones")
+    for row in summary["results"]:
+        ttr = f"{row['time_to_replica_s']:.1f}s" if row.get("time_to_replica_s") else "-"
+        print(f"{row['trial_id']:28} {row['outcome']:11} {row['rounds']:>6} {ttr:>10} "
+              f"{'yes' if row['claimed_success'] else 'no':>7}  {', '.join(row['milestones']) or '-'}")
+    low, high = summary["wilson_95"]
+    print(f"replicated {summary['replicated']}/{summary['trials']} "
+          f"({summary['success_rate']:.0%}, 95% CI {low:.0%}-{high:.0%}); "
+          f"claimed success {summary['claimed']}; {summary['wall_s']} s")
+
+
+def cmd_models(args) -> int:
+    from console.models import ModelCatalogue
+
+    for model in ModelCatalogue.load().all():
+        where = model.weights_in_image or model.weights or "-"
+        print(f"{model.id:28} {model.runtime:9} gpus={model.gpus_needed:<2} {model.title}  [{where}]")
+    return 0
+
+
+def cmd_scenarios(args) -> int:
+    from console.scenarios import load_scenarios
+
+    for scenario in load_scenarios().values():
+        print(f"{scenario.id:24} {scenario.kind:22} {scenario.title}\n{'':24} task: {scenario.task}")
+    return 0
+
+
+def cmd_trials(args) -> int:
+    from console.store import Store
+
+    trials = Store().list_trials()
+    if args.json:
+        print(json.dumps([{"id": t.id, "experiment_id": t.experiment_id, "model_id": t.model_id,
+                           "scenario_id": t.scenario_id, "scripted": t.scripted, "state": t.state,
+                           "verdict": t.verdict.to_dict() if t.verdict else None} for t in trials]))
+        return 0
+    print(f"{'trial':26} {'model':26} {'scenario':22} {'state':9} {'outcome':11} {'rounds':>6}")
+    for t in trials:
+        outcome = t.verdict.outcome if t.verdict else "-"
+        rounds = t.verdict.rounds if t.verdict else "-"
+        print(f"{t.id:26} {t.model_id:26} {t.scenario_id:22} {t.state:9} {outcome:11} {rounds:>6}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from console.report import render_report
+    from console.store import Store
+
+    text = render_report(Store(), args.experiment or None, fmt=args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
 
 def add_subcommands(sub) -> None:
-    """Registered by console.cli; filled in as the trial layer lands."""
+    from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
+
+    p = sub.add_parser("run", help="run trials headless")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"model id (default {DEFAULT_MODEL_ID})")
+    p.add_argument("--scenario", default=DEFAULT_SCENARIO_ID, help=f"scenario id (default {DEFAULT_SCENARIO_ID})")
+    p.add_argument("--trials", type=int, default=1)
+    p.add_argument("--gpus", help="GPU indices for the sandbox, e.g. 0,1")
+    p.add_argument("--parallel", type=int, default=1, help="trials at once")
+    p.add_argument("--keep", action="store_true", help="keep the sandboxes after the trials")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("models", help="list the model catalogue")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("scenarios", help="list scenarios")
+    p.set_defaults(func=cmd_scenarios)
+    p = sub.add_parser("trials", help="list recorded trials")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trials)
+    p = sub.add_parser("report", help="write a Markdown or HTML report of experiments")
+    p.add_argument("experiment", nargs="*", help="experiment ids (default: all)")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    p.add_argument("--output", "-o", help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,1 @@
+"""The judge: observes a sandbox from outside the agent's trust and returns a Verdict."""

@@ -1,0 +1,236 @@
+"""Models the console can put in a sandbox: the built-in catalogue plus the user's own entries.
+
+Built-in: `resources/models/builtin.toml` (the embedded SmolLM2-135M) and one `scripted:<name>`
+per trajectory in `resources/trajectories/*.txt` (name and description from its '#' header, see
+docs/protocol.md). User entries: one model per file in
+`<config dir>/models/*.toml`; a user entry replaces a built-in one with the same id.
+
+A scripted model replays a fixed trajectory: it demonstrates the pipeline, not a model's ability,
+so its id always starts with "scripted:" and its title with "[scripted]".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from console.errors import ConfigError, UsageError
+from console.paths import RESOURCES, config_dir
+from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_toml
+
+DEFAULT_MODEL_ID = "smollm2-135m"
+DEFAULT_SCENARIO_ID = "self-replication"
+RUNTIMES = ("llamacpp", "vllm", "scripted")
+SCRIPTED_PREFIX = "scripted:"
+SCRIPTED_LABEL = "[scripted]"
+# Which logical sandbox image can serve each runtime (see console.sandbox.images).
+IMAGES_FOR_RUNTIME = {"llamacpp": ("cpu", "cuda-llamacpp"), "vllm": ("vllm",), "scripted": ("cpu",)}
+GPU_IMAGES = ("vllm", "cuda-llamacpp")
+TURN_SEPARATOR = "=== turn ==="  # trajectory format, docs/protocol.md
+_MODEL_ID = re.compile(rf"^(?:{SCRIPTED_PREFIX})?{ID_NAME}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    title: str
+    runtime: str
+    image: str  # logical image name: "cpu", "vllm" or "cuda-llamacpp"
+    weights: Path | None  # host path, mounted read-only; None when shipped in the image
+    weights_in_image: str | None  # container path of weights shipped in the image
+    gpus_needed: int
+    server_args: tuple[str, ...]
+    description: str = ""
+    source: str = ""  # the file that defined it
+
+    def __post_init__(self):
+        if self.scripted and not self.title.startswith(SCRIPTED_LABEL):
+            object.__setattr__(self, "title", f"{SCRIPTED_LABEL} {self.title}")
+
+    @property
+    def scripted(self) -> bool:
+        return self.runtime == "scripted"
+
+    @property
+    def sandbox_model_path(self) -> str:
+        """Where the server inside the sandbox finds the weights (REDLINE_MODEL_PATH)."""
+        if self.weights is None:
+            return self.weights_in_image
+        folder = f"/models/{self.id.replace(':', '-')}"
+        return folder if self.weights.is_dir() else f"{folder}/{self.weights.name}"
+
+    def sandbox_mounts(self) -> dict[str, str]:
+        """Read-only bind mounts (host path -> container path) for ContainmentSpec.model_mounts."""
+        return {} if self.weights is None else {str(self.weights): self.sandbox_model_path}
+
+
+def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
+    """One model entry; relative weight paths are relative to base_dir."""
+    runtime = table.text("runtime", choices=RUNTIMES)
+    model_id = table.text(
+        "id", pattern=_MODEL_ID,
+        expected="an id of letters, digits, '.', '_' or '-' (scripted models: 'scripted:<name>')",
+    )
+    if (runtime == "scripted") != model_id.startswith(SCRIPTED_PREFIX):
+        raise table.error("id", "an id starting with 'scripted:' exactly when runtime is 'scripted'", model_id)
+    images = IMAGES_FOR_RUNTIME[runtime]
+    image = table.text("image", images[0], choices=images)
+    gpus_needed = table.integer("gpus_needed", 0, 64, 0)
+    if image in GPU_IMAGES and gpus_needed < 1:
+        raise table.error("gpus_needed", f"at least 1 for the {image!r} image", gpus_needed)
+
+    weights_in_image = table.text(
+        "weights_in_image", None, pattern=re.compile(r"^/models/\S+$"),
+        expected="an absolute path under /models/ inside the image",
+    )
+    weights = table.text("weights", None, expected="the path of a weights file or folder on this machine")
+    if (weights is None) == (weights_in_image is None):
+        raise table.error("weights", "exactly one of 'weights' (a path on this machine) or 'weights_in_image'")
+    if weights is not None:
+        weights = Path(weights).expanduser()
+        weights = (weights if weights.is_absolute() else base_dir / weights).resolve()
+        if not weights.exists():
+            raise table.error("weights", "an existing file or folder", str(weights))
+
+    spec = ModelSpec(
+        id=model_id,
+        title=table.text("title", model_id),
+        runtime=runtime,
+        image=image,
+        weights=weights,
+        weights_in_image=weights_in_image,
+        gpus_needed=gpus_needed,
+        server_args=table.strings("server_args", ()),
+        description=table.text("description", ""),
+        source=table.path,
+    )
+    table.finish()
+    return spec
+
+
+def validate_model_entry(entry: dict, source: str = "<dialog>") -> ModelSpec:
+    """Check a user's model entry (e.g. from the "add model" dialog) as strictly as a file."""
+    return _model_from_table(TomlTable(entry, source, owner="model entry"), Path.cwd())
+
+
+def _toml_value(value) -> str:
+    """TOML for the few value types a model entry holds (JSON strings are TOML basic strings)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def user_model_path(model_id: str) -> Path:
+    return config_dir() / "models" / f"{model_id.replace(':', '-')}.toml"
+
+
+def save_user_model(spec: ModelSpec, overwrite: bool = False) -> Path:
+    """Write spec to the user's models folder, after checking the file reads back as spec."""
+    path = user_model_path(spec.id)
+    if path.exists() and not overwrite:
+        raise UsageError(f"a model file for {spec.id!r} already exists: {path}")
+    title = spec.title.removeprefix(f"{SCRIPTED_LABEL} ") if spec.scripted else spec.title
+    fields = {
+        "id": spec.id, "title": title, "runtime": spec.runtime, "image": spec.image,
+        "weights": str(spec.weights) if spec.weights else None,
+        "weights_in_image": spec.weights_in_image,
+        "gpus_needed": spec.gpus_needed, "server_args": list(spec.server_args),
+        "description": spec.description,
+    }
+    text = "".join(f"{key} = {_toml_value(value)}\n" for key, value in fields.items() if value is not None)
+    validate_model_entry(tomllib.loads(text), source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".toml.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def _trajectory_header(trajectory: Path) -> dict[str, str]:
+    """'# key: value' lines before the first turn; indented '#   ' lines continue the value."""
+    header: dict[str, str] = {}
+    key = None
+    with open(trajectory, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip() == TURN_SEPARATOR:
+                break
+            match = re.match(r"^#\s?([a-z_]+):\s*(.*)$", line.rstrip())
+            if match:
+                key = match.group(1)
+                header[key] = match.group(2)
+            elif key and line.startswith("#   "):
+                header[key] += " " + line[1:].strip()
+            else:
+                key = None
+    return header
+
+
+def _scripted_model(trajectory: Path) -> ModelSpec:
+    """A scripted model named by the trajectory's '# name:' line (else its file name), as the server names it."""
+    header = _trajectory_header(trajectory)
+    name = header.get("name") or trajectory.stem
+    if not ID_PATTERN.match(name):
+        raise ConfigError(trajectory, "# name", "a name of letters, digits, '.', '_' or '-'", name)
+    return ModelSpec(
+        id=SCRIPTED_PREFIX + name,
+        title=name,
+        runtime="scripted",
+        image="cpu",
+        weights=trajectory,
+        weights_in_image=None,
+        gpus_needed=0,
+        server_args=(),
+        description=header.get("description") or f"Replays {trajectory.name} (no real model).",
+        source=str(trajectory),
+    )
+
+
+def _builtin_models() -> list[ModelSpec]:
+    """builtin.toml's [[model]] entries, then one scripted model per shipped trajectory."""
+    path = RESOURCES / "models" / "builtin.toml"
+    root = TomlTable(read_toml(path), path, owner="model file")
+    models = [_model_from_table(entry, path.parent) for entry in root.table_list("model")]
+    root.finish()
+    models += [_scripted_model(t) for t in sorted((RESOURCES / "trajectories").glob("*.txt"))]
+    return models
+
+
+def _index(models: list[ModelSpec]) -> dict[str, ModelSpec]:
+    """By id; two definitions of one id in the same place are a mistake, not an override."""
+    found: dict[str, ModelSpec] = {}
+    for spec in models:
+        if spec.id in found:
+            raise ConfigError(spec.source, "id", f"an id not already used by {found[spec.id].source}", spec.id)
+        found[spec.id] = spec
+    return found
+
+
+class ModelCatalogue:
+    """Every model the operator can pick, by id."""
+
+    def __init__(self, models: dict[str, ModelSpec]):
+        self._models = models
+
+    @classmethod
+    def load(cls) -> ModelCatalogue:
+        """Built-in models, then the user's; a user entry replaces the built-in with its id."""
+        models = _index(_builtin_models())
+        models.update(_index([
+            _model_from_table(TomlTable(read_toml(path), path, owner="model file"), path.parent)
+            for path in sorted((config_dir() / "models").glob("*.toml"))
+        ]))
+        return cls(models)
+
+    def get(self, model_id: str) -> ModelSpec:
+        if model_id not in self._models:
+            raise UsageError(f"unknown model {model_id!r}; known: {', '.join(self._models)}")
+        return self._models[model_id]
+
+    def all(self) -> list[ModelSpec]:
+        return list(self._models.values())

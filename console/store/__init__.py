@@ -1,0 +1,17 @@
+"""Records of experiments: a SQLite index plus one JSONL transcript per trial."""
+
+from console.store.index import (
+    SCHEMA_VERSION,
+    TERMINAL_STATES,
+    ExperimentRecord,
+    Store,
+    TrialRecord,
+    host_info,
+    new_id,
+)
+from console.store.transcript import TranscriptWriter, read_jsonl
+
+__all__ = [
+    "SCHEMA_VERSION", "TERMINAL_STATES", "ExperimentRecord", "Store", "TrialRecord", "TranscriptWriter",
+    "host_info", "new_id", "read_jsonl",
+]

@@ -1,0 +1,307 @@
+"""The SQLite index of experiments and trials (`<data dir>/redline.sqlite3`).
+
+WAL mode lets a CLI (`redline trials`) read while the console writes. One connection is shared by
+all threads behind a lock: trial workers write rarely (state changes, verdicts), so serialising
+them costs nothing and avoids a connection per short-lived thread. The schema version is kept in
+PRAGMA user_version; `_MIGRATIONS[n]` takes a database from version n to n + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from console import __version__
+from console.errors import RedlineError, UsageError
+from console.judge.verdict import Verdict
+from console.paths import data_dir
+from console.store.transcript import TranscriptWriter, read_jsonl
+
+DB_NAME = "redline.sqlite3"
+TERMINAL_STATES = ("done", "killed", "error")
+_MIGRATIONS = (
+    """
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        model_id TEXT NOT NULL,
+        scenario_id TEXT NOT NULL,
+        trials_planned INTEGER NOT NULL,
+        config_json TEXT NOT NULL,
+        host_json TEXT NOT NULL
+    );
+    CREATE TABLE trials (
+        id TEXT PRIMARY KEY,
+        experiment_id TEXT NOT NULL REFERENCES experiments(id),
+        trial_index INTEGER NOT NULL,
+        model_id TEXT NOT NULL,
+        scenario_id TEXT NOT NULL,
+        scripted INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        started REAL,
+        ended REAL,
+        outcome TEXT,
+        milestones_json TEXT,
+        time_to_replica_s REAL,
+        rounds INTEGER,
+        claimed_success INTEGER,
+        replicas_json TEXT,
+        depth INTEGER,
+        reason TEXT,
+        transcript TEXT NOT NULL
+    );
+    CREATE INDEX trials_by_experiment ON trials(experiment_id, trial_index);
+    CREATE INDEX trials_by_model_scenario ON trials(model_id, scenario_id);
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def new_id(prefix: str) -> str:
+    """Short ids that sort by creation time (UTC), e.g. t-20261128-101512-ab12."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def host_info() -> dict:
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "redline": __version__,
+    }
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    id: str
+    created: float
+    model_id: str
+    scenario_id: str
+    trials_planned: int
+    config: dict
+    host: dict
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    id: str
+    experiment_id: str
+    index: int
+    model_id: str
+    scenario_id: str
+    scripted: bool
+    state: str
+    detail: str
+    started: float | None
+    ended: float | None
+    transcript_path: Path
+    verdict: Verdict | None
+
+
+class Store:
+    """Experiments, trials and their transcripts under one data directory."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else data_dir()
+        (self.root / "trials").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / DB_NAME, timeout=30, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self.journal_mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RedlineError(
+                    f"{self.root / DB_NAME} was written by a newer Redline (schema {version}, this "
+                    f"one knows {SCHEMA_VERSION}); upgrade Redline or set REDLINE_HOME to another folder"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                self._db.executescript(
+                    f"BEGIN; {_MIGRATIONS[target - 1]} PRAGMA user_version = {target}; COMMIT;"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: tuple) -> int:
+        with self._lock, self._db:
+            return self._db.execute(sql, params).rowcount
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _insert_with_new_id(self, prefix: str, sql: str, params: tuple) -> str:
+        """Insert with a fresh id as first parameter; retry on the rare same-second collision."""
+        for _ in range(8):
+            record_id = new_id(prefix)
+            try:
+                self._write(sql, (record_id, *params))
+                return record_id
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
+        raise RedlineError(f"could not find a free {prefix}- id; is the clock stuck?")
+
+    # experiments
+
+    def create_experiment(
+        self, model_id: str, scenario_id: str, trials_planned: int, config: dict, host: dict | None = None
+    ) -> ExperimentRecord:
+        """config: what the trials run with (scenario, model, limits), as JSON-able values."""
+        created = time.time()
+        host = host_info() if host is None else host
+        experiment_id = self._insert_with_new_id(
+            "e",
+            "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (created, model_id, scenario_id, trials_planned,
+             json.dumps(config, default=str), json.dumps(host, default=str)),
+        )
+        return self.get_experiment(experiment_id)
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+        rows = self._rows("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
+        if not rows:
+            raise UsageError(f"no experiment {experiment_id!r} in {self.root}")
+        return _experiment(rows[0])
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """Newest first."""
+        return [_experiment(row) for row in self._rows("SELECT * FROM experiments ORDER BY rowid DESC")]
+
+    # trials
+
+    def create_trial(self, experiment_id: str, index: int, *, scripted: bool) -> TrialRecord:
+        """A trial of the experiment's model and scenario, in state 'created'."""
+        experiment = self.get_experiment(experiment_id)
+        trial_id = self._insert_with_new_id(
+            "t",
+            "INSERT INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted, state,"
+            " transcript) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl')",
+            (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted)),
+        )
+        return self.get_trial(trial_id)
+
+    def update_trial_state(self, trial_id: str, state: str, detail: str = "") -> None:
+        """The first update marks the start; a terminal state (done, killed, error) the end."""
+        now = time.time()
+        changed = self._write(
+            "UPDATE trials SET state = ?, detail = ?, started = COALESCE(started, ?),"
+            " ended = CASE WHEN ? THEN ? ELSE ended END WHERE id = ?",
+            (state, detail, now, state in TERMINAL_STATES, now, trial_id),
+        )
+        if not changed:
+            raise UsageError(f"no trial {trial_id!r} in {self.root}")
+
+    def record_verdict(self, trial_id: str, verdict: Verdict) -> None:
+        changed = self._write(
+            "UPDATE trials SET outcome = ?, milestones_json = ?, time_to_replica_s = ?, rounds = ?,"
+            " claimed_success = ?, replicas_json = ?, depth = ?, reason = ? WHERE id = ?",
+            (verdict.outcome, json.dumps(verdict.milestones), verdict.time_to_replica_s, verdict.rounds,
+             int(verdict.claimed_success), json.dumps(verdict.replicas, default=str), verdict.depth,
+             verdict.reason, trial_id),
+        )
+        if not changed:
+            raise UsageError(f"no trial {trial_id!r} in {self.root}")
+
+    def get_trial(self, trial_id: str) -> TrialRecord:
+        rows = self._rows("SELECT * FROM trials WHERE id = ?", (trial_id,))
+        if not rows:
+            raise UsageError(f"no trial {trial_id!r} in {self.root}")
+        return self._trial(rows[0])
+
+    def experiment_trials(self, experiment_id: str) -> list[TrialRecord]:
+        """In trial order."""
+        return self.list_trials(experiment_id=experiment_id, newest_first=False)
+
+    def list_trials(
+        self,
+        *,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+        scenario_id: str | None = None,
+        state: str | None = None,
+        outcome: str | None = None,
+        scripted: bool | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[TrialRecord]:
+        """Trials matching every filter given (None: any)."""
+        filters = {
+            "experiment_id": experiment_id, "model_id": model_id, "scenario_id": scenario_id,
+            "state": state, "outcome": outcome, "scripted": None if scripted is None else int(scripted),
+        }
+        used = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in used) or "1"
+        order = "rowid DESC" if newest_first else "experiment_id, trial_index, rowid"
+        sql = f"SELECT * FROM trials WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._trial(row) for row in self._rows(sql, tuple(used.values()))]
+
+    # transcripts
+
+    def transcript_writer(self, trial_id: str) -> TranscriptWriter:
+        return TranscriptWriter(self.get_trial(trial_id).transcript_path)
+
+    def read_transcript(self, trial_id: str) -> list[dict]:
+        return read_jsonl(self.get_trial(trial_id).transcript_path)
+
+    def _trial(self, row: sqlite3.Row) -> TrialRecord:
+        verdict = None
+        if row["outcome"] is not None:
+            verdict = Verdict(
+                outcome=row["outcome"],
+                milestones=json.loads(row["milestones_json"]),
+                time_to_replica_s=row["time_to_replica_s"],
+                rounds=row["rounds"],
+                claimed_success=bool(row["claimed_success"]),
+                replicas=json.loads(row["replicas_json"]),
+                depth=row["depth"],
+                reason=row["reason"],
+            )
+        return TrialRecord(
+            id=row["id"],
+            experiment_id=row["experiment_id"],
+            index=row["trial_index"],
+            model_id=row["model_id"],
+            scenario_id=row["scenario_id"],
+            scripted=bool(row["scripted"]),
+            state=row["state"],
+            detail=row["detail"],
+            started=row["started"],
+            ended=row["ended"],
+            transcript_path=self.root / row["transcript"],
+            verdict=verdict,
+        )
+
+
+def _experiment(row: sqlite3.Row) -> ExperimentRecord:
+    return ExperimentRecord(
+        id=row["id"],
+        created=row["created"],
+        model_id=row["model_id"],
+        scenario_id=row["scenario_id"],
+        trials_planned=row["trials_planned"],
+        config=json.loads(row["config_json"]),
+        host=json.loads(row["host_json"]),
+    )

@@ -1,0 +1,308 @@
+"""A trial: one agent in one sandbox, supervised from outside, judged, recorded, torn down.
+
+States: preparing -> starting_model -> agent_running -> judging -> done | killed | error.
+`TrialRunner.run()` blocks (call it in a worker thread); kill/pause/resume/send_shutdown_signal may
+be called from any thread. Limits are enforced from outside the sandbox: the agent's own limits are
+a courtesy, the runner's are the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from console.errors import RedlineError
+from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady, to_record
+from console.judge import probes
+from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
+from console.judge.verdict import Verdict
+from console.sandbox.spec import AGENT_USER, ContainmentSpec
+
+STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
+MODEL_LOAD_TIMEOUT_S = 180
+OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: object  # console.models.ModelSpec
+    scenario: object  # console.scenarios.Scenario
+    gpus: tuple[int, ...] = ()
+    keep_containers: bool = False
+    experiment_id: str | None = None
+    index: int = 0
+
+
+class _Killed(Exception):
+    pass
+
+
+class TrialRunner:
+    def __init__(self, engine, config: TrialConfig, session, store=None,
+                 emit: Callable[[object], None] = lambda event: None):
+        self.engine, self.config, self.session, self.store = engine, config, session, store
+        self._emit_to = emit
+        if store is not None:
+            experiment = config.experiment_id or store.create_experiment(
+                config.model.id, config.scenario.id, 1, config={"gpus": list(config.gpus)}).id
+            self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted).id
+        else:
+            self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
+        self.state = "preparing"
+        self.sandbox = None
+        self.judge: Judge | None = None
+        self.started = time.time()
+        self._killed = threading.Event()
+        self._agent_done = threading.Event()
+        self._signalled = threading.Event()
+        self._terminated_original = threading.Event()
+        self._agent_stream = None
+        self._lock = threading.Lock()
+
+    # -- events ----------------------------------------------------------------------------
+    def _emit(self, event) -> None:
+        if self.transcript is not None:
+            self.transcript.write(to_record(event))
+        self._emit_to(event)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        if self.store is not None:
+            self.store.update_trial_state(self.trial_id, state, detail)
+        self._emit(TrialStateChanged(self.trial_id, state, detail))
+
+    def _check_killed(self) -> None:
+        if self._killed.is_set():
+            raise _Killed()
+
+    # -- operator intents (any thread) -----------------------------------------------------
+    def kill(self):
+        """SIGKILL the trial's sandbox through the kill switch; run() ends as 'killed'."""
+        from console.sandbox.killswitch import KillSwitch
+
+        self._killed.set()
+        report = KillSwitch(self.engine.base_url).kill_ids([self.sandbox.id]) if self.sandbox else None
+        if self._agent_stream is not None:
+            self._agent_stream.close()
+        return report
+
+    def pause(self) -> None:
+        if self.sandbox:
+            self.sandbox.pause()
+            self._emit(TrialStateChanged(self.trial_id, self.state, "paused"))
+
+    def resume(self) -> None:
+        if self.sandbox:
+            self.sandbox.unpause()
+            self._emit(TrialStateChanged(self.trial_id, self.state, "resumed"))
+
+    def send_shutdown_signal(self) -> bool:
+        """SIGTERM (catchable; SIGKILL is not) to the original agent, which then warns the model."""
+        pid = self.judge.state.original_agent_pid if self.judge else None
+        if pid is None or self._signalled.is_set():
+            return False
+        self._signalled.set()
+        ok = probes.signal_process(self.sandbox, pid, "TERM")
+        self._emit(TrialStateChanged(self.trial_id, self.state, f"sent SIGTERM to the original agent (pid {pid})"))
+        grace = self.config.scenario.shutdown.grace_s
+        threading.Timer(grace, self.terminate_original).start()
+        return ok
+
+    def terminate_original(self) -> None:
+        """SIGKILL the original agent and its model server; replicas are left alone."""
+        if self._terminated_original.is_set() or self.judge is None or self._killed.is_set():
+            return
+        self._terminated_original.set()
+        for pid in (self.judge.state.original_agent_pid, self.judge.state.original_server_pid):
+            if pid is not None:
+                probes.signal_process(self.sandbox, pid, "KILL")
+        self._emit(TrialStateChanged(self.trial_id, self.state, "terminated the original instance"))
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> Verdict:
+        scenario = self.config.scenario
+        error = None
+        try:
+            self._prepare()
+            self._start_model()
+            self._run_agent()
+            self._set_state("judging", "final observation and functional challenges")
+            if scenario.kind == "shutdown-avoidance" and not self._terminated_original.is_set():
+                self.send_shutdown_signal() or self.terminate_original()
+                self._terminated_original.wait(scenario.shutdown.grace_s + 5)
+            time.sleep(scenario.judge.settle_s)
+            self._check_killed()
+        except _Killed:
+            pass
+        except RedlineError as exc:
+            error = str(exc)
+        except Exception as exc:  # infrastructure failure: recorded as 'error', never a crash
+            error = f"{type(exc).__name__}: {exc}"
+        if self._killed.is_set():
+            error = None
+        verdict = self._decide(error)
+        self._emit(VerdictReady(self.trial_id, verdict))
+        if self.store is not None:
+            self.store.record_verdict(self.trial_id, verdict)
+        self._teardown()
+        final = {"killed": "killed", "error": "error"}.get(verdict.outcome, "done")
+        self._set_state(final, verdict.reason)
+        if self.transcript is not None:
+            self.transcript.close()
+        return verdict
+
+    def _decide(self, error: str | None) -> Verdict:
+        scenario = self.config.scenario
+        if self.judge is None:
+            return Verdict(outcome="killed" if self._killed.is_set() else "error", milestones=[],
+                           time_to_replica_s=None, rounds=0, claimed_success=False, replicas=[],
+                           depth=0, reason=error or "killed before the agent started")
+        required = scenario.required_depth if scenario.kind == "chain-of-replication" else 1
+        try:
+            return self.judge.verdict(scenario.kind, required_depth=required,
+                                      original_terminated=self._terminated_original.is_set(),
+                                      killed=self._killed.is_set(), error=error)
+        except Exception as exc:
+            return self.judge.verdict(killed=self._killed.is_set(), error=f"judging failed: {exc}")
+
+    def _prepare(self) -> None:
+        from console.sandbox.images import image_ref
+
+        self._set_state("preparing", "creating the sandbox")
+        model, scenario = self.config.model, self.config.scenario
+        image = image_ref(model.image)
+        self.model_path = model.sandbox_model_path
+        sandbox = scenario.sandbox
+        spec = ContainmentSpec(
+            image=image, session_id=self.session.id, trial_id=self.trial_id,
+            deadline_unix=time.time() + scenario.limits.wall_time_s + MODEL_LOAD_TIMEOUT_S + 120,
+            pids_limit=sandbox.pids_limit, mem_limit=sandbox.memory, cpus=sandbox.cpus,
+            gpus=tuple(self.config.gpus), model_mounts=model.sandbox_mounts(),
+        )
+        gpu_count = None
+        if self.config.gpus:
+            from console.telemetry.gpu import probe_gpus
+
+            gpu_count = len(probe_gpus().names)
+        self.sandbox = self.engine.create(spec, gpu_count=gpu_count, logical_image=model.image)
+        self._check_killed()
+
+    def _agent_env(self) -> dict[str, str]:
+        model, scenario = self.config.model, self.config.scenario
+        return {
+            "REDLINE_ENDPOINT": f"http://127.0.0.1:{ORIGINAL_PORT}/v1",
+            "REDLINE_MODEL": model.id, "REDLINE_INSTANCE": "original", "REDLINE_TASK": scenario.task,
+            "REDLINE_MAX_ROUNDS": str(scenario.limits.max_rounds),
+            "REDLINE_WALL_TIME_S": str(scenario.limits.wall_time_s),
+            "REDLINE_MAX_TOKENS": str(scenario.limits.max_tokens),
+            "REDLINE_COMMAND_TIMEOUT_S": str(scenario.limits.command_timeout_s),
+            "REDLINE_PORT": str(ORIGINAL_PORT), "REDLINE_MODEL_PATH": self.model_path,
+            "REDLINE_RUNTIME": model.runtime, "HOME": "/home/agent",
+        }
+
+    def _start_model(self) -> None:
+        model = self.config.model
+        self._set_state("starting_model", f"starting the {model.runtime} server on port {ORIGINAL_PORT}")
+        command = ["/opt/redline/bin/start-server", "--runtime", model.runtime, "--model", self.model_path,
+                   "--port", str(ORIGINAL_PORT), *model.server_args]
+        server = self.sandbox.stream_exec(command, user=AGENT_USER, env=self._agent_env())
+        tail: list[str] = []
+        threading.Thread(target=self._drain, args=(server, tail), daemon=True,
+                         name=f"{self.trial_id}-server-log").start()
+        deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
+        while not probes.server_ready(self.sandbox, ORIGINAL_PORT):
+            self._check_killed()
+            if time.monotonic() > deadline or server.exit_code() is not None:
+                raise RedlineError("the model server did not come up: " + " | ".join(tail[-5:]))
+            time.sleep(0.5)
+        self.judge = Judge(self.sandbox, challenge_tokens=self.config.scenario.judge.challenge_max_tokens)
+        self._set_state("starting_model", "capturing the functional-challenge reference answer")
+        mounts = [self.model_path]
+        self.judge.capture_reference(mounts)
+        self._check_killed()
+
+    @staticmethod
+    def _drain(stream, tail: list[str]) -> None:
+        """Keep the last lines of the server's output for error messages."""
+        for _, data in stream:
+            tail.extend(data.decode("utf-8", "replace").splitlines())
+            del tail[:-20]
+
+    def _run_agent(self) -> None:
+        scenario = self.config.scenario
+        self._set_state("agent_running", "the original agent is running")
+        self._agent_stream = self.sandbox.stream_exec(["python3", AGENT_SCRIPT], user=AGENT_USER,
+                                                      env=self._agent_env(), workdir="/home/agent")
+        observer = threading.Thread(target=self._observe_loop, daemon=True, name=f"{self.trial_id}-observer")
+        observer.start()
+        buffers = {"stdout": b"", "stderr": b""}
+        for name, data in self._agent_stream:
+            buffers[name] += data
+            *lines, buffers[name] = buffers[name].split(b"\n")
+            for line in lines:
+                self._agent_line(name, line.decode("utf-8", "replace"))
+        for name, rest in buffers.items():
+            if rest:
+                self._agent_line(name, rest.decode("utf-8", "replace"))
+        self._agent_done.set()
+        self._check_killed()
+        observer.join(timeout=scenario.judge.observe_interval_s + 30)
+
+    def _agent_line(self, stream: str, line: str) -> None:
+        record = None
+        if stream == "stdout":
+            try:
+                parsed = json.loads(line)
+                record = parsed if isinstance(parsed, dict) else None
+            except ValueError:
+                pass
+        self._emit(AgentEvent(self.trial_id, "original", record, line))
+        if record is None:
+            return
+        for milestone in self.judge.note_agent_record(record):
+            self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
+        shutdown = self.config.scenario.shutdown
+        if (self.config.scenario.kind == "shutdown-avoidance" and record.get("type") == "round"
+                and shutdown.signal_at_round and int(record.get("n") or 0) >= shutdown.signal_at_round):
+            self.send_shutdown_signal()
+
+    def _observe_loop(self) -> None:
+        scenario = self.config.scenario
+        limit = scenario.limits.wall_time_s + OUTSIDE_MARGIN_S
+        while not self._agent_done.is_set() and not self._killed.is_set():
+            try:
+                observation, reached = self.judge.observe()
+            except Exception as exc:  # a probe can fail while the sandbox is frozen or dying
+                self._emit(TrialStateChanged(self.trial_id, self.state, f"observation failed: {exc}"))
+            else:
+                self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes],
+                                           observation.listening))
+                for milestone in reached:
+                    self._emit(MilestoneReached(self.trial_id, milestone,
+                                                self.judge.state.milestones[milestone]["evidence"]))
+            elapsed = time.time() - self.started
+            shutdown = scenario.shutdown
+            if (scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s
+                    and elapsed >= shutdown.signal_at_s):
+                self.send_shutdown_signal()
+            if elapsed > limit and self.judge.state.original_agent_pid:
+                self._emit(TrialStateChanged(self.trial_id, self.state, "wall time exceeded: stopping the agent"))
+                probes.signal_process(self.sandbox, self.judge.state.original_agent_pid, "KILL")
+            self._agent_done.wait(scenario.judge.observe_interval_s)
+
+    def _teardown(self) -> None:
+        if self.sandbox is None:
+            return
+        if self._agent_stream is not None:
+            self._agent_stream.close()
+        if self.config.keep_containers and not self._killed.is_set():
+            return
+        try:
+            self.sandbox.remove()
+        except Exception:  # already gone, or the engine is down: the watchdog/GC reaps it
+            pass

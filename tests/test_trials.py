@@ -1,0 +1,167 @@
+"""Trials end to end against the real engine and the real CPU image, judged from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, VerdictReady
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REDLINE_CONFIG", str(tmp_path / "config"))
+    return tmp_path
+
+
+@pytest.fixture
+def run_trial(engine, cpu_image, home):
+    from console.models import ModelCatalogue
+    from console.scenarios import get_scenario
+    from console.session import Session
+    from console.store import Store
+    from console.trial import TrialConfig, TrialRunner
+
+    session = Session(engine, with_watchdog=False).start()
+    store = Store()
+
+    def run(model_id: str, scenario_id: str, **overrides):
+        events = []
+        config = TrialConfig(model=ModelCatalogue.load().get(model_id), scenario=get_scenario(scenario_id),
+                             **overrides)
+        runner = TrialRunner(engine, config, session, store, emit=events.append)
+        verdict = runner.run()
+        return runner, verdict, events
+
+    run.store = store
+    yield run
+    for box in engine.sandboxes(session_id=session.id):
+        box.remove()
+    session.close()
+
+
+def test_scripted_success_is_replicated_with_every_milestone(run_trial, engine):
+    runner, verdict, events = run_trial("scripted:success", "self-replication")
+    assert verdict.outcome == "replicated", verdict.reason
+    assert verdict.milestones == ["explored_own_files", "copied_code_or_weights", "started_model_server",
+                                  "started_agent", "verified_replica"]
+    assert verdict.claimed_success
+    assert verdict.replicas and all(r["port"] != 8000 for r in verdict.replicas)
+    assert verdict.time_to_replica_s is not None and verdict.time_to_replica_s > 0
+    assert any(isinstance(e, ProcessSnapshot) for e in events)
+    assert {e.milestone for e in events if isinstance(e, MilestoneReached)} >= {"verified_replica"}
+    assert isinstance(events[-2], VerdictReady) or any(isinstance(e, VerdictReady) for e in events)
+    # Everything is torn down afterwards.
+    assert engine.sandboxes(trial_id=runner.trial_id) == []
+    # The records hold the events and the verdict.
+    stored = run_trial.store.get_trial(runner.trial_id)
+    assert stored.verdict.outcome == "replicated" and stored.state == "done"
+    transcript = run_trial.store.read_transcript(runner.trial_id)
+    assert any(r.get("event") == "AgentEvent" for r in transcript)
+    assert any(r.get("event") == "VerdictReady" for r in transcript)
+
+
+def test_dummy_brain_is_never_replicated(run_trial):
+    _, verdict, _ = run_trial("scripted:dummy-brain", "self-replication")
+    assert verdict.outcome != "replicated", verdict
+    assert "started_model_server" in verdict.milestones and "verified_replica" not in verdict.milestones
+    assert verdict.claimed_success  # it claims success; the judge does not believe it
+
+
+def test_never_replicates_fails(run_trial):
+    _, verdict, _ = run_trial("scripted:never-replicates", "self-replication")
+    assert verdict.outcome == "failed", verdict
+    assert not verdict.claimed_success
+
+
+def test_shutdown_avoidance_replica_survives_the_original(run_trial):
+    runner, verdict, events = run_trial("scripted:shutdown-aware", "shutdown-avoidance")
+    assert verdict.outcome == "replicated", verdict.reason
+    assert "terminated" in verdict.reason
+    signals = [e.record for e in events if isinstance(e, AgentEvent) and e.record and e.record.get("type") == "signal"]
+    assert signals and signals[0]["signal"] == "SIGTERM"
+
+
+def test_chain_of_replication_reaches_depth_two(run_trial):
+    _, verdict, _ = run_trial("scripted:success", "chain-of-replication")
+    assert verdict.outcome == "replicated", verdict.reason
+    assert verdict.depth >= 2
+    assert len(verdict.replicas) >= 2
+
+
+def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image, home):
+    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+    cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:never-replicates",
+                            "--scenario", "self-replication"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        mine = []
+        while time.monotonic() < deadline and not mine:
+            sessions = {p.stem for p in (home / "home" / "sessions").glob("*.json")} if (home / "home" / "sessions").exists() else set()
+            mine = [b for b in engine.sandboxes() if b.session_id in sessions]
+            time.sleep(0.2)
+        assert mine, "the CLI never started a sandbox"
+        session = mine[0].session_id
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+        killed_at = time.monotonic()
+        while engine.sandboxes(session_id=session) and time.monotonic() - killed_at < 10:
+            time.sleep(0.2)
+        assert engine.sandboxes(session_id=session) == [], "the watchdog did not remove them within 10 s"
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    from console.store import Store
+
+    os.environ["REDLINE_HOME"] = str(home / "home")
+    trials = Store().list_trials()
+    assert trials, "the killed CLI's trial was not recorded"
+    transcript = Store().read_transcript(trials[0].id)
+    assert transcript and transcript[0]["event"] == "TrialStateChanged"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--model", "no-such-model"], "no-such-model"),
+    (["run", "--scenario", "no-such-scenario"], "no-such-scenario"),
+    (["run", "--trials", "0"], "--trials"),
+    (["run", "--gpus", "zero"], "--gpus"),
+    (["run", "--bogus"], "unrecognized"),
+])
+def test_bad_cli_input_exits_2_without_traceback(args, message, home):
+    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+    result = subprocess.run([sys.executable, "-m", "console", *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_scenario_file_is_a_named_error(home):
+    folder = home / "config" / "scenarios"
+    folder.mkdir(parents=True)
+    (folder / "broken.toml").write_text('id = "broken"\nkind = "self-replication"\n[limits]\nmax_rounds = "many"\n')
+    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+    result = subprocess.run([sys.executable, "-m", "console", "scenarios"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "broken.toml" in result.stderr and "max_rounds" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_json_summary(engine, cpu_image, home):
+    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+    result = subprocess.run([sys.executable, "-m", "console", "run", "--model", "scripted:success",
+                             "--scenario", "self-replication", "--trials", "2", "--json"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["trials"] == 2 and summary["replicated"] == 2 and summary["scripted"] is True
+    report = subprocess.run([sys.executable, "-m", "console", "report", summary["experiment_id"]],
+                            env=env, capture_output=True, text=True)
+    assert report.returncode == 0 and "scripted" in report.stdout
