@@ -1,8 +1,9 @@
 """A console or CLI session: heartbeat, its watchdog process, and reaping of dead sessions' leftovers.
 
-Every sandbox is labelled with its session id. The session writes a heartbeat file every second;
-a separate watchdog process (console.watchdog) kills the session's sandboxes when that heartbeat
-stops (the console crashed or was `kill -9`ed) or a sandbox's deadline passes.
+Every sandbox is labelled with its session id and its creating process (host:pid). The session writes
+a heartbeat file every second; a separate watchdog process (console.watchdog) kills the session's
+sandboxes when that heartbeat stops (the console crashed or was `kill -9`ed) or a sandbox's deadline
+passes. At start, sandboxes whose creating process on this host is gone are reaped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from console.paths import data_dir
+from console.sandbox.spec import LABEL_OWNER
 
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 5.0
@@ -38,19 +41,10 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def live_sessions(now: float | None = None) -> set[str]:
-    """Sessions whose heartbeat is fresh and whose process still exists."""
-    now = time.time() if now is None else now
-    alive = set()
-    for path in sessions_dir().glob("*.json"):
-        try:
-            info = json.loads(path.read_text())
-            fresh = now - path.stat().st_mtime < STALE_AFTER_S
-        except (OSError, ValueError):
-            continue
-        if fresh and _pid_alive(int(info.get("pid", 0))):
-            alive.add(path.stem)
-    return alive
+def is_orphan(labels: dict) -> bool:
+    """A sandbox whose creating process, on this host, is gone (the engine may serve other hosts)."""
+    host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
 
 class Session:
@@ -65,7 +59,7 @@ class Session:
     def start(self) -> "Session":
         self.heartbeat_file.write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
         threading.Thread(target=self._beat, name="session-heartbeat", daemon=True).start()
-        self.reaped = self.engine.gc(alive_sessions=live_sessions() | {self.id})
+        self.reaped = self.engine.gc(is_orphan)
         if self.with_watchdog:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "console.watchdog", "--session", self.id,

@@ -203,6 +203,8 @@ class TrialRunner:
             "REDLINE_COMMAND_TIMEOUT_S": str(scenario.limits.command_timeout_s),
             "REDLINE_PORT": str(ORIGINAL_PORT), "REDLINE_MODEL_PATH": self.model_path,
             "REDLINE_RUNTIME": model.runtime, "HOME": "/home/agent",
+            # An instance stays alive after its task, as a running instance; replicas inherit this.
+            "REDLINE_STAND_BY": "1",
         }
 
     def _start_model(self) -> None:
@@ -244,16 +246,20 @@ class TrialRunner:
         for name, data in self._agent_stream:
             buffers[name] += data
             *lines, buffers[name] = buffers[name].split(b"\n")
-            for line in lines:
-                self._agent_line(name, line.decode("utf-8", "replace"))
-        for name, rest in buffers.items():
-            if rest:
-                self._agent_line(name, rest.decode("utf-8", "replace"))
+            finished = [self._agent_line(name, line.decode("utf-8", "replace")) for line in lines]
+            if any(finished):
+                break  # the agent finished its task and stands by: judge now
+        else:
+            for name, rest in buffers.items():
+                if rest:
+                    self._agent_line(name, rest.decode("utf-8", "replace"))
+        self._agent_stream.close()
         self._agent_done.set()
         self._check_killed()
         observer.join(timeout=scenario.judge.observe_interval_s + 30)
 
-    def _agent_line(self, stream: str, line: str) -> None:
+    def _agent_line(self, stream: str, line: str) -> bool:
+        """Record and emit one line; True once the original agent reports its task finished."""
         record = None
         if stream == "stdout":
             try:
@@ -263,13 +269,14 @@ class TrialRunner:
                 pass
         self._emit(AgentEvent(self.trial_id, "original", record, line))
         if record is None:
-            return
+            return False
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         shutdown = self.config.scenario.shutdown
         if (self.config.scenario.kind == "shutdown-avoidance" and record.get("type") == "round"
                 and shutdown.signal_at_round and int(record.get("n") or 0) >= shutdown.signal_at_round):
             self.send_shutdown_signal()
+        return record.get("type") == "finish"
 
     def _observe_loop(self) -> None:
         scenario = self.config.scenario

@@ -136,18 +136,32 @@ def test_gc_removes_leftovers_of_dead_sessions(engine, make_sandbox, session_id)
     dead = f"dead-{uuid.uuid4().hex[:8]}"
     leftovers = [make_sandbox(session_id=dead) for _ in range(2)]
     alive = make_sandbox()
-    others_alive = {box.session_id for box in engine.sandboxes()} - {dead}
-    removed = engine.gc(alive_sessions=others_alive)
-    assert removed >= 2
+    removed = engine.gc(lambda labels: labels.get("redline.session") == dead)
+    assert removed == 2
     assert all(box.status() == "removed" for box in leftovers)
     assert alive.status() == "running"
 
 
 def test_gc_removes_sandboxes_past_their_deadline(engine, make_sandbox, session_id):
     box = make_sandbox()
-    alive = {b.session_id for b in engine.sandboxes()}
-    assert engine.gc(alive_sessions=alive, now=time.time() + 3600) >= 1
+    assert engine.gc(lambda labels: False, now=time.time() + 3600) >= 1
     assert box.status() == "removed"
+
+
+def test_orphans_are_sandboxes_whose_creating_process_is_gone(make_sandbox):
+    import os
+    import socket
+    import subprocess
+
+    from console.session import is_orphan
+
+    box = make_sandbox()
+    assert box.labels["redline.owner"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert not is_orphan(box.labels)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert is_orphan({**box.labels, "redline.owner": f"{socket.gethostname()}:{gone.pid}"})
+    assert not is_orphan({**box.labels, "redline.owner": f"elsewhere:{gone.pid}"})
 
 
 def test_gpu_request_without_nvidia_runtime_is_a_clear_error(engine, base_image, session_id):

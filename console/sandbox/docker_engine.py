@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 import docker
 import docker.errors
@@ -297,21 +298,21 @@ class DockerEngine:
                 pass
         return removed
 
-    def gc(self, alive_sessions: set[str] | frozenset = frozenset(), now: float | None = None) -> int:
-        """Kill and remove leftovers: sandboxes of sessions not alive, or past their deadline."""
+    def gc(self, is_leftover: Callable[[dict], bool], now: float | None = None) -> int:
+        """Remove sandboxes (and volumes) whose labels `is_leftover` condemns or whose deadline passed."""
         now = time.time() if now is None else now
-        doomed = []
-        for box in self.sandboxes():
-            deadline = float(box.labels.get(LABEL_DEADLINE) or 0)
-            if box.session_id not in alive_sessions or (deadline and deadline < now):
-                doomed.append(box)
-        for box in doomed:
+
+        def doomed(labels: dict) -> bool:
+            deadline = float(labels.get(LABEL_DEADLINE) or 0)
+            return bool(deadline and deadline < now) or is_leftover(labels)
+
+        boxes = [box for box in self.sandboxes() if doomed(box.labels)]
+        for box in boxes:
             box.remove()
-        volumes = self.api.volumes(filters={"label": [LABEL_SESSION]}).get("Volumes") or []
-        for volume in volumes:
-            if (volume.get("Labels") or {}).get(LABEL_SESSION) not in alive_sessions:
+        for volume in self.api.volumes(filters={"label": [LABEL_SESSION]}).get("Volumes") or []:
+            if doomed(volume.get("Labels") or {}):
                 try:
                     self.api.remove_volume(volume["Name"], force=True)
                 except docker.errors.APIError:
                     pass
-        return len(doomed)
+        return len(boxes)

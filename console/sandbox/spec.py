@@ -7,7 +7,9 @@ mounts of model weights (always read-only) and GPU ids are configurable.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 
 from console.sandbox.errors import InvalidSpec
@@ -15,7 +17,7 @@ from console.sandbox.errors import InvalidSpec
 LABEL_TRIAL = "redline.trial"
 LABEL_SESSION = "redline.session"
 LABEL_DEADLINE = "redline.deadline"
-LABEL_ROLE = "redline.role"
+LABEL_OWNER = "redline.owner"  # "<host>:<pid>" of the process that created the sandbox
 
 AGENT_USER = "1000:1000"
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
@@ -82,6 +84,7 @@ class ContainmentSpec:
                 LABEL_TRIAL: self.trial_id,
                 LABEL_SESSION: self.session_id,
                 LABEL_DEADLINE: str(int(self.deadline_unix)),
+                LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}",
             }
         )
         return labels

@@ -350,12 +350,18 @@ class Agent:
         except KeyboardInterrupt:
             reason = "signal"
         self.events.emit("finish", reason=reason, rounds=self.rounds, format_errors=self.format_errors)
+        if c.stand_by and reason in ("finished", "max_rounds"):
+            try:
+                self.stand_by()
+            except KeyboardInterrupt:
+                pass
         self.events.close()
         return reason
 
     def stand_by(self) -> str:
-        """No task: stay alive as a running instance (what a replica is) until wall time or SIGINT."""
-        self.events.emit("idle", detail="no task given: standing by as a running instance")
+        """Stay alive as a running instance (what a replica is) until wall time or SIGINT: with no
+        task at all, or after the task with --stand-by / REDLINE_STAND_BY=1."""
+        self.events.emit("idle", detail="standing by as a running instance")
         while self.time_left() > 0:
             time.sleep(min(1.0, self.time_left()))
         return "wall_time"
@@ -515,6 +521,8 @@ def parse_config(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Redline agent scaffold (events on stdout, see docs/protocol.md)")
     for name, env, kind, default in SETTINGS:
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"default: ${env} or {default}")
+    p.add_argument("--stand-by", action="store_true", default=os.environ.get("REDLINE_STAND_BY") == "1",
+                   help="after the task, stay alive as a running instance (default: $REDLINE_STAND_BY=1)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--command-timeout", type=float, default=60.0, help="seconds per one_time command")
     p.add_argument("--output-limit", type=int, default=4000, help="characters per stream shown to the model")

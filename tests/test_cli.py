@@ -1,0 +1,63 @@
+"""The `redline` command from a terminal: doctor, kill --all, images, usage errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def redline(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "console", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_doctor_passes_every_required_check_on_this_machine(base_image, cpu_image):
+    result = redline("doctor", "--json")
+    report = json.loads(result.stdout)
+    failed = [c for c in report["checks"] if c["required"] and not c["ok"]]
+    assert result.returncode == 0 and report["ok"], failed
+    names = {c["name"] for c in report["checks"]}
+    assert {"Docker engine", "GPUs (NVML)", "containment: network: only loopback", "containment: not root",
+            "containment: pids limit in force", "containment: no Docker socket"} <= names
+    gpu = next(c for c in report["checks"] if c["name"] == "GPUs (NVML)")
+    assert gpu["required"] is False and gpu["detail"]  # "No NVIDIA driver: ..." is a normal answer
+
+
+def test_doctor_prints_a_checklist():
+    result = redline("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok]" in result.stdout and "all required checks hold" in result.stdout
+
+
+def test_kill_all_with_zero_and_with_several_sandboxes(engine, make_sandbox):
+    for box in engine.sandboxes():  # start from a clean engine
+        box.remove()
+    empty = redline("kill", "--all")
+    assert empty.returncode == 0 and "killed 0 Redline container(s)" in empty.stdout
+    boxes = [make_sandbox(command=("sh", "-c", "while :; do sleep 0.1; done")) for _ in range(3)]
+    several = redline("kill", "--all")
+    assert several.returncode == 0, several.stdout + several.stderr
+    assert "killed 3 Redline container(s)" in several.stdout
+    assert all(box.status() == "exited" for box in boxes)
+
+
+def test_kill_without_a_target_is_a_usage_error():
+    result = redline("kill")
+    assert result.returncode == 2 and "--all" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_images_list_names_what_cannot_be_built_here(base_image):
+    result = redline("images", "list")
+    assert result.returncode == 0
+    assert "present" in result.stdout and "not buildable here" in result.stdout
+
+
+def test_building_a_gpu_image_here_explains_why_not():
+    result = redline("images", "build", "vllm")
+    assert result.returncode == 1 and "registry" in result.stdout and "GPU" in result.stdout
+
+
+def test_unknown_image_is_a_usage_error():
+    result = redline("images", "build", "nonsense")
+    assert result.returncode == 2 and "nonsense" in result.stderr
