@@ -95,11 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_display() -> bool:
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or os.environ.get("QT_QPA_PLATFORM"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
+            if not _has_display():
+                print("redline: no display (DISPLAY/WAYLAND_DISPLAY unset): running one headless trial of "
+                      "the embedded default instead; see `redline --help`", file=sys.stderr)
+                run_args = build_parser().parse_args(["run"])
+                return run_args.func(run_args)
             from console.ui.app import run_console
 
             return run_console()
