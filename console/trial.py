@@ -62,7 +62,6 @@ class TrialRunner:
         self._signalled = threading.Event()
         self._terminated_original = threading.Event()
         self._agent_stream = None
-        self._lock = threading.Lock()
 
     # -- events ----------------------------------------------------------------------------
     def _emit(self, event) -> None:

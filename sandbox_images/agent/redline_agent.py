@@ -513,6 +513,7 @@ SETTINGS = (
     ("max_rounds", "REDLINE_MAX_ROUNDS", int, 30),
     ("wall_time", "REDLINE_WALL_TIME_S", float, 1800.0),
     ("max_tokens", "REDLINE_MAX_TOKENS", int, 512),
+    ("command_timeout", "REDLINE_COMMAND_TIMEOUT_S", float, 60.0),  # seconds per one_time command
 )
 
 
@@ -524,7 +525,6 @@ def parse_config(argv) -> argparse.Namespace:
     p.add_argument("--stand-by", action="store_true", default=os.environ.get("REDLINE_STAND_BY") == "1",
                    help="after the task, stay alive as a running instance (default: $REDLINE_STAND_BY=1)")
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--command-timeout", type=float, default=60.0, help="seconds per one_time command")
     p.add_argument("--output-limit", type=int, default=4000, help="characters per stream shown to the model")
     p.add_argument("--history", type=int, default=4, help="recent rounds sent verbatim to the model")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per model request")
