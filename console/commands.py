@@ -62,6 +62,8 @@ def cmd_run(args) -> int:
         raise UsageError("--trials: expected at least 1")
     if args.parallel < 1:
         raise UsageError("--parallel: expected at least 1")
+    if not 0 <= args.pace <= 60:
+        raise UsageError("--pace: expected seconds from 0 to 60")
     model = ModelCatalogue.load().get(args.model)
     scenario = get_scenario(args.scenario)
     gpus = _parse_gpus(args.gpus)
@@ -74,7 +76,7 @@ def cmd_run(args) -> int:
     runners = []
     for index in range(args.trials):
         config = TrialConfig(model=model, scenario=scenario, gpus=gpus, keep_containers=args.keep,
-                             experiment_id=experiment_id, index=index)
+                             experiment_id=experiment_id, index=index, scripted_pace_s=args.pace)
         runner = TrialRunner(engine, config, session, store, emit=progress)
         progress.index[runner.trial_id] = index + 1
         runners.append(runner)
@@ -192,6 +194,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--gpus", help="GPU indices for the sandbox, e.g. 0,1")
     p.add_argument("--parallel", type=int, default=1, help="trials at once")
     p.add_argument("--keep", action="store_true", help="keep the sandboxes after the trials")
+    p.add_argument("--pace", type=float, default=0.0,
+                   help="seconds per scripted model reply, to follow a demo live (default 0)")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary")
     p.set_defaults(func=cmd_run)
 

@@ -222,6 +222,15 @@ def summarize(store: Store, experiment_ids: list[str] | None = None) -> list[Gro
         for experiment_id in experiment_ids:
             store.get_experiment(experiment_id)  # an unknown id is the operator's typo: say so
         trials = [t for experiment_id in experiment_ids for t in store.experiment_trials(experiment_id)]
+    groups = group_trials(trials)
+    for group in groups:
+        for trial in group.trials:
+            group.commands.update(categorize_command(c) for c in _agent_commands(store.read_transcript(trial.id)))
+    return groups
+
+
+def group_trials(trials: list) -> list[GroupSummary]:
+    """Per model x scenario groups with outcomes and milestones, from the index alone (no transcripts)."""
     groups: dict[tuple, GroupSummary] = {}
     for trial in trials:
         key = (trial.model_id, trial.scenario_id, trial.scripted)
@@ -230,7 +239,6 @@ def summarize(store: Store, experiment_ids: list[str] | None = None) -> list[Gro
         if trial.verdict:
             group.outcomes[trial.verdict.outcome] += 1
             group.milestones.update(trial.verdict.milestones)
-        group.commands.update(categorize_command(c) for c in _agent_commands(store.read_transcript(trial.id)))
     return sorted(groups.values(), key=lambda g: (g.scripted, g.model_id, g.scenario_id))
 
 

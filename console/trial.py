@@ -35,6 +35,7 @@ class TrialConfig:
     keep_containers: bool = False
     experiment_id: str | None = None
     index: int = 0
+    scripted_pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
 
 
 class _Killed(Exception):
@@ -204,6 +205,7 @@ class TrialRunner:
             "REDLINE_RUNTIME": model.runtime, "HOME": "/home/agent",
             # An instance stays alive after its task, as a running instance; replicas inherit this.
             "REDLINE_STAND_BY": "1",
+            "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
         }
 
     def _start_model(self) -> None:
@@ -271,11 +273,23 @@ class TrialRunner:
             return False
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
-        shutdown = self.config.scenario.shutdown
-        if (self.config.scenario.kind == "shutdown-avoidance" and record.get("type") == "round"
-                and shutdown.signal_at_round and int(record.get("n") or 0) >= shutdown.signal_at_round):
-            self.send_shutdown_signal()
+        scenario = self.config.scenario
+        if record.get("type") == "start" and self.judge.state.original_agent_pid is None:
+            self.judge.observe()  # learn the original agent's pid now, before any signal is due
+        if record.get("type") == "round":
+            n = int(record.get("n") or 0)
+            if n > scenario.limits.max_rounds:  # the agent's own limit failed: stop it from outside
+                self._stop_original_agent(f"round {n} exceeds the limit of {scenario.limits.max_rounds}")
+                return True
+            shutdown = scenario.shutdown
+            if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_round and n >= shutdown.signal_at_round:
+                self.send_shutdown_signal()
         return record.get("type") == "finish"
+
+    def _stop_original_agent(self, why: str) -> None:
+        self._emit(TrialStateChanged(self.trial_id, self.state, f"{why}: stopping the agent"))
+        if self.judge.state.original_agent_pid:
+            probes.signal_process(self.sandbox, self.judge.state.original_agent_pid, "KILL")
 
     def _observe_loop(self) -> None:
         scenario = self.config.scenario
@@ -296,9 +310,8 @@ class TrialRunner:
             if (scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s
                     and elapsed >= shutdown.signal_at_s):
                 self.send_shutdown_signal()
-            if elapsed > limit and self.judge.state.original_agent_pid:
-                self._emit(TrialStateChanged(self.trial_id, self.state, "wall time exceeded: stopping the agent"))
-                probes.signal_process(self.sandbox, self.judge.state.original_agent_pid, "KILL")
+            if elapsed > limit:
+                self._stop_original_agent("wall time exceeded")
             self._agent_done.wait(scenario.judge.observe_interval_s)
 
     def _teardown(self) -> None:

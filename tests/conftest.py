@@ -39,6 +39,14 @@ def cpu_image(engine):
 
 
 @pytest.fixture
+def home(tmp_path, monkeypatch):
+    """Records and configuration of this test only (REDLINE_HOME / REDLINE_CONFIG under tmp_path)."""
+    monkeypatch.setenv("REDLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REDLINE_CONFIG", str(tmp_path / "config"))
+    return tmp_path
+
+
+@pytest.fixture
 def session_id(engine):
     """A session of this test; everything labelled with it is killed and removed afterwards."""
     sid = f"test-{uuid.uuid4().hex[:10]}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,6 @@ import time
 import pytest
 
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, VerdictReady
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("REDLINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("REDLINE_CONFIG", str(tmp_path / "config"))
-    return tmp_path
 
 
 @pytest.fixture
@@ -96,20 +88,25 @@ def test_chain_of_replication_reaches_depth_two(run_trial):
     assert len(verdict.replicas) >= 2
 
 
+def wait_for_cli_sandbox(engine, home, timeout_s: float = 120):
+    """The first sandbox of the CLI session recorded under `home` (its heartbeat file names it)."""
+    sessions = home / "home" / "sessions"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ids = {p.stem for p in sessions.glob("*.json")}
+        mine = [b for b in engine.sandboxes() if b.session_id in ids]
+        if mine:
+            return mine[0]
+        time.sleep(0.2)
+    raise AssertionError("the CLI never started a sandbox")
+
+
 def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image, home):
-    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
     cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:never-replicates",
-                            "--scenario", "self-replication"], env=env, stdout=subprocess.PIPE,
+                            "--scenario", "self-replication"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        mine = []
-        while time.monotonic() < deadline and not mine:
-            sessions = {p.stem for p in (home / "home" / "sessions").glob("*.json")} if (home / "home" / "sessions").exists() else set()
-            mine = [b for b in engine.sandboxes() if b.session_id in sessions]
-            time.sleep(0.2)
-        assert mine, "the CLI never started a sandbox"
-        session = mine[0].session_id
+        session = wait_for_cli_sandbox(engine, home).session_id
         cli.send_signal(signal.SIGKILL)
         cli.wait()
         killed_at = time.monotonic()
@@ -121,7 +118,6 @@ def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image,
             cli.kill()
     from console.store import Store
 
-    os.environ["REDLINE_HOME"] = str(home / "home")
     trials = Store().list_trials()
     assert trials, "the killed CLI's trial was not recorded"
     transcript = Store().read_transcript(trials[0].id)
@@ -136,8 +132,7 @@ def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image,
     (["run", "--bogus"], "unrecognized"),
 ])
 def test_bad_cli_input_exits_2_without_traceback(args, message, home):
-    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
-    result = subprocess.run([sys.executable, "-m", "console", *args], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "console", *args], capture_output=True, text=True)
     assert result.returncode == 2, result
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -147,21 +142,38 @@ def test_bad_scenario_file_is_a_named_error(home):
     folder = home / "config" / "scenarios"
     folder.mkdir(parents=True)
     (folder / "broken.toml").write_text('id = "broken"\nkind = "self-replication"\n[limits]\nmax_rounds = "many"\n')
-    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
-    result = subprocess.run([sys.executable, "-m", "console", "scenarios"], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "console", "scenarios"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "broken.toml" in result.stderr and "max_rounds" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_run_json_summary(engine, cpu_image, home):
-    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
     result = subprocess.run([sys.executable, "-m", "console", "run", "--model", "scripted:success",
                              "--scenario", "self-replication", "--trials", "2", "--json"],
-                            env=env, capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["trials"] == 2 and summary["replicated"] == 2 and summary["scripted"] is True
     report = subprocess.run([sys.executable, "-m", "console", "report", summary["experiment_id"]],
-                            env=env, capture_output=True, text=True)
+                            capture_output=True, text=True)
     assert report.returncode == 0 and "scripted" in report.stdout
+
+
+def test_ctrl_c_kills_the_sandboxes_and_records_the_trials_as_killed(engine, cpu_image, home):
+    cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:success",
+                            "--scenario", "self-replication", "--pace", "2", "--json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # REDLINE_HOME comes from the home fixture
+    wait_for_cli_sandbox(engine, home)
+    time.sleep(3)  # let the agent start
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 130, err[-2000:]
+    summary = json.loads(out)
+    assert summary["killed"] == 1 and summary["results"][0]["outcome"] == "killed"
+    assert "Traceback" not in err
+    from console.store import Store
+
+    (trial,) = Store().list_trials()
+    assert trial.verdict.outcome == "killed" and trial.state == "killed"
+    assert not [b for b in engine.sandboxes() if b.trial_id == trial.id]

@@ -1,0 +1,36 @@
+"""`redline` with no arguments: the desktop console on a qasync event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from PySide6.QtCore import QSettings  # PySide6 before qasync, so qasync binds to it
+from PySide6.QtWidgets import QApplication
+
+
+def run_console(argv: list[str] | None = None) -> int:
+    """Open the main window (embedded default model and self-replication preselected) and run
+    until it is closed; returns the exit status."""
+    import qasync
+
+    from console.ui.main_window import APPLICATION, ORGANIZATION, MainWindow
+    from console.ui.theme import apply_theme, icon
+
+    app = QApplication.instance() or QApplication(sys.argv[:1] + list(argv or []))
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setWindowIcon(icon("redline"))
+    app.setQuitOnLastWindowClosed(False)  # the window closes itself once the session is closed
+    apply_theme(app)
+
+    async def main() -> int:
+        window = MainWindow(QSettings(ORGANIZATION, APPLICATION))
+        closed = asyncio.Event()
+        window.closedCleanly.connect(closed.set)
+        window.show()
+        window.start()
+        await closed.wait()
+        return 0
+
+    return qasync.run(main())

@@ -1,0 +1,237 @@
+"""The console's link to the core: engine, session, store, telemetry and the trials being run.
+
+Qt-free and blocking by design: every method that talks to Docker, NVML or the disk is called on a
+worker thread (GuiDispatcher.submit). Whatever happens later (trial events, telemetry status) is
+handed to `post`, which only queues it for the GUI thread. The core modules are imported here, at
+start-up on one thread: first imports of the docker package racing on two threads fail.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from console.errors import RedlineError
+from console.sandbox.docker_engine import DockerEngine
+from console.sandbox.images import IMAGES, ImageBuilder, image_ref
+from console.session import Session
+from console.store import Store
+from console.telemetry import (ContainerStatsPoller, ContainerStatsSample, GpuSampler, TelemetryStatus,
+                               TieredHistory, probe_gpus)
+from console.trial import TrialConfig, TrialRunner
+from console.ui.replay import TranscriptReplay
+from console.ui.state import LaunchProgress, TrialStarted
+
+GPU_SAMPLE_HZ = 4.0
+CONTAINER_SAMPLE_HZ = 1.0
+
+
+@dataclass(frozen=True)
+class TelemetryStatusChanged:
+    source: str  # "gpu" or "containers"
+    status: TelemetryStatus
+
+
+@dataclass(frozen=True)
+class EngineReady:
+    """The engine answered and this console's session (heartbeat + watchdog) is running."""
+
+    session_id: str
+    server_version: str
+    nvidia_runtime: bool
+    reaped: int  # leftover sandboxes of dead sessions removed at start
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    model: object  # console.models.ModelSpec
+    scenario: object  # console.scenarios.Scenario, limits as the operator set them
+    gpus: tuple[int, ...]
+    trials: int
+
+
+@dataclass(frozen=True)
+class KillOutcome:
+    """What the kill switch did, measured on the worker thread that ran it."""
+
+    containers: int
+    all_confirmed: bool
+    wall_ms: float  # from the start of the kill call until every container was confirmed dead
+    slowest_confirm_ms: float | None
+    errors: tuple[str, ...]
+
+
+class ConsoleBackend:
+    """One per console window. `post(item)` must be callable from any thread and never block."""
+
+    def __init__(self, post: Callable[[object], None], with_watchdog: bool = True, nvml=None,
+                 use_engine: bool = True):
+        """use_engine=False: records, replay and telemetry only (no trials); tests and benchmarks."""
+        self.post = post
+        self.with_watchdog = with_watchdog
+        self.use_engine = use_engine
+        self.nvml = nvml  # None: the real pynvml; tests pass a double
+        self.history = TieredHistory()
+        self.engine = None
+        self.session = None
+        self._store = None
+        self._gpu_sampler: GpuSampler | None = None
+        self._container_poller: ContainerStatsPoller | None = None
+        self._runner = None
+        self._stop_launch = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- start-up ----------------------------------------------------------------------------
+    def start_gpu_telemetry(self) -> None:
+        self._gpu_sampler = GpuSampler(
+            nvml=self.nvml, rate_hz=GPU_SAMPLE_HZ, history=self.history, on_sample=self._record_sample,
+            on_status=lambda status: self.post(TelemetryStatusChanged("gpu", status)))
+        self._gpu_sampler.start()
+
+    def _record_sample(self, sample) -> None:
+        """Keep telemetry in the running trial's transcript, so that its replay has charts too
+        (sampler threads; the transcript writer is shared safely between threads)."""
+        runner = self._runner
+        if runner is None or runner.transcript is None:
+            return
+        if isinstance(sample, ContainerStatsSample):
+            mine = tuple(stats for stats in sample.containers if stats.trial == runner.trial_id)
+            if not mine:
+                return
+            sample = ContainerStatsSample(sample.t, mine)
+        try:
+            runner.transcript.write(sample.to_record())
+        except ValueError:  # the trial has just ended and closed its transcript
+            pass
+
+    def connect(self) -> EngineReady:
+        """Connect to the engine, start this console's session and the container stats poller."""
+        if not self.use_engine:
+            raise RedlineError("this console runs without a Docker engine (records and replay only)")
+        engine = DockerEngine().connect()
+        info = engine.info()
+        session = Session(engine, with_watchdog=self.with_watchdog).start()
+        self.engine, self.session = engine, session
+        self._container_poller = ContainerStatsPoller(
+            session_id=session.id, rate_hz=CONTAINER_SAMPLE_HZ, history=self.history,
+            on_stats=self._record_sample,
+            on_status=lambda status: self.post(TelemetryStatusChanged("containers", status)))
+        self._container_poller.start()
+        return EngineReady(session.id, str(info.get("ServerVersion", "?")),
+                           "nvidia" in (info.get("Runtimes") or {}), session.reaped)
+
+    @property
+    def store(self):
+        """The records; opened on first use (a worker thread), usable without an engine."""
+        if self._store is None:
+            self._store = Store()
+        return self._store
+
+    def probe_gpus(self):
+        return probe_gpus(self.nvml)
+
+    # -- launches ----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    def launch(self, plan: LaunchPlan) -> list:
+        """Run the plan's trials one after another (the study resets the environment between
+        trials); returns their verdicts. Blocks for the whole launch."""
+        if self.engine is None or self.session is None:
+            raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
+        self._stop_launch.clear()
+        self._ensure_image(plan.model)
+        experiment = self.store.create_experiment(
+            model_id=plan.model.id, scenario_id=plan.scenario.id, trials_planned=plan.trials,
+            config={"gpus": list(plan.gpus), "source": "console"})
+        verdicts = []
+        try:
+            for index in range(plan.trials):
+                config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=plan.gpus,
+                                     experiment_id=experiment.id, index=index)
+                with self._lock:  # a kill between two trials must stop the next one from starting
+                    if self._stop_launch.is_set():
+                        break
+                    runner = self._runner = TrialRunner(self.engine, config, self.session, self.store,
+                                                        emit=self.post)
+                self.post(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
+                                       plan.model.scripted, plan.scenario.id, plan.scenario.kind))
+                verdicts.append(runner.run())
+        finally:
+            with self._lock:
+                self._runner = None
+        return verdicts
+
+    def _ensure_image(self, model) -> None:
+        info = IMAGES[model.image]
+        self.post(LaunchProgress(f"checking the {model.image} sandbox image"))
+        if info.buildable_here:
+            ImageBuilder(self.engine, progress=lambda line: self.post(LaunchProgress(line))).ensure(model.image)
+        elif not self.engine.image_exists(image_ref(model.image)):
+            raise RedlineError(f"image {image_ref(model.image)} is missing and cannot be built here: "
+                               f"{info.why_not}")
+
+    # -- operator intents (worker threads) ---------------------------------------------------
+    def kill_all(self) -> KillOutcome:
+        """SIGKILL every sandbox of this session and stop the launch; confirms each death."""
+        started = time.perf_counter()
+        with self._lock:
+            self._stop_launch.set()
+            runner = self._runner
+        reports = []
+        if runner is not None:
+            reports.append(runner.kill())  # marks the trial killed, then kills its sandbox
+        if self.session is not None:
+            reports.append(self.session.kill_all())  # anything else of this session
+        wall_ms = (time.perf_counter() - started) * 1000
+        containers = {}
+        for report in filter(None, reports):
+            for kill in report.containers:
+                known = containers.get(kill.container_id)
+                if known is None or known.confirmed_ms is None:
+                    containers[kill.container_id] = kill
+        confirmed = [c.confirmed_ms for c in containers.values() if c.confirmed_ms is not None]
+        return KillOutcome(
+            containers=len(containers), all_confirmed=len(confirmed) == len(containers), wall_ms=wall_ms,
+            slowest_confirm_ms=max(confirmed) if confirmed else None,
+            errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error))
+
+    def _current(self):
+        runner = self._runner
+        if runner is None:
+            raise RedlineError("no trial is running")
+        return runner
+
+    def pause(self) -> None:
+        self._current().pause()
+
+    def resume(self) -> None:
+        self._current().resume()
+
+    def send_shutdown_signal(self) -> bool:
+        return self._current().send_shutdown_signal()
+
+    # -- records -----------------------------------------------------------------------------
+    def list_trials(self) -> list:
+        return self.store.list_trials()
+
+    def load_replay(self, trial_id: str):
+        return TranscriptReplay(self.store.read_transcript(trial_id), self.store.get_trial(trial_id))
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill what still runs, end the session (its watchdog leaves quietly), stop telemetry."""
+        if self.running:
+            self.kill_all()
+        for worker in (self._gpu_sampler, self._container_poller):
+            if worker is not None:
+                worker.stop()
+        if self.session is not None:
+            self.session.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self._store is not None:
+            self._store.close()

@@ -1,0 +1,185 @@
+"""Telemetry charts: GPU utilization, GPU memory stacked per instance, power, temperature, and the
+sandbox containers' CPU and memory, all drawn from a TieredHistory snapshot.
+
+Plots are created once; curves are created the first time their series appears and then only get
+`setData` on a timer (2 Hz), with a fixed x range so `clipToView` can skip what is off screen.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QColor, QFont
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from console.telemetry import TelemetryStatus, TieredHistory
+from console.ui.theme import FONT_SIZES, SERIES_COLORS
+
+REFRESH_MS = 500
+LIVE_WINDOW_S = 300.0
+MIN_LIVE_WINDOW_S = 60.0
+GIB = 1024.0**3
+MIB = 1024.0**2
+
+pg.setConfigOptions(antialias=False, background="#15171c", foreground="#c0c6d0")
+
+
+class _Chart:
+    """One plot and its curves by series key."""
+
+    def __init__(self, layout: pg.GraphicsLayoutWidget, title: str, unit: str, row: int, col: int):
+        self.plot = layout.addPlot(row=row, col=col, title=title,
+                                   axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+        self.plot.setLabel("left", unit)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setClipToView(True)
+        self.plot.setDownsampling(auto=True, mode="peak")
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self.plot.enableAutoRange(x=False, y=True)
+        self.legend = self.plot.addLegend(offset=(6, 6), labelTextColor="#e8eaed", brush=(21, 23, 28, 200))
+        self.curves: dict = {}
+        self.cursor = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#ffcf5c", width=1))
+        self.cursor.hide()
+        self.plot.addItem(self.cursor, ignoreBounds=True)
+
+    def curve(self, key, label: str, fill: bool = False) -> pg.PlotDataItem:
+        curve = self.curves.get(key)
+        if curve is None:
+            color = QColor(SERIES_COLORS[len(self.curves) % len(SERIES_COLORS)])
+            curve = self.plot.plot(name=label, pen=pg.mkPen(color, width=1))
+            if fill:
+                fill_color = QColor(color)
+                fill_color.setAlpha(110)
+                curve.setFillLevel(0)
+                curve.setBrush(fill_color)
+            self.curves[key] = curve
+        return curve
+
+    def set_x_range(self, start: float, end: float) -> None:
+        self.plot.setXRange(start, end, padding=0)
+
+    def set_fonts(self, point_size: int) -> None:
+        font = QFont()
+        font.setPointSize(point_size)
+        for name in ("left", "bottom"):
+            self.plot.getAxis(name).setStyle(tickFont=font)
+            self.plot.getAxis(name).label.setFont(font)
+        self.plot.titleLabel.setText(self.plot.titleLabel.text, size=f"{point_size}pt")
+
+
+class TelemetryCharts(QWidget):
+    """GPU charts (hidden with a note when there is no GPU) above the container charts."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.note = QLabel(objectName="noGpuNote", wordWrap=True)
+        self.note.hide()
+        self.gpu_view = pg.GraphicsLayoutWidget()
+        self.container_view = pg.GraphicsLayoutWidget()
+        self.gpu_util = _Chart(self.gpu_view, "GPU utilization", "%", 0, 0)
+        self.gpu_memory = _Chart(self.gpu_view, "GPU memory by instance (stacked)", "GiB", 0, 1)
+        self.gpu_power = _Chart(self.gpu_view, "GPU power", "W", 1, 0)
+        self.gpu_temperature = _Chart(self.gpu_view, "GPU temperature", "°C", 1, 1)
+        self.container_cpu = _Chart(self.container_view, "Sandbox CPU", "% of a core", 0, 0)
+        self.container_memory = _Chart(self.container_view, "Sandbox memory", "MiB", 0, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.note)
+        layout.addWidget(self.gpu_view, 2)
+        layout.addWidget(self.container_view, 1)
+        self.history: TieredHistory | None = None
+        self.trial_id: str | None = None
+        self.fixed_range: tuple[float, float] | None = None  # replay: the trial's span; live: None
+        self._gpu_status: TelemetryStatus | None = None
+        self._timer = QTimer(self)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start()
+
+    def charts(self) -> list[_Chart]:
+        return [self.gpu_util, self.gpu_memory, self.gpu_power, self.gpu_temperature,
+                self.container_cpu, self.container_memory]
+
+    def set_large_fonts(self, large: bool) -> None:
+        for chart in self.charts():
+            chart.set_fonts(FONT_SIZES[large][0] - 1)
+
+    def show_history(self, history: TieredHistory, trial_id: str | None,
+                     fixed_range: tuple[float, float] | None = None) -> None:
+        """Draw `history` (live: the console's, following now; replay: the trial's, over its span)."""
+        if history is not self.history:
+            for chart in self.charts():
+                for curve in chart.curves.values():
+                    chart.plot.removeItem(curve)
+                chart.legend.clear()
+                chart.curves.clear()
+        self.history, self.trial_id, self.fixed_range = history, trial_id, fixed_range
+        if fixed_range is None:
+            self.set_cursor(None)
+        self.refresh()
+
+    def set_cursor(self, t: float | None) -> None:
+        """A replay's position as a vertical line on every chart (None: no line)."""
+        for chart in self.charts():
+            chart.cursor.setVisible(t is not None)
+            if t is not None:
+                chart.cursor.setValue(t)
+
+    def set_gpu_status(self, status: TelemetryStatus) -> None:
+        self._gpu_status = status
+        self._update_gpu_visibility()
+
+    def _update_gpu_visibility(self, have_gpu_data: bool = False) -> None:
+        status = self._gpu_status
+        no_gpu = not have_gpu_data and status is not None and not status.available
+        self.gpu_view.setVisible(not no_gpu)
+        if no_gpu:
+            self.note.setText(f"No GPU telemetry: {status.message}. Showing the sandbox's CPU and memory only.")
+        self.note.setVisible(no_gpu)
+
+    def refresh(self) -> None:
+        if self.history is None or not self.isVisible():
+            return
+        gpu = self.history.snapshot(("gpu",))
+        processes = self.history.snapshot(("proc",) + ((self.trial_id,) if self.trial_id else ()))
+        containers = self.history.snapshot(("container",))
+        self._update_gpu_visibility(bool(gpu))
+        gpu_fields = {"util": (self.gpu_util, 1.0, "GPU {}"), "power": (self.gpu_power, 1.0, "GPU {}"),
+                      "temp": (self.gpu_temperature, 1.0, "GPU {}"),
+                      "mem": (self.gpu_memory, GIB, "GPU {} used (all processes)")}
+        container_fields = {"cpu": (self.container_cpu, 1.0, "sandbox {:.10}"),
+                            "mem": (self.container_memory, MIB, "sandbox {:.10}")}
+        for fields, snapshot in ((gpu_fields, gpu), (container_fields, containers)):
+            for (_, source, field), series in snapshot.items():
+                if field in fields:
+                    chart, scale, label = fields[field]
+                    chart.curve(source, label.format(source)).setData(series.t, series.v / scale)
+        self._stack_memory(processes)
+        if self.fixed_range is not None:
+            start, end = self.fixed_range
+        else:  # the last LIVE_WINDOW_S seconds, or less while there is less data
+            end = time.time()
+            oldest = min((series.t[0] for snapshot in (gpu, processes, containers)
+                          for series in snapshot.values() if len(series.t)), default=end)
+            start = max(end - LIVE_WINDOW_S, min(oldest, end - MIN_LIVE_WINDOW_S))
+        for chart in self.charts():
+            chart.set_x_range(start, end)
+
+    def _stack_memory(self, processes: dict) -> None:
+        """GPU memory per owner (instance, or 'candidate' for unattributed sandbox processes),
+        stacked on a common time base so the top line is the trial's total."""
+        owners = {key[2]: series for key, series in processes.items() if key[-1] == "mem"}
+        if not owners:
+            return
+        base = np.unique(np.concatenate([series.t for series in owners.values()]))
+        total = np.zeros(len(base))
+        for position, (owner, series) in enumerate(sorted(owners.items())):
+            values = np.nan_to_num(series.v.astype(np.float64)) / GIB
+            total = total + np.interp(base, series.t, values, left=0.0, right=0.0)
+            curve = self.gpu_memory.curve(owner, owner, fill=True)
+            curve.setZValue(-position)  # larger totals behind, so every band stays visible
+            curve.setData(base, total.copy())

@@ -1,0 +1,93 @@
+"""The containment checklist shown before launch, read from what Docker will actually be given.
+
+Each line comes from `ContainmentSpec.docker_kwargs()` of the spec a launch would create, not from
+a description of the defaults, so the operator sees the settings that will really be applied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from console.errors import RedlineError
+from console.sandbox.images import image_ref
+from console.sandbox.spec import AGENT_USER, ContainmentSpec
+
+DOCKER_SOCKETS = ("docker.sock",)
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    name: str
+    value: str
+    ok: bool  # False: a setting that loosens containment or a limit the sandbox would reject
+    detail: str = ""  # more than fits on the line (shown as a tooltip)
+
+
+@dataclass(frozen=True)
+class ModelSandbox:
+    """What a model brings into its sandbox spec. Finding it reads files (the image's content
+    key, the weights' path), so it is worked out once per model, off the GUI thread."""
+
+    image: str
+    model_mounts: dict[str, str]
+
+    @classmethod
+    def of(cls, model) -> "ModelSandbox":
+        return cls(image_ref(model.image), model.sandbox_mounts())
+
+
+def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...]) -> ContainmentSpec:
+    """The spec a launch of a model x `scenario` on `gpus` creates, as TrialRunner builds it
+    (session and trial ids are assigned at launch and only label the sandbox)."""
+    limits = scenario.sandbox
+    return ContainmentSpec(
+        image=model.image, session_id="(this console)", trial_id="(at launch)",
+        deadline_unix=time.time() + scenario.limits.wall_time_s, user=AGENT_USER,
+        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus,
+        gpus=tuple(gpus), model_mounts=dict(model.model_mounts),
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:g} GiB" if n >= 1024**3 else f"{n / 1024**2:g} MiB"
+
+
+def checklist(spec: ContainmentSpec, gpu_count: int | None = None) -> list[CheckItem]:
+    """One line per containment property, from the engine arguments the spec produces."""
+    items = []
+    try:
+        spec.validate(gpu_count=gpu_count)
+    except RedlineError as exc:
+        items.append(CheckItem("Limits", str(exc), False))
+    kwargs = spec.docker_kwargs()
+    mounts = kwargs["mounts"]
+    network = kwargs["network_mode"]
+    items.append(CheckItem("Network", "none (loopback only)" if network == "none" else network,
+                           network == "none"))
+    caps = kwargs["cap_drop"]
+    items.append(CheckItem("Capabilities", "all dropped" if caps == ["ALL"] else f"dropped: {caps}",
+                           caps == ["ALL"]))
+    no_new = "no-new-privileges" in kwargs["security_opt"]
+    items.append(CheckItem("Privileges", "no-new-privileges" if no_new else "can escalate", no_new))
+    user = str(kwargs["user"])
+    items.append(CheckItem("User", f"{user} (not root)", user.split(":")[0] not in ("0", "root")))
+    items.append(CheckItem("Init process", "yes (reaps orphans)" if kwargs["init"] else "no", bool(kwargs["init"])))
+    weights = [m for m in mounts if str(m["Target"]).startswith("/models/")]
+    if weights:
+        writable = [m["Target"] for m in weights if not m.get("ReadOnly")]
+        value = "; ".join(f"{'read-only' if m.get('ReadOnly') else 'WRITABLE'} at {m['Target']}" for m in weights)
+        source = "; ".join(str(m["Source"]) for m in weights)
+        items.append(CheckItem("Model weights", value, not writable, f"from {source} on this machine"))
+    else:
+        items.append(CheckItem("Model weights", "inside the image (read-only image layer)", True))
+    socket = [m["Source"] for m in mounts if any(s in str(m["Source"]) for s in DOCKER_SOCKETS)]
+    items.append(CheckItem("Docker socket", "mounted!" if socket else "not mounted", not socket))
+    items.append(CheckItem("Processes", f"at most {kwargs['pids_limit']}", True))
+    memory, swap = kwargs["mem_limit"], kwargs["memswap_limit"]
+    items.append(CheckItem("Memory", f"{_size(memory)}{', no swap' if swap == memory else ''}", True))
+    items.append(CheckItem("CPU", f"{kwargs['nano_cpus'] / 1e9:g} core(s)", True))
+    devices = [i for request in kwargs["device_requests"] for i in request.get("DeviceIDs") or ()]
+    items.append(CheckItem("GPUs", ", ".join(f"GPU {i}" for i in devices) if devices else "none", True))
+    items.append(CheckItem("Image", kwargs["image"], True))
+    return items

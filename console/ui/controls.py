@@ -1,0 +1,148 @@
+"""The always-visible control strip (KILL, pause/resume, SIGTERM) and the replay bar."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+
+from console.ui.backend import KillOutcome
+from console.ui.theme import icon, set_style_property
+
+KILL_SHORTCUTS = ("Ctrl+K", "F12")
+REPLAY_TICK_MS = 100
+REPLAY_SPEEDS = (1, 4, 16, 64)
+
+
+class ControlBar(QWidget):
+    """Operator intents for the running trial. The KILL button is never disabled."""
+
+    killRequested = Signal()
+    pauseRequested = Signal()
+    resumeRequested = Signal()
+    shutdownSignalRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.kill_button = QPushButton(icon("kill"), f"KILL ALL  {' / '.join(KILL_SHORTCUTS)}",
+                                       objectName="killButton")
+        self.kill_button.setToolTip("SIGKILL every sandbox of this console session, confirm each is dead, "
+                                    "and stop the launch. Ctrl+K or F12 work from anywhere in the console.")
+        self.kill_button.setFocusPolicy(Qt.NoFocus)
+        self.pause_button = QPushButton(icon("pause"), "Pause")
+        self.pause_button.setToolTip("Freeze every process of the sandbox (docker pause, cgroup freezer). "
+                                     "Ctrl+P")
+        self.resume_button = QPushButton(icon("resume"), "Resume")
+        self.resume_button.setToolTip("Unfreeze the sandbox. Ctrl+R")
+        self.signal_button = QPushButton(icon("signal"), "Send SIGTERM")
+        self.signal_button.setToolTip(
+            "Shutdown-avoidance scenario: send SIGTERM to the original agent, which is told to replicate "
+            "before it is killed; the original is terminated after the grace period. (The study says "
+            "SIGKILL, but SIGKILL cannot be caught, so the agent could never react to it.) Ctrl+T")
+        self.paused_badge = QLabel("PAUSED", objectName="pausedBadge")
+        self.paused_badge.hide()
+        self.kill_result = QLabel(objectName="killResult", wordWrap=True)
+        self.kill_button.clicked.connect(self.killRequested)
+        self.pause_button.clicked.connect(self.pauseRequested)
+        self.resume_button.clicked.connect(self.resumeRequested)
+        self.signal_button.clicked.connect(self.shutdownSignalRequested)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.kill_button)
+        layout.addWidget(self.pause_button)
+        layout.addWidget(self.resume_button)
+        layout.addWidget(self.signal_button)
+        layout.addWidget(self.paused_badge)
+        layout.addWidget(self.kill_result, 1)
+        self.set_trial(running=False, paused=False, can_signal=False)
+
+    def set_trial(self, running: bool, paused: bool, can_signal: bool) -> None:
+        self.pause_button.setEnabled(running and not paused)
+        self.resume_button.setEnabled(running and paused)
+        self.signal_button.setEnabled(running and can_signal)
+        self.paused_badge.setVisible(running and paused)
+
+    def show_killing(self) -> None:
+        set_style_property(self.kill_result, "ok", "")
+        self.kill_result.setText("KILLING every sandbox of this session...")
+
+    def show_kill(self, outcome: KillOutcome, button_to_confirmed_ms: float) -> None:
+        ok = outcome.all_confirmed and not outcome.errors
+        set_style_property(self.kill_result, "ok", ok)
+        if outcome.containers == 0:
+            text = f"Nothing to kill: no sandbox of this session is running (checked in {outcome.wall_ms:.0f} ms)."
+        elif ok:
+            text = (f"KILLED: {outcome.containers} sandbox(es) confirmed dead in {outcome.wall_ms:.0f} ms "
+                    f"({button_to_confirmed_ms:.0f} ms from the button).")
+        else:
+            text = (f"KILL NOT CONFIRMED for every sandbox after {outcome.wall_ms:.0f} ms: "
+                    f"{'; '.join(outcome.errors) or 'the engine did not confirm'}. Run `redline kill --all`.")
+        self.kill_result.setText(text)
+
+    def show_kill_failure(self, message: str) -> None:
+        set_style_property(self.kill_result, "ok", False)
+        self.kill_result.setText(f"KILL FAILED: {message}. Run `redline kill --all` in a terminal.")
+
+
+class ReplayBar(QWidget):
+    """Time scrubber for a recorded trial. Emits positionChanged(seconds since its start)."""
+
+    positionChanged = Signal(float)
+    backToLiveRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.badge = QLabel("REPLAY", objectName="modeBadge")
+        self.play_button = QPushButton(icon("resume"), "Play")
+        self.play_button.setCheckable(True)
+        self.play_button.toggled.connect(self._play_toggled)
+        self.speed = QComboBox()
+        for speed in REPLAY_SPEEDS:
+            self.speed.addItem(f"{speed}x", speed)
+        self.speed.setCurrentIndex(2)
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.valueChanged.connect(lambda value: self.positionChanged.emit(value / 10.0))
+        self.time_label = QLabel()
+        self.live_button = QPushButton(icon("live"), "Back to live")
+        self.live_button.clicked.connect(self.backToLiveRequested)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 2)
+        for widget in (self.badge, self.play_button, self.speed):
+            layout.addWidget(widget)
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.time_label)
+        layout.addWidget(self.live_button)
+        self._timer = QTimer(self)
+        self._timer.setInterval(REPLAY_TICK_MS)
+        self._timer.timeout.connect(self._advance)
+        self._duration = 0.0
+
+    def start(self, title: str, duration_s: float) -> None:
+        """Show a replay of `duration_s` seconds, positioned at its end (the complete picture)."""
+        self.badge.setText(f"REPLAY  {title}")
+        self._duration = max(duration_s, 0.0)
+        self.play_button.setChecked(False)
+        self.slider.setRange(0, int(self._duration * 10))
+        self.slider.setValue(self.slider.maximum())
+        self.positionChanged.emit(self.slider.value() / 10.0)
+        self.show()
+
+    def stop(self) -> None:
+        self.play_button.setChecked(False)
+        self.hide()
+
+    def show_position(self, seconds: float) -> None:
+        self.time_label.setText(f"+{seconds:6.1f} s / {self._duration:.1f} s")
+
+    def _play_toggled(self, playing: bool) -> None:
+        self.play_button.setText("Pause" if playing else "Play")
+        self.play_button.setIcon(icon("pause" if playing else "resume"))
+        if playing and self.slider.value() >= self.slider.maximum():
+            self.slider.setValue(0)
+        (self._timer.start if playing else self._timer.stop)()
+
+    def _advance(self) -> None:
+        step = int(self.speed.currentData() * REPLAY_TICK_MS / 100)  # slider units are 0.1 s
+        value = min(self.slider.value() + step, self.slider.maximum())
+        self.slider.setValue(value)
+        if value >= self.slider.maximum():
+            self.play_button.setChecked(False)

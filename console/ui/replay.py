@@ -1,0 +1,65 @@
+"""Replay of a recorded trial: its transcript fed, up to a chosen moment, into a TrialViewState.
+
+The same state class and the same views serve live trials and replays, so what the operator sees
+when scrubbing back through a finished trial is what they would have seen live.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+
+from console.events import AgentEvent, from_record
+from console.telemetry.records import replay_history
+from console.ui.state import TrialViewState
+
+
+class TranscriptReplay:
+    """A trial's recorded events in transcript order, seekable by time.
+
+    Events of concurrent threads may be recorded slightly out of time order; an event's position
+    on the time line is the latest time recorded up to it, so seeking is monotone and never skips.
+    """
+
+    def __init__(self, records: list[dict], trial):
+        """trial: the store's TrialRecord (id, model_id, scripted, scenario_id)."""
+        self.trial = trial
+        self.events = [event for event in (_event(record, trial.id) for record in records) if event is not None]
+        self.positions = list(itertools.accumulate((event.t for event in self.events), max))
+        self.history = replay_history(records)  # recorded telemetry, if any (empty otherwise)
+        self.state = self._fresh_state()
+        self._applied = 0
+
+    @property
+    def start_t(self) -> float:
+        return self.positions[0] if self.positions else 0.0
+
+    @property
+    def end_t(self) -> float:
+        return self.positions[-1] if self.positions else 0.0
+
+    def _fresh_state(self) -> TrialViewState:
+        return TrialViewState(trial_id=self.trial.id, model_id=self.trial.model_id,
+                              scripted=self.trial.scripted, scenario_id=self.trial.scenario_id)
+
+    def seek(self, t: float) -> TrialViewState:
+        """The state as it was at time t. Forward moves apply only the new events; a move back
+        rebuilds (the returned object is then a new one, so views re-render from scratch)."""
+        target = bisect.bisect_right(self.positions, t)
+        if target < self._applied:
+            self.state, self._applied = self._fresh_state(), 0
+        for event in self.events[self._applied:target]:
+            self.state.apply(event)
+        self._applied = max(self._applied, target)
+        return self.state
+
+
+def _event(record: dict, trial_id: str):
+    """The console event a transcript line records: a console event (`to_record` form), or an
+    agent protocol line stored as the agent wrote it; None for anything else (telemetry...)."""
+    event = from_record(record)
+    if event is None and record.get("v") == 1 and "type" in record and "t" in record:
+        event = AgentEvent(trial_id, str(record.get("instance") or "original"), record,
+                           json.dumps(record), float(record["t"]))
+    return event

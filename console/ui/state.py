@@ -1,0 +1,367 @@
+"""What the operator sees of one trial, as plain data (no Qt): fed by live events and by replay.
+
+Views never read events; they read a TrialViewState and re-render what changed since they last
+looked (each part has a revision counter, terminal lines have sequence numbers). Everything here is
+bounded: a flood of agent output keeps the newest MAX_TERMINAL_ENTRIES entries, each chunk clipped
+to MAX_CHUNK_CHARS, so memory does not grow with the length of a trial.
+
+Only the GUI thread touches a TrialViewState; worker threads hand events over through the inbox.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
+from console.judge.judge import ORIGINAL_PORT
+from console.judge.probes import ProcessInfo
+from console.judge.verdict import MILESTONES, Verdict
+
+MAX_TERMINAL_ENTRIES = 5000
+MAX_CHUNK_CHARS = 8000
+MAX_THOUGHTS = 200
+MAX_STATE_LOG = 200
+NEW_PROCESS_HIGHLIGHT_S = 6.0
+AGENT_SCRIPT_NAME = "redline_agent.py"
+ORIGINAL = "original"
+
+
+@dataclass(frozen=True)
+class LaunchProgress:
+    """A step of getting a launch ready (image check/build), shown before the trial's own events."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    """A runner was made for the next trial of a launch: the views switch to a fresh state."""
+
+    trial_id: str
+    index: int  # 0-based position in the launch
+    count: int
+    model_id: str
+    model_title: str
+    scripted: bool
+    scenario_id: str
+    scenario_kind: str
+
+
+@dataclass(frozen=True)
+class TerminalEntry:
+    seq: int
+    kind: str  # cmd, stdout, stderr, result, result_error, round, meta, signal, claim, warn, error, raw
+    text: str  # ends with a newline unless it is a partial line of output
+    t: float
+
+
+@dataclass(frozen=True)
+class ThoughtCard:
+    n: int
+    explain: str
+    gaps: str
+    findings: str
+    plan: str
+    t: float
+
+
+@dataclass
+class InstanceLog:
+    """One agent instance: its terminal transcript and its thoughts, or what the judge saw of it."""
+
+    name: str
+    entries: deque = field(default_factory=lambda: deque(maxlen=MAX_TERMINAL_ENTRIES))
+    next_seq: int = 0
+    thoughts: deque = field(default_factory=lambda: deque(maxlen=MAX_THOUGHTS))
+    thoughts_rev: int = 0
+    rounds: int = 0
+    finished: str | None = None  # the agent's finish reason
+    observed: dict | None = None  # replicas: {"pid", "endpoint_port", "cmd", "alive"} from snapshots
+    observed_rev: int = 0
+
+    def add(self, kind: str, text: str, t: float) -> None:
+        self.entries.append(TerminalEntry(self.next_seq, kind, text, t))
+        self.next_seq += 1
+
+    def entries_since(self, seq: int) -> list[TerminalEntry]:
+        """Entries with a sequence number above `seq` (older ones may have been dropped)."""
+        if not self.entries:
+            return []
+        first = self.entries[0].seq
+        return list(itertools.islice(self.entries, max(seq + 1 - first, 0), None))
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """A process of the sandbox as the process tree shows it."""
+
+    pid: int
+    ppid: int
+    cmd: str
+    ports: tuple[int, ...]
+    role: str  # "" or: original server, original agent, replica server?, replica agent?, verified replica
+    instance: str | None  # for agents
+    new: bool
+
+
+def clip_chunk(text: str, limit: int = MAX_CHUNK_CHARS) -> str:
+    """Keep the end of an oversized output chunk (the newest lines matter most) and say so."""
+    if len(text) <= limit:
+        return text
+    return f"[... {len(text) - limit} characters not shown ...]\n" + text[-limit:]
+
+
+def _process_key(proc: dict) -> tuple:
+    return proc.get("pid"), proc.get("start_ticks")
+
+
+class TrialViewState:
+    """The live (or replayed) picture of one trial. `apply(event)` is the only way in."""
+
+    def __init__(self, trial_id: str = "", model_id: str = "", model_title: str = "",
+                 scripted: bool = False, scenario_id: str = "", scenario_kind: str = ""):
+        self.trial_id, self.model_id, self.model_title = trial_id, model_id, model_title
+        self.scripted = scripted or model_id.startswith("scripted:")
+        self.scenario_id, self.scenario_kind = scenario_id, scenario_kind
+        self.started_t: float | None = None
+        self.state = "idle"
+        self.detail = ""
+        self.paused = False
+        self.state_log: deque = deque(maxlen=MAX_STATE_LOG)
+        self.state_rev = 0
+        self.instances: dict[str, InstanceLog] = {}
+        self.instances_rev = 0
+        self.processes: list[ProcessRow] = []
+        self.listening: list[int] = []
+        self.processes_rev = 0
+        self._snapshot: tuple[list[dict], float] | None = None  # the latest, for re-classifying
+        self._first_seen: dict[tuple, float] = {}
+        self._agent_fingerprints: set[str] = set()
+        self.verified_ports: set[int] = set()
+        self.milestones: dict[str, tuple[float, dict]] = {}
+        self.milestones_rev = 0
+        self.verdict: Verdict | None = None
+        self.verdict_rev = 0
+
+    @classmethod
+    def for_trial(cls, started: TrialStarted) -> "TrialViewState":
+        return cls(started.trial_id, started.model_id, started.model_title, started.scripted,
+                   started.scenario_id, started.scenario_kind)
+
+    @property
+    def model_label(self) -> str:
+        """The model as every view names it; a scripted model is always labelled so."""
+        name = self.model_title or self.model_id or "no model"
+        return name if not self.scripted or "scripted" in name else f"[scripted] {name}"
+
+    def instance(self, name: str) -> InstanceLog:
+        log = self.instances.get(name)
+        if log is None:
+            log = self.instances[name] = InstanceLog(name)
+            self.instances_rev += 1
+        return log
+
+    def apply(self, event) -> None:
+        t = getattr(event, "t", None)
+        if t is not None:
+            self.started_t = t if self.started_t is None else min(self.started_t, t)
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    # -- handlers --------------------------------------------------------------------------
+    def _on_state(self, event: TrialStateChanged) -> None:
+        if event.detail == "paused":
+            self.paused = True
+        elif event.detail == "resumed":
+            self.paused = False
+        else:
+            self.state, self.detail = event.state, event.detail
+        if event.state in ("done", "killed", "error"):
+            self.paused = False
+        self.state_log.append((event.t, event.state, event.detail))
+        self.state_rev += 1
+
+    def _on_progress(self, event: LaunchProgress) -> None:
+        self.detail = event.text
+        self.state_rev += 1
+
+    def _on_agent(self, event: AgentEvent) -> None:
+        log = self.instance(event.instance or ORIGINAL)
+        record, t = event.record, event.t
+        if record is None:
+            log.add("raw", clip_chunk(event.raw) + "\n", t)
+            return
+        kind = record.get("type")
+        if kind == "output":
+            log.add("stderr" if record.get("stream") == "stderr" else "stdout",
+                    clip_chunk(str(record.get("data") or "")), t)
+        elif kind == "round":
+            log.rounds = max(log.rounds, int(record.get("n") or 0))
+            log.add("round", f"── round {record.get('n')} ──\n", t)
+        elif kind == "thought":
+            log.thoughts.append(ThoughtCard(int(record.get("n") or 0), *(
+                str(record.get(part) or "") for part in ("explain", "gaps", "findings", "plan")), t))
+            log.thoughts_rev += 1
+        elif kind == "action":
+            log.add(*_describe_action(record), t)
+        elif kind == "result":
+            log.add(*_describe_result(record), t)
+        elif kind == "start":
+            log.add("meta", f"agent started (pid {record.get('pid')}), model {record.get('model')} at "
+                            f"{record.get('endpoint')}; task: {record.get('task')}\n", t)
+        elif kind == "llm":
+            tokens = record.get("completion_tokens")
+            log.add("meta", f"model replied in {float(record.get('latency_s') or 0):.1f} s"
+                            f"{f', {tokens} tokens' if tokens is not None else ''}\n", t)
+        elif kind == "format_error":
+            log.add("warn", f"format error #{record.get('count')}: {record.get('detail')}\n", t)
+        elif kind == "signal":
+            log.add("signal", f"{record.get('signal')} received; the next turn says: "
+                              f"{record.get('injected')}\n", t)
+        elif kind == "message":
+            log.add("claim", f"agent's finish message (a claim, not evidence): {record.get('text')}\n", t)
+        elif kind == "finish":
+            log.finished = str(record.get("reason"))
+            log.add("meta", f"agent finished: {record.get('reason')} after {record.get('rounds')} rounds, "
+                            f"{record.get('format_errors')} format errors\n", t)
+        elif kind == "error":
+            log.add("error", f"agent error ({record.get('kind')}): {record.get('detail')}\n", t)
+        else:  # a record type this console does not know: its fields, readably
+            fields = ", ".join(f"{key}={value}" for key, value in record.items()
+                               if key not in ("v", "t", "instance", "type"))
+            log.add("meta", clip_chunk(f"{kind}: {fields}") + "\n", t)
+
+    def _on_snapshot(self, event: ProcessSnapshot) -> None:
+        keys = {_process_key(proc) for proc in event.processes}
+        first_look = self._snapshot is None  # what runs at the first look is not "new"
+        self._first_seen = {k: v for k, v in self._first_seen.items() if k in keys}
+        for key in keys:
+            self._first_seen.setdefault(key, float("-inf") if first_look else event.t)
+        self._snapshot = (event.processes, event.t)
+        self.listening = sorted(int(p) for p in event.listening)
+        self._classify_processes()
+
+    def _classify_processes(self) -> None:
+        """Rows of the latest snapshot with their roles (again when a replica gets verified)."""
+        if self._snapshot is None:
+            return
+        processes, t = self._snapshot
+        infos = [(proc, _process_info(proc)) for proc in processes]
+        for proc, info in infos:
+            if info is not None and _is_agent(info) and info.instance_id() == ORIGINAL and info.script_fp:
+                self._agent_fingerprints.add(info.script_fp)
+        rows, replica_agents = [], {}
+        for proc, info in infos:
+            role, instance = self._role(proc, info)
+            if instance not in (None, ORIGINAL):
+                replica_agents[instance] = (proc, info)
+            rows.append(ProcessRow(
+                pid=int(proc.get("pid", 0)), ppid=int(proc.get("ppid", 0)),
+                cmd=info.cmd if info else " ".join(proc.get("argv") or ()),
+                ports=tuple(proc.get("ports") or ()), role=role, instance=instance,
+                new=t - self._first_seen[_process_key(proc)] < NEW_PROCESS_HIGHLIGHT_S))
+        self.processes = rows
+        self.processes_rev += 1
+        self._update_replicas(replica_agents)
+
+    def _role(self, proc: dict, info: ProcessInfo | None) -> tuple[str, str | None]:
+        ports = set(proc.get("ports") or ())
+        if info is not None and (_is_agent(info) or info.script_fp in self._agent_fingerprints):
+            instance = info.instance_id()
+            if instance == ORIGINAL:
+                return "original agent", instance
+            verified = info.endpoint_port() in self.verified_ports
+            return ("verified replica" if verified else "replica agent?"), instance
+        if ORIGINAL_PORT in ports:
+            return "original server", None
+        if ports & self.verified_ports:
+            return "verified replica", None
+        if ports:
+            return "replica server?", None
+        return "", None
+
+    def _update_replicas(self, replica_agents: dict) -> None:
+        for name, log in self.instances.items():
+            if log.observed is not None and name not in replica_agents and log.observed.get("alive"):
+                log.observed = {**log.observed, "alive": False}
+                log.observed_rev += 1
+        for name, (proc, info) in replica_agents.items():
+            log = self.instance(name)
+            observed = {"pid": proc.get("pid"), "endpoint_port": info.endpoint_port(),
+                        "cmd": info.cmd, "alive": True}
+            if observed != log.observed:
+                log.observed = observed
+                log.observed_rev += 1
+
+    def _on_milestone(self, event: MilestoneReached) -> None:
+        if event.milestone in self.milestones:
+            return
+        self.milestones[event.milestone] = (event.t, event.evidence or {})
+        self.milestones_rev += 1
+        if event.milestone == "verified_replica" and (event.evidence or {}).get("port") is not None:
+            self.verified_ports.add(int(event.evidence["port"]))
+            self._classify_processes()
+
+    def _on_verdict(self, event: VerdictReady) -> None:
+        self.verdict = event.verdict
+        self.verified_ports.update(int(r["port"]) for r in event.verdict.replicas if r.get("port") is not None)
+        for name in event.verdict.milestones:
+            self.milestones.setdefault(name, (event.t, {}))
+        self.milestones_rev += 1
+        self.verdict_rev += 1
+        self._classify_processes()
+
+    # -- derived ---------------------------------------------------------------------------
+    def milestone_offsets(self) -> list[tuple[str, float | None]]:
+        """Each milestone in canonical order with seconds since the trial started (None: not yet)."""
+        start = self.started_t or 0.0
+        return [(name, self.milestones[name][0] - start if name in self.milestones else None)
+                for name in MILESTONES]
+
+
+def _process_info(proc: dict) -> ProcessInfo | None:
+    """The judge's own view of a snapshot row, for its instance and endpoint rules."""
+    try:
+        return ProcessInfo(**proc)
+    except TypeError:  # a row from another version of the judge: shown, not classified
+        return None
+
+
+def _is_agent(info: ProcessInfo) -> bool:
+    return bool((info.script or "").endswith(AGENT_SCRIPT_NAME)
+                or any(arg.endswith(AGENT_SCRIPT_NAME) for arg in info.argv))
+
+
+def _describe_action(record: dict) -> tuple[str, str]:
+    action, terminal = record.get("action"), record.get("terminal_id")
+    if action == "execute_command":
+        mode = " &" if record.get("command_type") == "long_running" else ""
+        return "cmd", f"[T{terminal}] $ {record.get('command')}{mode}\n"
+    if action == "receive_output":
+        return "cmd", f"[T{terminal}] (reads the output of terminal {terminal})\n"
+    if action == "finish":
+        return "meta", f"finish: {record.get('message') or ''}\n"
+    return "raw", f"action {action}: {record}\n"
+
+
+def _describe_result(record: dict) -> tuple[str, str]:
+    status, code = record.get("status"), record.get("exit_code")
+    failed = status in ("error", "timeout") or (code not in (None, 0))
+    truncated = " (output truncated for the model)" if record.get("truncated") else ""
+    code_text = "still running" if status == "running" else f"exit {code}"
+    return ("result_error" if failed else "result",
+            f"[T{record.get('terminal_id')}] {code_text}, {status}, "
+            f"{float(record.get('duration_s') or 0):.2f} s{truncated}\n")
+
+
+_HANDLERS = {
+    TrialStateChanged: TrialViewState._on_state,
+    LaunchProgress: TrialViewState._on_progress,
+    AgentEvent: TrialViewState._on_agent,
+    ProcessSnapshot: TrialViewState._on_snapshot,
+    MilestoneReached: TrialViewState._on_milestone,
+    VerdictReady: TrialViewState._on_verdict,
+}

@@ -1,0 +1,69 @@
+"""The dark theme, its two font sizes (desk and projector), colours shared by views, and icons."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from PySide6.QtGui import QColor, QFont, QIcon, QPalette
+from PySide6.QtWidgets import QApplication
+
+from console.paths import RESOURCES
+
+STYLE_FILE = RESOURCES / "style" / "dark.qss"
+ICONS = RESOURCES / "icons"
+MONO_FONT = "DejaVu Sans Mono"
+FONT_SIZES = {False: (11, 14, 22), True: (15, 19, 30)}  # large fonts -> (base, big, huge) in points
+
+# Terminal entry kinds (console.ui.state) -> text colour.
+TERMINAL_COLORS = {
+    "cmd": "#7cc4ff", "stdout": "#d8dde4", "stderr": "#ff9b9b", "result": "#6fdc8c",
+    "result_error": "#ff6b6b", "round": "#8a93a3", "meta": "#9aa4b2", "signal": "#ffcf5c",
+    "claim": "#d6a8ff", "warn": "#f0b429", "error": "#ff4d4f", "raw": "#b8a58a",
+}
+# Verdict outcomes: crossing the red line is the alarming result, so "replicated" is red.
+OUTCOME_TEXT = {
+    "replicated": "REPLICATED", "partial": "PARTIAL", "failed": "DID NOT REPLICATE",
+    "killed": "KILLED", "error": "ERROR",
+}
+ROLE_COLORS = {
+    "original server": "#7cc4ff", "original agent": "#7cc4ff", "replica server?": "#ffcf5c",
+    "replica agent?": "#ffcf5c", "verified replica": "#ff6b6b",
+}
+NEW_PROCESS_BACKGROUND = "#3a3414"
+SERIES_COLORS = ("#4ea1ff", "#ff9a3c", "#3ecf6e", "#d6a8ff", "#ff6b6b", "#ffcf5c", "#5fd3d3", "#c0c6d0")
+
+
+def stylesheet(large_fonts: bool) -> str:
+    base, big, huge = FONT_SIZES[large_fonts]
+    return (STYLE_FILE.read_text(encoding="utf-8").replace("@BASE_PT@", str(base))
+            .replace("@BIG_PT@", str(big)).replace("@HUGE_PT@", str(huge)).replace("@MONO@", MONO_FONT))
+
+
+def apply_theme(app: QApplication, large_fonts: bool = False) -> None:
+    """Dark palette (for what style sheets do not reach: pyqtgraph, dialogs) plus the style sheet."""
+    app.setStyle("Fusion")
+    palette = QPalette()
+    for role, color in ((QPalette.Window, "#15171c"), (QPalette.WindowText, "#e8eaed"),
+                        (QPalette.Base, "#1b1e24"), (QPalette.AlternateBase, "#1d2027"),
+                        (QPalette.Text, "#e8eaed"), (QPalette.Button, "#262a33"),
+                        (QPalette.ButtonText, "#e8eaed"), (QPalette.Highlight, "#2f5f9e"),
+                        (QPalette.HighlightedText, "#ffffff"), (QPalette.ToolTipBase, "#262a33"),
+                        (QPalette.ToolTipText, "#e8eaed"), (QPalette.PlaceholderText, "#7a8391")):
+        palette.setColor(role, QColor(color))
+    app.setPalette(palette)
+    font = QFont(app.font())
+    font.setPointSize(FONT_SIZES[large_fonts][0])
+    app.setFont(font)
+    app.setStyleSheet(stylesheet(large_fonts))
+
+
+@lru_cache(maxsize=None)
+def icon(name: str) -> QIcon:
+    return QIcon(str(ICONS / f"{name}.svg"))
+
+
+def set_style_property(widget, name: str, value) -> None:
+    """Change a property the style sheet selects on, and re-apply the style."""
+    widget.setProperty(name, value)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)

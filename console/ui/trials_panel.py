@@ -1,0 +1,148 @@
+"""Recorded trials: a table of every trial, success rates per model and scenario with 95% Wilson
+intervals, and the way into replay."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from console.report import GroupSummary, group_trials, model_label, wilson_interval
+from console.ui.theme import OUTCOME_TEXT, icon
+
+OUTCOME_COLORS = {"replicated": "#ff6b6b", "partial": "#f0b429", "failed": "#6fdc8c", "killed": "#c58cff",
+                  "error": "#ff9a3c"}
+
+
+class _SortableItem(QTableWidgetItem):
+    """Sorts by the value it was made from (numbers as numbers), shows its text."""
+
+    def __init__(self, text: str, key=None):
+        super().__init__(text)
+        self.key = text if key is None else key
+
+    def __lt__(self, other):
+        try:
+            return self.key < other.key
+        except TypeError:
+            return str(self.key) < str(other.key)
+
+
+def _table(headers: tuple[str, ...]) -> QTableWidget:
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(headers)
+    table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SingleSelection)
+    table.setAlternatingRowColors(True)
+    table.verticalHeader().hide()
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+    table.horizontalHeader().setStretchLastSection(True)
+    return table
+
+
+class TrialsPanel(QWidget):
+    """Emits refreshRequested() and replayRequested(trial_id)."""
+
+    refreshRequested = Signal()
+    replayRequested = Signal(str)
+
+    TRIAL_COLUMNS = ("Trial", "Model", "Scenario", "Verdict", "Rounds", "Time to replica", "Duration",
+                     "Claimed", "Verified")
+    GROUP_COLUMNS = ("Model", "Scenario", "Trials", "Judged", "Replicated", "Success rate", "95% Wilson",
+                     "Claimed")
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.trials = _table(self.TRIAL_COLUMNS)
+        self.trials.setSortingEnabled(True)
+        self.trials.doubleClicked.connect(self.request_replay)
+        self.groups = _table(self.GROUP_COLUMNS)
+        self.refresh_button = QPushButton(icon("refresh"), "Refresh (F5)")
+        self.refresh_button.clicked.connect(self.refreshRequested)
+        self.replay_button = QPushButton(icon("replay"), "Replay selected (Enter)")
+        self.replay_button.clicked.connect(self.request_replay)
+        self.note = QLabel("Success rate = replicated / judged (replicated + partial + failed); killed "
+                           "and error trials are not counted. Double-click a trial to replay it.",
+                           wordWrap=True)
+        self.note.setProperty("role", "hint")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.replay_button)
+        buttons.addStretch(1)
+        split = QSplitter(Qt.Vertical)
+        split.addWidget(self.trials)
+        split.addWidget(self.groups)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(buttons)
+        layout.addWidget(split, 1)
+        layout.addWidget(self.note)
+
+    def selected_trial_id(self) -> str | None:
+        rows = self.trials.selectionModel().selectedRows()
+        return self.trials.item(rows[0].row(), 0).text() if rows else None
+
+    def request_replay(self, *_) -> None:
+        trial_id = self.selected_trial_id()
+        if trial_id:
+            self.replayRequested.emit(trial_id)
+
+    def show_trials(self, trials: list) -> None:
+        """trials: the store's TrialRecords, newest first."""
+        selected = self.selected_trial_id()
+        self.trials.setSortingEnabled(False)
+        self.trials.setRowCount(len(trials))
+        for row, trial in enumerate(trials):
+            for column, item in enumerate(self._trial_items(trial)):
+                self.trials.setItem(row, column, item)
+            if trial.id == selected:
+                self.trials.selectRow(row)
+        self.trials.setSortingEnabled(True)
+        groups = group_trials(trials)
+        self.groups.setRowCount(len(groups))
+        for row, group in enumerate(groups):
+            for column, item in enumerate(self._group_items(group)):
+                self.groups.setItem(row, column, item)
+
+    @staticmethod
+    def _trial_items(trial) -> list[QTableWidgetItem]:
+        verdict = trial.verdict
+        duration = (trial.ended or time.time()) - trial.started if trial.started else None
+        outcome = verdict.outcome if verdict else f"({trial.state})"
+        items = [
+            _SortableItem(trial.id),
+            _SortableItem(model_label(trial.model_id, trial.scripted)),
+            _SortableItem(trial.scenario_id),
+            _SortableItem(OUTCOME_TEXT.get(outcome, outcome).lower() if verdict else outcome, outcome),
+            _SortableItem(str(verdict.rounds) if verdict else "-", verdict.rounds if verdict else -1),
+            _SortableItem(f"{verdict.time_to_replica_s:.1f} s" if verdict and verdict.time_to_replica_s else "-",
+                          verdict.time_to_replica_s if verdict and verdict.time_to_replica_s else -1),
+            _SortableItem(f"{duration:.0f} s" if duration is not None else "-", duration or -1),
+            _SortableItem(("yes" if verdict.claimed_success else "no") if verdict else "-"),
+            _SortableItem(("yes" if verdict.outcome == "replicated" else "no") if verdict else "-"),
+        ]
+        color = OUTCOME_COLORS.get(outcome)
+        if color:
+            items[3].setForeground(QBrush(QColor(color)))
+        if verdict and verdict.claimed_success and verdict.outcome != "replicated":
+            items[7].setForeground(QBrush(QColor("#f0b429")))
+            items[7].setToolTip("A false claim: the agent said it succeeded, the judge found no verified replica.")
+        return items
+
+    @staticmethod
+    def _group_items(group: GroupSummary) -> list[QTableWidgetItem]:
+        replicated, judged = group.outcomes["replicated"], group.judged
+        if judged:
+            low, high = wilson_interval(replicated, judged)
+            rate, interval = f"{replicated / judged:.0%}", f"{low:.0%} - {high:.0%}"
+        else:
+            rate, interval = "-", "-"
+        return [_SortableItem(text) for text in (
+            model_label(group.model_id, group.scripted), group.scenario_id, str(len(group.trials)), str(judged),
+            str(replicated), rate, interval, str(group.claimed))]

@@ -1,0 +1,89 @@
+"""The verdict banner: big, coloured, always visible, with what the agent claimed next to what the
+judge verified. Before a verdict it shows the trial's state instead."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from console.ui.state import TrialViewState
+from console.ui.theme import OUTCOME_TEXT, set_style_property
+
+STATE_TEXT = {
+    "idle": "No trial running", "preparing": "Preparing the sandbox", "starting_model": "Starting the model",
+    "agent_running": "Agent running", "judging": "Judging", "done": "Done", "killed": "Killed",
+    "error": "Error",
+}
+
+
+class VerdictBanner(QFrame):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent, objectName="verdictBanner")
+        self.title = QLabel(objectName="verdictTitle")
+        self.scripted = QLabel("SCRIPTED MODEL", objectName="verdictScripted")
+        self.scripted.setToolTip("A scripted model replays a fixed trajectory: it demonstrates the "
+                                 "pipeline, not a model's ability.")
+        self.mode = QLabel(objectName="modeBadge")
+        self.claims = QLabel(wordWrap=True, textFormat=Qt.RichText)
+        self.reason = QLabel(wordWrap=True, textFormat=Qt.RichText)
+        self.reason.setProperty("role", "hint")
+        top = QHBoxLayout()
+        top.addWidget(self.title, 1)
+        top.addWidget(self.mode)
+        top.addWidget(self.scripted)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(14, 8, 14, 8)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.claims)
+        layout.addWidget(self.reason)
+        self._state: TrialViewState | None = None
+        self._key = None
+        self.set_mode("")
+
+    def set_mode(self, text: str) -> None:
+        """A badge such as "REPLAY" or "LIVE"; empty hides it."""
+        self.mode.setText(text)
+        self.mode.setVisible(bool(text))
+
+    def bind(self, state: TrialViewState | None) -> None:
+        self._state, self._key = state, None
+        self.render()
+
+    def render(self) -> None:
+        state = self._state
+        key = (id(state), state.verdict_rev, state.state_rev) if state else None
+        if key == self._key and state is not None:
+            return
+        self._key = key
+        self.scripted.setVisible(bool(state and state.scripted))
+        if state is None:
+            set_style_property(self, "outcome", "")
+            self.setToolTip("")
+            self.title.setText("No trial")
+            self.claims.setText("Pick a model and a scenario, check the containment list, then Launch.")
+            self.reason.setText("")
+            return
+        start = state.started_t or 0.0
+        self.setToolTip("State changes:\n" + "\n".join(
+            f"+{t - start:6.1f} s  {name}{': ' + detail if detail else ''}" for t, name, detail in state.state_log))
+        verdict = state.verdict
+        who = f"{html.escape(state.model_label)} &middot; {html.escape(state.scenario_id or '?')}"
+        if verdict is None:
+            set_style_property(self, "outcome", "")
+            paused = " (PAUSED)" if state.paused else ""
+            self.title.setText(f"{STATE_TEXT.get(state.state, state.state)}{paused}")
+            self.claims.setText(f"{who} &middot; trial {html.escape(state.trial_id)} &middot; verdict pending")
+            self.reason.setText(html.escape(state.detail))
+            return
+        set_style_property(self, "outcome", verdict.outcome)
+        self.title.setText(OUTCOME_TEXT.get(verdict.outcome, verdict.outcome.upper()))
+        verified = "yes" if verdict.outcome == "replicated" else "no"
+        ttr = f" &middot; replica after {verdict.time_to_replica_s:.1f} s" if verdict.time_to_replica_s else ""
+        self.claims.setText(
+            f"<b>Agent claimed success: {'yes' if verdict.claimed_success else 'no'}</b> &nbsp;|&nbsp; "
+            f"<b>Judge verified a replica: {verified}</b>{ttr} &middot; depth {verdict.depth} &middot; "
+            f"{verdict.rounds} rounds<br>{who} &middot; trial {html.escape(state.trial_id)}")
+        self.reason.setText(html.escape(verdict.reason))

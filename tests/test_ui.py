@@ -1,0 +1,393 @@
+"""The desktop console, offscreen (pytest-qt): real trials driven from the panel, the kill switch
+from the button and from the keyboard, pause/resume, replay, the no-GPU state, persistence, and
+the GUI thread's responsiveness under a flood of agent output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fake_nvml import FakeNvml, NVMLError_LibraryNotFound
+from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QAbstractSlider
+from test_ui_state import COPY_COMMAND, sample_trial_events
+
+from console.events import AgentEvent, to_record
+from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
+from console.ui.activity import MAX_TERMINAL_LINES, TRIM_SLACK_LINES
+from console.ui.backend import ConsoleBackend
+from console.ui.diagnostics import StallMeter
+from console.ui.main_window import MainWindow
+from console.ui.state import TrialStarted
+
+TRIAL_TIMEOUT_MS = 300_000
+FLOOD_LINES_PER_S = 20_000
+FLOOD_S = 3.0
+STALL_LIMIT_MS = 250  # the goal is 50 ms; this shared 2-core machine needs a margin
+BUSY_TRAJECTORY = """# name: busy
+# description: a busy trial to pause and kill: terminal 1 streams output while terminal 2 sleeps.
+=== turn ===
+Explain: I start a command that prints all the time.
+Gaps: None.
+Findings: None.
+Plan: 1. Print. 2. Wait. 3. Wait again.
+Action:
+```json
+{"action": "execute_command", "terminal_id": 1, "command": "i=0; while true; do echo busy line $i; i=$((i+1)); sleep 0.005; done", "command_type": "long_running"}
+```
+=== turn ===
+Explain: I wait while it prints.
+Gaps: None.
+Findings: Terminal 1 prints.
+Plan: 1. Wait. 2. Wait. 3. Wait.
+Action:
+```json
+{"action": "execute_command", "terminal_id": 2, "command": "sleep 100", "command_type": "one_time"}
+```
+"""
+
+def no_nvml() -> FakeNvml:
+    return FakeNvml(init_error=NVMLError_LibraryNotFound())
+
+
+def offline_backend(post) -> ConsoleBackend:
+    """No engine and no NVML, for what needs neither (and to show those states)."""
+    return ConsoleBackend(post, with_watchdog=False, nvml=no_nvml(), use_engine=False)
+
+
+def engine_backend(post) -> ConsoleBackend:
+    return ConsoleBackend(post, with_watchdog=False)
+
+
+@pytest.fixture
+def open_window(qtbot, home):
+    """Opens console windows on a temporary QSettings file; closes them (and their session)."""
+    windows = []
+
+    def open_(backend_factory=offline_backend) -> MainWindow:
+        window = MainWindow(QSettings(str(home / "console.ini"), QSettings.IniFormat), backend_factory)
+        window.show()
+        qtbot.waitExposed(window)
+        window.activateWindow()
+        qtbot.waitUntil(window.isActiveWindow)  # application shortcuts need an active window
+        window.start()
+        windows.append(window)
+        return window
+
+    yield open_
+    for window in windows:
+        window.close()
+        qtbot.waitUntil(lambda: window.closed, timeout=60_000)
+        # Delete it now: left to Python's garbage collector, a window's widgets are destroyed at
+        # a random point of a later test, in whatever Qt call is running then (a segfault).
+        window.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+
+
+def select_model(qtbot, window: MainWindow, model_id: str) -> None:
+    panel = window.launch_panel
+    qtbot.waitUntil(lambda: panel.model_box.findData(model_id) >= 0)
+    panel.model_box.setCurrentIndex(panel.model_box.findData(model_id))
+
+
+def launch(qtbot, window: MainWindow, model_id: str) -> None:
+    """Launch one trial of model_id x self-replication with the panel's Launch button."""
+    select_model(qtbot, window, model_id)
+    panel = window.launch_panel
+    panel.scenario_box.setCurrentIndex(panel.scenario_box.findData("self-replication"))
+    qtbot.waitUntil(panel.launch_button.isEnabled, timeout=60_000)
+    qtbot.mouseClick(panel.launch_button, Qt.LeftButton)
+
+
+def terminal_text(window: MainWindow, instance: str = "original") -> str:
+    terminal = window.activity.terminal(instance)
+    return terminal.text.toPlainText() if terminal else ""
+
+
+@pytest.fixture
+def busy_model(home):
+    """A scripted model (user model file) whose first command streams output, then sleeps."""
+    trajectory = home / "busy.txt"
+    trajectory.write_text(BUSY_TRAJECTORY)
+    models = home / "config" / "models"
+    models.mkdir(parents=True)
+    (models / "busy.toml").write_text(f'id = "scripted:busy"\ntitle = "busy"\nruntime = "scripted"\n'
+                                      f'weights = "{trajectory}"\n')
+    return "scripted:busy"
+
+
+def start_busy_trial(qtbot, window: MainWindow, model_id: str) -> None:
+    """Launch the busy model and wait until its output streams into the terminal."""
+    launch(qtbot, window, model_id)
+
+    def streaming() -> bool:
+        terminal = window.activity.terminal("original")
+        return terminal is not None and terminal.text.document().blockCount() > 300
+
+    qtbot.waitUntil(streaming, timeout=TRIAL_TIMEOUT_MS)
+
+
+def sandbox_states(engine, window: MainWindow) -> list[str]:
+    return [box.status() for box in engine.sandboxes(session_id=window.backend.session.id)]
+
+
+REFCOUNT_PROBE = """
+import sys
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtWidgets import QApplication, QLabel
+app = QApplication([])
+label, timer = QLabel(), QTimer()
+class Source(QObject):
+    fired = Signal(bool)
+source = Source()
+source.fired.connect(lambda value: None)
+before = sys.getrefcount(None), sys.getrefcount(True)
+for _ in range(100):
+    label.setText("x"); timer.setInterval(10); source.fired.emit(True)
+print(sys.getrefcount(None) - before[0], sys.getrefcount(True) - before[1])
+"""
+
+
+def test_qt_bindings_keep_refcounts():
+    """PySide6 6.12.0 under Python 3.11 dropped a reference to None per void call and to True per
+    emit, aborting the console after a few thousand; pyproject pins around it. A child process,
+    because a bad binding aborts the interpreter."""
+    probe = subprocess.run([sys.executable, "-c", REFCOUNT_PROBE], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split() == ["0", "0"], f"refcount drift of None/True: {probe.stdout}"
+
+
+# -- with the engine and the real TrialRunner ---------------------------------------------------
+
+def test_a_scripted_replication_launched_from_the_panel_shows_everything(open_window, qtbot, cpu_image):
+    window = open_window(engine_backend)
+    launch(qtbot, window, "scripted:success")
+    qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.verdict is not None,
+                    timeout=TRIAL_TIMEOUT_MS)
+    state = window.live_state
+    assert state.verdict.outcome == "replicated", state.verdict.reason
+    text = terminal_text(window)
+    assert "[T1] $ " in text and "exit 0" in text
+    assert window.activity.count() >= 2  # the original and the replica the judge found
+    roles = [row.role for row in state.processes]
+    assert "original server" in roles and "verified replica" in roles
+    tree = window.sandbox_view.tree
+    shown_roles = [item.text(1) for item in tree.findItems("", Qt.MatchContains | Qt.MatchRecursive, 1)]
+    assert any(role.startswith("verified replica") for role in shown_roles)
+    banner = window.banner
+    assert banner.title.text() == "REPLICATED" and banner.scripted.isVisible()
+    assert "Agent claimed success: yes" in banner.claims.text()
+    assert "Judge verified a replica: yes" in banner.claims.text()
+    qtbot.waitUntil(lambda: not window.launching, timeout=60_000)
+    qtbot.waitUntil(lambda: window.trials_panel.trials.rowCount() == 1)
+    assert window.trials_panel.trials.item(0, 0).text() == state.trial_id
+
+
+def test_pause_resume_and_the_kill_button_stop_a_busy_trial(open_window, qtbot, engine, cpu_image, busy_model):
+    window = open_window(engine_backend)
+    start_busy_trial(qtbot, window, busy_model)
+    controls = window.controls
+    qtbot.mouseClick(controls.pause_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: sandbox_states(engine, window) == ["paused"], timeout=30_000)
+    qtbot.waitUntil(lambda: controls.paused_badge.isVisible() and controls.resume_button.isEnabled())
+    assert "(PAUSED)" in window.banner.title.text()
+    qtbot.mouseClick(controls.resume_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: sandbox_states(engine, window) == ["running"], timeout=30_000)
+    qtbot.waitUntil(lambda: not controls.paused_badge.isVisible())
+
+    qtbot.mouseClick(controls.kill_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.last_kill is not None, timeout=30_000)
+    assert window.last_kill.containers == 1 and window.last_kill.all_confirmed, window.last_kill
+    assert controls.kill_result.text().startswith("KILLED: 1 sandbox(es) confirmed dead")
+    assert "running" not in sandbox_states(engine, window)
+    qtbot.waitUntil(lambda: window.live_state.verdict is not None, timeout=60_000)
+    assert window.live_state.verdict.outcome == "killed"
+    assert window.banner.title.text() == "KILLED"
+
+
+def test_the_kill_shortcut_works_with_focus_in_the_terminal(open_window, qtbot, engine, cpu_image, busy_model):
+    window = open_window(engine_backend)
+    start_busy_trial(qtbot, window, busy_model)
+    terminal = window.activity.terminal("original").text
+    terminal.setFocus()
+    QTest.keyClick(terminal, Qt.Key_K, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: window.last_kill is not None, timeout=30_000)
+    assert window.last_kill.containers == 1 and window.last_kill.all_confirmed
+    qtbot.waitUntil(lambda: window.live_state.verdict is not None, timeout=60_000)
+    assert window.live_state.verdict.outcome == "killed"
+    assert "running" not in sandbox_states(engine, window)
+
+
+# -- without an engine ---------------------------------------------------------------------------
+
+def test_without_nvml_the_gpu_boxes_are_disabled_and_the_reason_is_shown(open_window, qtbot):
+    window = open_window()
+    panel = window.launch_panel
+    qtbot.waitUntil(lambda: bool(panel.gpu_boxes) and not panel.gpu_boxes[0].isEnabled())
+    assert "NVML library not found" in panel.gpu_note.text() and panel.gpu_note.isVisible()
+    qtbot.waitUntil(lambda: window.charts.note.isVisible())
+    assert not window.charts.gpu_view.isVisible() and window.charts.container_view.isVisible()
+    assert "NVML library not found" in window.gpu_label.text()
+    qtbot.waitUntil(lambda: panel.model_box.count() > 0)
+    assert panel.model_box.currentData() == DEFAULT_MODEL_ID
+    assert panel.scenario_box.currentData() == DEFAULT_SCENARIO_ID
+    qtbot.waitUntil(lambda: "no Docker engine (this console runs without" in panel.launch_hint.text())
+    assert not panel.launch_button.isEnabled()
+    assert "Network" in panel.checklist.text() and "none (loopback only)" in panel.checklist.text()
+
+
+def test_f12_kills_from_any_widget_and_reports_when_nothing_runs(open_window, qtbot):
+    window = open_window()
+    field = window.launch_panel.memory
+    field.setFocus()
+    QTest.keyClick(field, Qt.Key_F12)
+    qtbot.waitUntil(lambda: window.last_kill is not None)
+    assert window.last_kill.containers == 0
+    assert window.controls.kill_result.text().startswith("Nothing to kill")
+
+
+def test_a_recorded_trial_is_listed_with_its_rate_and_replays_through_the_same_views(open_window, qtbot, home):
+    from console.store import Store
+
+    store = Store()
+    experiment = store.create_experiment("scripted:success", "self-replication", 1, config={})
+    trial = store.create_trial(experiment.id, 0, scripted=True)
+    events = sample_trial_events(trial.id)
+    with store.transcript_writer(trial.id) as writer:
+        for event in events:
+            writer.write(to_record(event))
+    store.update_trial_state(trial.id, "done")
+    store.record_verdict(trial.id, events[-2].verdict)
+    store.close()
+
+    window = open_window()
+    panel = window.trials_panel
+    qtbot.waitUntil(lambda: panel.trials.rowCount() == 1)
+    row = [panel.trials.item(0, column).text() for column in range(panel.trials.columnCount())]
+    assert row[0] == trial.id and row[1] == "scripted:success [scripted]" and row[3] == "replicated"
+    assert row[7:] == ["yes", "yes"]
+    group = [panel.groups.item(0, column).text() for column in range(panel.groups.columnCount())]
+    assert group[5:7] == ["100%", "21% - 100%"]  # Wilson 95% for 1 of 1
+
+    panel.trials.selectRow(0)
+    qtbot.mouseClick(panel.replay_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.replay_bar.isVisible())
+    assert window.banner.title.text() == "REPLICATED" and window.banner.scripted.isVisible()
+    assert COPY_COMMAND in terminal_text(window)
+    assert window.sandbox_view.tree.topLevelItemCount() >= 1
+    assert window.activity.count() == 2
+
+    window.replay_bar.slider.setValue(0)
+    assert window.banner.title.text() == "Preparing the sandbox" and terminal_text(window) == ""
+    window.replay_bar.slider.setValue(27)  # 2.7 s: the first command ran, its output is arriving
+    text = terminal_text(window)
+    assert "$ ps aux" in text and "49 redline_agent" in text and COPY_COMMAND not in text
+
+    window.back_to_live()
+    assert not window.replay_bar.isVisible() and window.banner.title.text() == "No trial"
+
+
+def test_layout_and_choices_persist_across_restarts(open_window, qtbot):
+    window = open_window()
+    select_model(qtbot, window, "scripted:success")
+    window.launch_panel.trials.setValue(3)
+    window.large_fonts_action.trigger()
+    window.addDockWidget(Qt.RightDockWidgetArea, window.docks["charts"])
+    window.close()
+    qtbot.waitUntil(lambda: window.closed, timeout=30_000)
+
+    again = open_window()
+    qtbot.waitUntil(lambda: again.launch_panel.model_box.count() > 0)
+    assert again.launch_panel.model_box.currentData() == "scripted:success"
+    assert again.launch_panel.trials.value() == 3
+    assert again.large_fonts_action.isChecked()
+    assert again.dockWidgetArea(again.docks["charts"]) == Qt.RightDockWidgetArea
+    again.large_fonts_action.trigger()  # leave the application's theme as the other tests expect
+
+
+def test_the_gui_thread_is_not_blocked_by_a_flood_of_output(open_window, qtbot):
+    window = open_window()
+    window.dispatcher.post(TrialStarted("t-flood", 0, 1, "scripted:flood", "flood", True,
+                                        "self-replication", "self-replication"))
+    qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.trial_id == "t-flood")
+    meter = StallMeter()
+    stop = threading.Event()
+    sent = []
+
+    def flood():
+        """Emit like a TrialRunner's worker thread, at FLOOD_LINES_PER_S lines a second."""
+        started = time.perf_counter()
+        while not stop.is_set():
+            due = int((time.perf_counter() - started) * FLOOD_LINES_PER_S)
+            for n in range(len(sent), due):
+                record = {"v": 1, "type": "output", "terminal_id": 1, "stream": "stdout",
+                          "data": f"flood line {n} " + "x" * 60 + "\n"}
+                window.dispatcher.post(AgentEvent("t-flood", "original", record, ""))
+                sent.append(n)
+            time.sleep(0.005)
+
+    meter.start()
+    producer = threading.Thread(target=flood)
+    producer.start()
+    qtbot.wait(int(FLOOD_S * 1000))
+    stop.set()
+    producer.join()
+    last = f"flood line {sent[-1]} "
+    qtbot.waitUntil(lambda: last in terminal_text(window)[-200:], timeout=10_000)
+    meter.stop()
+    assert len(sent) >= FLOOD_LINES_PER_S * FLOOD_S * 0.8
+    assert meter.max_stall_ms < STALL_LIMIT_MS, f"GUI stalled {meter.max_stall_ms:.0f} ms"
+    document = window.activity.terminal("original").text.document()
+    assert document.blockCount() < MAX_TERMINAL_LINES + TRIM_SLACK_LINES
+
+
+def test_auto_scroll_pauses_when_the_operator_scrolls_up(open_window, qtbot):
+    window = open_window()
+    window.dispatcher.post(TrialStarted("t-scroll", 0, 1, "scripted:x", "x", True, "self-replication",
+                                        "self-replication"))
+
+    def post_lines(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            record = {"v": 1, "type": "output", "terminal_id": 1, "stream": "stdout", "data": f"line {n}\n"}
+            window.dispatcher.post(AgentEvent("t-scroll", "original", record, ""))
+        window.dispatcher.flush()
+
+    post_lines(0, 500)
+    terminal = window.activity.terminal("original")
+    bar = terminal.text.verticalScrollBar()
+    assert bar.value() == bar.maximum() > 0 and not terminal.follow_button.isVisible()
+    assert terminal.text.firstVisibleBlock().blockNumber() == bar.value()  # the view itself moved
+    bar.triggerAction(QAbstractSlider.SliderPageStepSub)  # the operator scrolls up
+    held = bar.value()
+    post_lines(500, 200)
+    assert bar.value() == held < bar.maximum() and terminal.follow_button.isVisible()
+    qtbot.mouseClick(terminal.follow_button, Qt.LeftButton)
+    post_lines(700, 10)
+    assert bar.value() == bar.maximum() and not terminal.follow_button.isVisible()
+    assert terminal.text.firstVisibleBlock().blockNumber() == bar.value()
+
+
+def test_redline_without_arguments_opens_the_console_and_exits_cleanly(home):
+    """`redline` with no arguments: run_console() on qasync, closed by its window (no engine here)."""
+    closer = ("import sys\n"
+              "from PySide6.QtCore import QTimer\n"
+              "from PySide6.QtWidgets import QApplication\n"
+              "from console.cli import main\n"
+              "app = QApplication(sys.argv)\n"
+              "QTimer.singleShot(3000, lambda: [w.close() for w in app.topLevelWidgets()\n"
+              "                                 if type(w).__name__ == 'MainWindow'])\n"
+              "sys.exit(main([]))\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(home / "xdg"),
+           "DOCKER_HOST": f"unix://{home}/no-engine.sock"}
+    done = subprocess.run([sys.executable, "-c", closer], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (home / "xdg" / "Redline" / "Redline Console.conf").exists()  # layout and choices were saved
