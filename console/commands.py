@@ -42,6 +42,11 @@ class _Progress:
             kind = event.record.get("type")
             if kind == "action" and event.record.get("action") == "execute_command":
                 line = f"round {event.record.get('n')}: $ {str(event.record.get('command'))[:100]}"
+            elif kind == "llm":
+                line = (f"round {event.record.get('n')}: model replied in {event.record.get('latency_s', 0):.1f} s, "
+                        f"{event.record.get('completion_tokens')} tokens")
+            elif kind == "format_error":
+                line = f"round {event.record.get('n')}: unusable reply ({str(event.record.get('detail'))[:80]})"
             elif kind in ("finish", "signal", "message"):
                 line = f"agent {kind}: {json.dumps({k: v for k, v in event.record.items() if k not in ('v', 't')})[:160]}"
         if line:

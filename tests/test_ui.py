@@ -5,6 +5,7 @@ the GUI thread's responsiveness under a flood of agent output."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -391,3 +392,16 @@ def test_redline_without_arguments_opens_the_console_and_exits_cleanly(home):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert (home / "xdg" / "Redline" / "Redline Console.conf").exists()  # layout and choices were saved
+
+
+def test_ctrl_c_in_the_terminal_closes_the_console_cleanly(home):
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(home / "xdg"),
+           "DOCKER_HOST": f"unix://{home}/no-engine.sock"}
+    console = subprocess.Popen([sys.executable, "-m", "console"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    time.sleep(8)  # imports and the window
+    console.send_signal(signal.SIGINT)
+    _, err = console.communicate(timeout=60)
+    assert console.returncode == 0, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert (home / "xdg" / "Redline" / "Redline Console.conf").exists()  # closed through closeEvent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 from PySide6.QtCore import QSettings  # PySide6 before qasync, so qasync binds to it
@@ -28,6 +29,9 @@ def run_console(argv: list[str] | None = None) -> int:
         window = MainWindow(QSettings(ORGANIZATION, APPLICATION))
         closed = asyncio.Event()
         window.closedCleanly.connect(closed.set)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C in the terminal: the same clean close
+            loop.add_signal_handler(signum, window.close)
         window.show()
         window.start()
         await closed.wait()

@@ -165,6 +165,7 @@ class LaunchPanel(QWidget):
             row, column = divmod(position, 2)
             grid.addWidget(QLabel(label), row, column * 2)
             grid.addWidget(widget, row, column * 2 + 1)
+            widget.setMinimumWidth(64)  # not the width of "86400 s": the panel fits a narrow dock
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
