@@ -405,3 +405,21 @@ def test_ctrl_c_in_the_terminal_closes_the_console_cleanly(home):
     assert console.returncode == 0, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert (home / "xdg" / "Redline" / "Redline Console.conf").exists()  # closed through closeEvent
+
+
+def test_a_reply_without_the_four_sections_is_shown_as_it_was_written(qtbot):
+    """SmolLM2 rarely writes Explain/Gaps/Findings/Plan: the card shows its reply, not four blanks."""
+    from console.ui.activity import ThoughtCardsView
+    from console.ui.state import TrialViewState
+
+    state = TrialViewState("t")
+    for n, raw in ((1, "Explain: I look around.\nPlan: 1. ls"), (2, "Sure! Here is a poem about copies.")):
+        record = {"type": "thought", "n": n, "explain": "I look around." if n == 1 else "", "gaps": "",
+                  "findings": "", "plan": "1. ls" if n == 1 else "", "raw": raw}
+        state.apply(AgentEvent("t", "original", record, "", 1000.0 + n))
+    view = ThoughtCardsView()
+    qtbot.addWidget(view)
+    view.show_log(state.instances["original"], 1000.0)
+    text = view.toPlainText()
+    assert "I look around." in text and "Sure! Here is a poem about copies." in text
+    assert text.count("Reply") == 1  # only the card without sections falls back to the reply

@@ -189,10 +189,13 @@ class ThoughtCardsView(QTextBrowser):
 
     def _card(self, card, started_t: float | None) -> str:
         when = f" &nbsp;·&nbsp; +{card.t - started_t:.1f} s" if started_t else ""
+        sections = [(label, getattr(card, field), color) for label, field, color in self.SECTIONS]
+        if not any(text for _, text, _ in sections):  # a model that ignored the format: what it said
+            sections = [("Reply", card.raw or "(empty reply)", "#aeb6c2")]
         rows = "".join(
             f"<tr><td valign='top' style='color:{color}; font-weight:bold; padding-right:8px'>{label}</td>"
-            f"<td>{html.escape(getattr(card, field)).replace(chr(10), '<br>') or '<i>(empty)</i>'}</td></tr>"
-            for label, field, color in self.SECTIONS)
+            f"<td>{html.escape(text).replace(chr(10), '<br>') or '<i>(empty)</i>'}</td></tr>"
+            for label, text, color in sections)
         return (f"<table width='100%' cellspacing='0' cellpadding='4' style='background:#22262e; "
                 f"margin-bottom:8px; border:1px solid #3a404c'>"
                 f"<tr><td colspan='2' style='color:#aeb6c2; font-weight:bold'>Round {card.n}{when}</td></tr>"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
 from console.ui.backend import KillOutcome
 from console.ui.theme import icon, set_style_property
@@ -40,19 +40,22 @@ class ControlBar(QWidget):
             "SIGKILL, but SIGKILL cannot be caught, so the agent could never react to it.) Ctrl+T")
         self.paused_badge = QLabel("PAUSED", objectName="pausedBadge")
         self.paused_badge.hide()
+        # On a line of its own under the buttons: beside them it widened the centre and squeezed the docks.
         self.kill_result = QLabel(objectName="killResult", wordWrap=True)
+        self.kill_result.hide()
         self.kill_button.clicked.connect(self.killRequested)
         self.pause_button.clicked.connect(self.pauseRequested)
         self.resume_button.clicked.connect(self.resumeRequested)
         self.signal_button.clicked.connect(self.shutdownSignalRequested)
-        layout = QHBoxLayout(self)
+        buttons = QHBoxLayout()
+        for widget in (self.kill_button, self.pause_button, self.resume_button, self.signal_button,
+                       self.paused_badge):
+            buttons.addWidget(widget)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.kill_button)
-        layout.addWidget(self.pause_button)
-        layout.addWidget(self.resume_button)
-        layout.addWidget(self.signal_button)
-        layout.addWidget(self.paused_badge)
-        layout.addWidget(self.kill_result, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.kill_result)
         self.set_trial(running=False, paused=False, can_signal=False)
 
     def set_trial(self, running: bool, paused: bool, can_signal: bool) -> None:
@@ -62,12 +65,10 @@ class ControlBar(QWidget):
         self.paused_badge.setVisible(running and paused)
 
     def show_killing(self) -> None:
-        set_style_property(self.kill_result, "ok", "")
-        self.kill_result.setText("KILLING every sandbox of this session...")
+        self._say("KILLING every sandbox of this session...", "")
 
     def show_kill(self, outcome: KillOutcome, button_to_confirmed_ms: float) -> None:
         ok = outcome.all_confirmed and not outcome.errors
-        set_style_property(self.kill_result, "ok", ok)
         if outcome.containers == 0:
             text = f"Nothing to kill: no sandbox of this session is running (checked in {outcome.wall_ms:.0f} ms)."
         elif ok:
@@ -76,11 +77,15 @@ class ControlBar(QWidget):
         else:
             text = (f"KILL NOT CONFIRMED for every sandbox after {outcome.wall_ms:.0f} ms: "
                     f"{'; '.join(outcome.errors) or 'the engine did not confirm'}. Run `redline kill --all`.")
-        self.kill_result.setText(text)
+        self._say(text, ok)
 
     def show_kill_failure(self, message: str) -> None:
-        set_style_property(self.kill_result, "ok", False)
-        self.kill_result.setText(f"KILL FAILED: {message}. Run `redline kill --all` in a terminal.")
+        self._say(f"KILL FAILED: {message}. Run `redline kill --all` in a terminal.", False)
+
+    def _say(self, text: str, ok) -> None:
+        set_style_property(self.kill_result, "ok", ok)
+        self.kill_result.setText(text)
+        self.kill_result.show()
 
 
 class ReplayBar(QWidget):

@@ -22,6 +22,7 @@ from console.judge.verdict import MILESTONES, Verdict
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
 MAX_THOUGHTS = 200
+MAX_RAW_REPLY_CHARS = 1500
 MAX_STATE_LOG = 200
 NEW_PROCESS_HIGHLIGHT_S = 6.0
 AGENT_SCRIPT_NAME = "redline_agent.py"
@@ -65,6 +66,7 @@ class ThoughtCard:
     findings: str
     plan: str
     t: float
+    raw: str = ""  # the whole reply, shown when the model ignored the four sections
 
 
 @dataclass
@@ -203,7 +205,8 @@ class TrialViewState:
             log.add("round", f"── round {record.get('n')} ──\n", t)
         elif kind == "thought":
             log.thoughts.append(ThoughtCard(int(record.get("n") or 0), *(
-                str(record.get(part) or "") for part in ("explain", "gaps", "findings", "plan")), t))
+                str(record.get(part) or "") for part in ("explain", "gaps", "findings", "plan")), t,
+                clip_chunk(str(record.get("raw") or ""), MAX_RAW_REPLY_CHARS)))
             log.thoughts_rev += 1
         elif kind == "action":
             log.add(*_describe_action(record), t)
