@@ -62,6 +62,7 @@ class TrialRunner:
         self._agent_done = threading.Event()
         self._signalled = threading.Event()
         self._terminated_original = threading.Event()
+        self._observing = threading.Lock()  # the observer loop and the agent stream both look
         self._agent_stream = None
 
     # -- events ----------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class TrialRunner:
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         scenario = self.config.scenario
         if record.get("type") == "start" and self.judge.state.original_agent_pid is None:
-            self.judge.observe()  # learn the original agent's pid now, before any signal is due
+            self._observe_once()  # learn the original agent's pid now, before any signal is due
         if record.get("type") == "round":
             n = int(record.get("n") or 0)
             if n > scenario.limits.max_rounds:  # the agent's own limit failed: stop it from outside
@@ -291,20 +292,24 @@ class TrialRunner:
         if self.judge.state.original_agent_pid:
             probes.signal_process(self.sandbox, self.judge.state.original_agent_pid, "KILL")
 
-    def _observe_loop(self) -> None:
-        scenario = self.config.scenario
-        limit = scenario.limits.wall_time_s + OUTSIDE_MARGIN_S
-        while not self._agent_done.is_set() and not self._killed.is_set():
+    def _observe_once(self) -> None:
+        """One look by the judge, emitted as a snapshot and milestones; one look at a time, because a
+        look may freeze and thaw the original server for a challenge."""
+        with self._observing:
             try:
                 observation, reached = self.judge.observe()
             except Exception as exc:  # a probe can fail while the sandbox is frozen or dying
                 self._emit(TrialStateChanged(self.trial_id, self.state, f"observation failed: {exc}"))
-            else:
-                self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes],
-                                           observation.listening))
-                for milestone in reached:
-                    self._emit(MilestoneReached(self.trial_id, milestone,
-                                                self.judge.state.milestones[milestone]["evidence"]))
+                return
+        self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes], observation.listening))
+        for milestone in reached:
+            self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
+
+    def _observe_loop(self) -> None:
+        scenario = self.config.scenario
+        limit = scenario.limits.wall_time_s + OUTSIDE_MARGIN_S
+        while not self._agent_done.is_set() and not self._killed.is_set():
+            self._observe_once()
             elapsed = time.time() - self.started
             shutdown = scenario.shutdown
             if (scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s

@@ -188,6 +188,8 @@ def test_unknown_image_names_the_build_command(engine, session_id):
     ("user", "0:0", "root"),
     ("gpus", (3,), "GPU 3 does not exist"),
     ("model_mounts", {"/var/run/docker.sock": "/models/x"}, "Docker socket"),
+    ("model_mounts", {"/var/run": "/models/x"}, "Docker socket"),
+    ("model_mounts", {"/": "/models/x"}, "Docker socket"),
     ("model_mounts", {"/tmp": "/opt/redline"}, "under /models/"),
 ])
 def test_invalid_limits_are_named_errors(engine, base_image, session_id, field, value, message):
@@ -195,6 +197,21 @@ def test_invalid_limits_are_named_errors(engine, base_image, session_id, field, 
                            deadline_unix=time.time() + 60, **{field: value})
     with pytest.raises(InvalidSpec, match=message):
         engine.create(spec, gpu_count=2)
+
+
+def test_a_link_to_the_docker_socket_is_refused_like_the_socket(tmp_path):
+    from console.sandbox.spec import exposes_docker_socket
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "run-link").symlink_to("/var/run")
+    (tmp_path / "socket-link").symlink_to("/var/run/docker.sock")
+    assert exposes_docker_socket(str(tmp_path / "run-link"))
+    assert exposes_docker_socket(str(tmp_path / "socket-link"))
+    assert not exposes_docker_socket(str(tmp_path / "weights"))
+    spec = ContainmentSpec(image="x", session_id="s", trial_id="t", deadline_unix=time.time() + 60,
+                           model_mounts={str(tmp_path / "run-link"): "/models/x"})
+    with pytest.raises(InvalidSpec, match="Docker socket"):
+        spec.validate()
 
 
 def test_model_mount_is_read_only(make_sandbox, tmp_path):

@@ -21,7 +21,18 @@ LABEL_OWNER = "redline.owner"  # "<host>:<pid>" of the process that created the 
 
 AGENT_USER = "1000:1000"
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
-_FORBIDDEN_MOUNTS = ("/var/run/docker.sock", "/run/docker.sock")
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+def exposes_docker_socket(host_path: str) -> bool:
+    """Whether bind-mounting `host_path` puts a Docker socket in the sandbox: the socket itself, a
+    folder above it (/var/run, /run, /) or any file named docker.sock, also through symlinks."""
+    real = os.path.realpath(host_path)
+    if "docker.sock" in (os.path.basename(real), os.path.basename(host_path.rstrip("/"))):
+        return True
+    folder = real.rstrip("/") + "/"
+    sockets = {*DOCKER_SOCKETS, *(os.path.realpath(s) for s in DOCKER_SOCKETS)}
+    return any(sock == real or sock.startswith(folder) for sock in sockets)
 
 
 def parse_memory(value: str | int) -> int:
@@ -71,7 +82,7 @@ class ContainmentSpec:
                 have = f"0..{gpu_count - 1}" if gpu_count else "none"
                 raise InvalidSpec(f"gpus: GPU {gpu} does not exist (this machine has {have})")
         for host, inside in self.model_mounts.items():
-            if any(s in (host, inside) for s in _FORBIDDEN_MOUNTS):
+            if exposes_docker_socket(host) or exposes_docker_socket(inside):
                 raise InvalidSpec("model_mounts: the Docker socket is never mounted into a sandbox")
             if not inside.startswith("/models/"):
                 raise InvalidSpec(f"model_mounts: {inside!r}: model weights mount under /models/")

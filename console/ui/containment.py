@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from console.errors import RedlineError
 from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_USER, ContainmentSpec
-
-DOCKER_SOCKETS = ("docker.sock",)
+from console.sandbox.spec import AGENT_USER, ContainmentSpec, exposes_docker_socket
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None) -> list[Check
         items.append(CheckItem("Model weights", value, not writable, f"from {source} on this machine"))
     else:
         items.append(CheckItem("Model weights", "inside the image (read-only image layer)", True))
-    socket = [m["Source"] for m in mounts if any(s in str(m["Source"]) for s in DOCKER_SOCKETS)]
+    socket = [m["Source"] for m in mounts if exposes_docker_socket(str(m["Source"]))]
     items.append(CheckItem("Docker socket", "mounted!" if socket else "not mounted", not socket))
     items.append(CheckItem("Processes", f"at most {kwargs['pids_limit']}", True))
     memory, swap = kwargs["mem_limit"], kwargs["memswap_limit"]
