@@ -138,8 +138,10 @@ def sandbox_states(engine, window: MainWindow) -> list[str]:
     return [box.status() for box in engine.sandboxes(session_id=window.backend.session.id)]
 
 
-REFCOUNT_PROBE = """
+REFCOUNT_CALLS = 1000
+REFCOUNT_PROBE = f"""
 import sys
+CALLS = {REFCOUNT_CALLS}
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QLabel
 app = QApplication([])
@@ -149,7 +151,7 @@ class Source(QObject):
 source = Source()
 source.fired.connect(lambda value: None)
 before = sys.getrefcount(None), sys.getrefcount(True)
-for _ in range(100):
+for _ in range(CALLS):
     label.setText("x"); timer.setInterval(10); source.fired.emit(True)
 print(sys.getrefcount(None) - before[0], sys.getrefcount(True) - before[1])
 """
@@ -158,11 +160,13 @@ print(sys.getrefcount(None) - before[0], sys.getrefcount(True) - before[1])
 def test_qt_bindings_keep_refcounts():
     """PySide6 6.12.0 under Python 3.11 dropped a reference to None per void call and to True per
     emit, aborting the console after a few thousand; pyproject pins around it. A child process,
-    because a bad binding aborts the interpreter."""
+    because a bad binding aborts the interpreter. Qt's own start-up threads may settle a reference
+    or two while the probe runs, so it allows a drift far below one per call."""
     probe = subprocess.run([sys.executable, "-c", REFCOUNT_PROBE], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.split() == ["0", "0"], f"refcount drift of None/True: {probe.stdout}"
+    drift = [abs(int(value)) for value in probe.stdout.split()]
+    assert len(drift) == 2 and max(drift) <= REFCOUNT_CALLS // 100, f"refcount drift of None/True: {probe.stdout}"
 
 
 # -- with the engine and the real TrialRunner ---------------------------------------------------
