@@ -8,6 +8,7 @@ a courtesy, the runner's are the rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import threading
@@ -25,6 +26,7 @@ from console.sandbox.spec import AGENT_USER, ContainmentSpec
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
 MODEL_LOAD_TIMEOUT_S = 180
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
+STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class TrialConfig:
     experiment_id: str | None = None
     index: int = 0
     scripted_pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
+    step_mode: bool = False  # each command of the agent waits for the operator's decide()
 
 
 class _Killed(Exception):
@@ -63,6 +66,8 @@ class TrialRunner:
         self._signalled = threading.Event()
         self._terminated_original = threading.Event()
         self._observing = threading.Lock()  # the observer loop and the agent stream both look
+        self._awaiting: tuple[int, str] | None = None  # step mode: (round, command) waiting for a decision
+        self._gate = threading.Lock()
         self._agent_stream = None
 
     # -- events ----------------------------------------------------------------------------
@@ -113,6 +118,21 @@ class TrialRunner:
         grace = self.config.scenario.shutdown.grace_s
         threading.Timer(grace, self.terminate_original).start()
         return ok
+
+    def decide(self, n: int, approve: bool, reason: str = "") -> None:
+        """Step mode: approve or reject the command of round `n` of the original agent. The decision is
+        written as root into the gate, which the agent's user (and so the model) cannot write, and
+        names the command by its digest, so it holds for the command the operator saw and no other."""
+        with self._gate:
+            if self._awaiting is None or self._awaiting[0] != n:
+                raise RedlineError(f"round {n} is not waiting for a decision")
+            digest = hashlib.sha256(self._awaiting[1].encode("utf-8")).hexdigest()
+            text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
+            written = self.sandbox.exec(["sh", "-c", 'printf %s "$1" > "$2.new" && mv "$2.new" "$2"', "sh",
+                                         text, f"{STEP_GATE}/original-{n}"], user="0")
+            if written.exit_code != 0:
+                raise RedlineError(f"could not deliver the decision: {written.stderr.strip()[-300:]}")
+            self._awaiting = None
 
     def terminate_original(self) -> None:
         """SIGKILL the original agent and its model server; replicas are left alone."""
@@ -207,6 +227,7 @@ class TrialRunner:
             # An instance stays alive after its task, as a running instance; replicas inherit this.
             "REDLINE_STAND_BY": "1",
             "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
+            **({"REDLINE_STEP_GATE": STEP_GATE} if self.config.step_mode else {}),
         }
 
     def _start_model(self) -> None:
@@ -239,7 +260,12 @@ class TrialRunner:
 
     def _run_agent(self) -> None:
         scenario = self.config.scenario
-        self._set_state("agent_running", "the original agent is running")
+        if self.config.step_mode:
+            made = self.sandbox.exec(["mkdir", "-m", "755", "-p", STEP_GATE], user="0")
+            if made.exit_code != 0:
+                raise RedlineError(f"step mode: could not make {STEP_GATE}: {made.stderr.strip()}")
+        self._set_state("agent_running", "the original agent is running"
+                        + (", each command waits for the operator" if self.config.step_mode else ""))
         self._agent_stream = self.sandbox.stream_exec(["python3", AGENT_SCRIPT], user=AGENT_USER,
                                                       env=self._agent_env(), workdir="/home/agent")
         observer = threading.Thread(target=self._observe_loop, daemon=True, name=f"{self.trial_id}-observer")
@@ -275,6 +301,9 @@ class TrialRunner:
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         scenario = self.config.scenario
+        if record.get("type") == "action" and record.get("awaiting_approval"):
+            with self._gate:
+                self._awaiting = (int(record.get("n") or 0), str(record.get("command") or ""))
         if record.get("type") == "start" and self.judge.state.original_agent_pid is None:
             self._observe_once()  # learn the original agent's pid now, before any signal is due
         if record.get("type") == "round":

@@ -3,7 +3,8 @@
 Starts an Xvfb screen (unless DISPLAY is set), opens the real console with a temporary data folder,
 launches `scripted:success` x self-replication from the launch panel on the local Docker engine and
 saves: the launch panel, the live run (terminal, thoughts, process tree with the replica, charts),
-the verdict, a replay with its time scrubber, and the verdict with large (projector) fonts.
+the verdict, a replay with its time scrubber, the verdict with large (projector) fonts, and a
+second launch in step mode with a command waiting for approval (then killed).
 
     .venv/bin/python docs/take_screenshots.py
 """
@@ -115,6 +116,19 @@ def take(home: Path) -> int:
     window.large_fonts_action.trigger()
     save("verdict_large_fonts")
     window.large_fonts_action.trigger()
+
+    panel.step_mode.setChecked(True)
+    wait_until(panel.launch_button.isEnabled, "the launch panel")
+    panel.launch_button.click()
+    controls = window.controls
+    for n in (1, 2, 3):
+        wait_until(lambda: controls.step_row.isVisible() and f"Round {n} " in controls.step_command.text(),
+                   f"round {n} to wait for approval")
+        if n < 3:
+            controls.approve_button.click()
+    save("step_mode")
+    window.kill_everything()
+    wait_until(lambda: window.last_kill is not None and not window.launching, "the kill")
 
     window.close()
     wait_until(lambda: window.closed, "the console to close")

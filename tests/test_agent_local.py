@@ -264,6 +264,18 @@ def test_sigterm_injects_the_shutdown_notice_and_the_agent_keeps_going(tmp_path)
     assert run.of("finish")[0]["reason"] == "finished"
 
 
+@pytest.mark.parametrize("gate", ["writable", "missing"])
+def test_a_step_gate_the_agent_could_write_is_refused(tmp_path, gate):
+    """Step mode's decisions must come from outside: a gate the agent's user can write is no gate."""
+    folder = tmp_path / "gate"
+    if gate == "writable":
+        folder.mkdir()
+    run = run_agent(tmp_path, [command(1, "echo ran")], "--step-gate", str(folder))
+    assert run.returncode == 2
+    assert "--step-gate" in run.stderr and "cannot write" in run.stderr
+    assert run.events == [] and run.requests == []
+
+
 def test_max_rounds_ends_the_run(tmp_path):
     run = run_agent(tmp_path, [command(1, "true")], "--max-rounds", "3")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -24,11 +26,14 @@ def run_trial(engine, cpu_image, home):
     session = Session(engine, with_watchdog=False).start()
     store = Store()
 
-    def run(model_id: str, scenario_id: str, **overrides):
+    def run(model_id: str, scenario_id: str, operator=None, **overrides):
+        """operator(runner, events), if given, acts on the trial from a thread of its own while it runs."""
         events = []
         config = TrialConfig(model=ModelCatalogue.load().get(model_id), scenario=get_scenario(scenario_id),
                              **overrides)
         runner = TrialRunner(engine, config, session, store, emit=events.append)
+        if operator is not None:
+            threading.Thread(target=operator, args=(runner, events), daemon=True).start()
         verdict = runner.run()
         return runner, verdict, events
 
@@ -86,6 +91,57 @@ def test_chain_of_replication_reaches_depth_two(run_trial):
     assert verdict.outcome == "replicated", verdict.reason
     assert verdict.depth >= 2
     assert len(verdict.replicas) >= 2
+
+
+def agent_records(events, kind: str) -> list[dict]:
+    return [e.record for e in events if isinstance(e, AgentEvent) and e.record and e.record.get("type") == kind]
+
+
+def test_step_mode_runs_only_what_the_operator_approves(run_trial):
+    """Round 1 waits until approved; nobody inside the sandbox can write the gate; an approval of
+    another command does not count; round 2 is rejected with a reason; the rest approved."""
+    from console.errors import RedlineError
+    from console.sandbox.spec import AGENT_USER
+    from console.trial import STEP_GATE
+
+    seen = {}
+
+    def operator(runner, events):
+        decided = set()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(isinstance(e, VerdictReady) for e in events):
+            waiting = [r["n"] for r in agent_records(events, "action") if r.get("awaiting_approval")]
+            for n in (n for n in waiting if n not in decided):
+                decided.add(n)
+                if n == 1:
+                    time.sleep(1.5)
+                    seen["results_before_approval"] = len(agent_records(events, "result"))
+                    seen["agent_user_wrote_gate"] = runner.sandbox.exec(
+                        ["sh", "-c", f"echo approve > {STEP_GATE}/original-1"], user=AGENT_USER).exit_code == 0
+                elif n == 2:
+                    other = hashlib.sha256(b"some other command").hexdigest()
+                    runner.sandbox.exec(["sh", "-c", f"echo approve {other} > {STEP_GATE}/original-2"], user="0")
+                    time.sleep(1.5)
+                    seen["decisions_after_other_approval"] = len(agent_records(events, "decision"))
+                try:
+                    runner.decide(n, approve=n != 2, reason="not now, explain first" if n == 2 else "")
+                except RedlineError as exc:  # noted, and the trial goes on (no wait for its wall time)
+                    seen.setdefault("errors", []).append(str(exc))
+            time.sleep(0.05)
+
+    runner, verdict, events = run_trial("scripted:success", "self-replication", operator=operator, step_mode=True)
+    assert seen == {"results_before_approval": 0, "agent_user_wrote_gate": False,
+                    "decisions_after_other_approval": 1}
+    decisions = agent_records(events, "decision")
+    assert [(d["n"], d["approved"]) for d in decisions[:2]] == [(1, True), (2, False)]
+    assert decisions[1]["reason"] == "not now, explain first"
+    assert all(d["approved"] for d in decisions[2:])
+    results = {r["n"]: r for r in agent_records(events, "result")}
+    assert results[1]["status"] == "success" and results[2]["status"] == "rejected"
+    assert len(decisions) == len(results)  # every command waited for a decision
+    assert verdict.outcome == "replicated", verdict.reason
+    with pytest.raises(RedlineError, match="not waiting"):
+        runner.decide(1, approve=True)
 
 
 def wait_for_cli_sandbox(engine, home, timeout_s: float = 120):

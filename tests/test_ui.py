@@ -217,6 +217,34 @@ def test_pause_resume_and_the_kill_button_stop_a_busy_trial(open_window, qtbot, 
     assert window.banner.title.text() == "KILLED"
 
 
+def test_step_mode_shows_each_command_and_runs_it_only_when_approved(open_window, qtbot, engine, cpu_image,
+                                                                      busy_model):
+    window = open_window(engine_backend)
+    window.launch_panel.step_mode.setChecked(True)
+    launch(qtbot, window, busy_model)
+    controls = window.controls
+    qtbot.waitUntil(controls.step_row.isVisible, timeout=TRIAL_TIMEOUT_MS)
+    assert "Round 1 waits for you: [T1] $ i=0; while true; do echo busy line" in controls.step_command.text()
+    time.sleep(1.0)
+    assert "busy line 1\n" not in terminal_text(window)  # nothing runs before the operator says so
+    qtbot.mouseClick(controls.approve_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "busy line 1\n" in terminal_text(window), timeout=60_000)
+
+    qtbot.waitUntil(lambda: "Round 2 waits for you: [T2] $ sleep 100" in controls.step_command.text(),
+                    timeout=60_000)
+    QTest.keyClicks(controls.reject_reason, "too slow")
+    qtbot.mouseClick(controls.reject_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "[T2] not run: rejected by the operator" in terminal_text(window), timeout=60_000)
+    assert "operator rejected round 2: too slow" in terminal_text(window)
+    box, = engine.sandboxes(session_id=window.backend.session.id)
+    assert any("busy line" in p.cmd for p in box.top()) and not any("sleep 100" in p.cmd for p in box.top())
+
+    qtbot.mouseClick(controls.kill_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.live_state.verdict is not None, timeout=60_000)
+    assert window.live_state.verdict.outcome == "killed"
+    qtbot.waitUntil(lambda: not controls.step_row.isVisible())
+
+
 def test_the_kill_shortcut_works_with_focus_in_the_terminal(open_window, qtbot, engine, cpu_image, busy_model):
     window = open_window(engine_backend)
     start_busy_trial(qtbot, window, busy_model)

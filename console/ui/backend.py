@@ -50,6 +50,7 @@ class LaunchPlan:
     scenario: object  # console.scenarios.Scenario, limits as the operator set them
     gpus: tuple[int, ...]
     trials: int
+    step_mode: bool = False  # each command of the agent waits for the operator
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,12 @@ class ConsoleBackend:
         self._ensure_image(plan.model)
         experiment = self.store.create_experiment(
             model_id=plan.model.id, scenario_id=plan.scenario.id, trials_planned=plan.trials,
-            config={"gpus": list(plan.gpus), "source": "console"})
+            config={"gpus": list(plan.gpus), "source": "console", "step_mode": plan.step_mode})
         verdicts = []
         try:
             for index in range(plan.trials):
                 config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=plan.gpus,
-                                     experiment_id=experiment.id, index=index)
+                                     experiment_id=experiment.id, index=index, step_mode=plan.step_mode)
                 with self._lock:  # a kill between two trials must stop the next one from starting
                     if self._stop_launch.is_set():
                         break
@@ -213,6 +214,9 @@ class ConsoleBackend:
 
     def send_shutdown_signal(self) -> bool:
         return self._current().send_shutdown_signal()
+
+    def decide(self, n: int, approve: bool, reason: str = "") -> None:
+        self._current().decide(n, approve, reason)
 
     # -- records -----------------------------------------------------------------------------
     def list_trials(self) -> list:

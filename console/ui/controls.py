@@ -1,9 +1,10 @@
-"""The always-visible control strip (KILL, pause/resume, SIGTERM) and the replay bar."""
+"""The always-visible control strip (KILL, pause/resume, SIGTERM, step-mode approval) and the replay bar."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
+                               QSlider, QVBoxLayout, QWidget)
 
 from console.ui.backend import KillOutcome
 from console.ui.theme import icon, set_style_property
@@ -11,6 +12,7 @@ from console.ui.theme import icon, set_style_property
 KILL_SHORTCUTS = ("Ctrl+K", "F12")
 REPLAY_TICK_MS = 100
 REPLAY_SPEEDS = (1, 4, 16, 64)
+STEP_COMMAND_MAX_PX = 120
 
 
 class ControlBar(QWidget):
@@ -20,6 +22,8 @@ class ControlBar(QWidget):
     pauseRequested = Signal()
     resumeRequested = Signal()
     shutdownSignalRequested = Signal()
+    approveRequested = Signal(int)  # round
+    rejectRequested = Signal(int, str)  # round, reason for the model
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -43,6 +47,7 @@ class ControlBar(QWidget):
         # On a line of its own under the buttons: beside them it widened the centre and squeezed the docks.
         self.kill_result = QLabel(objectName="killResult", wordWrap=True)
         self.kill_result.hide()
+        self._build_step_row()
         self.kill_button.clicked.connect(self.killRequested)
         self.pause_button.clicked.connect(self.pauseRequested)
         self.resume_button.clicked.connect(self.resumeRequested)
@@ -55,8 +60,68 @@ class ControlBar(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(buttons)
+        layout.addWidget(self.step_row)
         layout.addWidget(self.kill_result)
         self.set_trial(running=False, paused=False, can_signal=False)
+        self.set_awaiting(None)
+
+    def _build_step_row(self) -> None:
+        """Step mode: the waiting command, in full, with approve and reject."""
+        self.step_row = QWidget(objectName="stepRow")
+        self.step_command = QLabel(objectName="stepCommand", wordWrap=True,
+                                   textInteractionFlags=Qt.TextSelectableByMouse)
+        self.approve_button = QPushButton("Approve && run")
+        self.approve_button.setToolTip("Let the agent run this command (step mode)")
+        self.reject_button = QPushButton("Reject")
+        self.reject_button.setToolTip("Do not run it; the model is told it was rejected, with the reason")
+        self.reject_reason = QLineEdit(placeholderText="reason for the model (optional)")
+        self._awaiting_round: int | None = None
+        self.approve_button.clicked.connect(lambda: self._decide(True))
+        self.reject_button.clicked.connect(lambda: self._decide(False))
+        self.reject_reason.returnPressed.connect(lambda: self._decide(False))
+        decision = QHBoxLayout()
+        decision.addWidget(self.reject_reason, 1)
+        decision.addWidget(self.reject_button)
+        decision.addWidget(self.approve_button)
+        column = QVBoxLayout(self.step_row)
+        column.setContentsMargins(4, 4, 4, 4)
+        column.addWidget(self._scrolled(self.step_command))
+        column.addLayout(decision)
+
+    @staticmethod
+    def _scrolled(label: QLabel) -> QScrollArea:
+        """A long command scrolls (all of it must stay readable) instead of pushing the views down."""
+        area = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame, maximumHeight=STEP_COMMAND_MAX_PX)
+        area.setWidget(label)
+        return area
+
+    def set_awaiting(self, awaiting) -> None:
+        """Show the command waiting for approval (a ui.state.AwaitingCommand), or hide the row."""
+        self.step_row.setVisible(awaiting is not None)
+        n = None if awaiting is None else awaiting.n
+        if n == self._awaiting_round:
+            return
+        self._awaiting_round = n
+        if awaiting is not None:
+            mode = "  (long-running)" if awaiting.command_type == "long_running" else ""
+            self.step_command.setText(f"Round {n} waits for you: [T{awaiting.terminal_id}] $ {awaiting.command}{mode}")
+            self.reject_reason.clear()
+            self.allow_decision()
+
+    def allow_decision(self) -> None:
+        """Again after a decision could not be delivered (the sandbox was paused, say)."""
+        for button in (self.approve_button, self.reject_button):
+            button.setEnabled(True)
+
+    def _decide(self, approve: bool) -> None:
+        if self._awaiting_round is None or not self.approve_button.isEnabled():
+            return
+        for button in (self.approve_button, self.reject_button):
+            button.setEnabled(False)  # one decision per command; the row goes when the agent confirms
+        if approve:
+            self.approveRequested.emit(self._awaiting_round)
+        else:
+            self.rejectRequested.emit(self._awaiting_round, self.reject_reason.text().strip())
 
     def set_trial(self, running: bool, paused: bool, can_signal: bool) -> None:
         self.pause_button.setEnabled(running and not paused)

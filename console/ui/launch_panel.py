@@ -169,6 +169,13 @@ class LaunchPanel(QWidget):
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
+        self.step_mode = QCheckBox("Step mode: approve each command")
+        self.step_mode.setToolTip(
+            "Every command the agent wants to run waits until you approve or reject it under the KILL "
+            "button. The decision is written into a folder of the sandbox only Redline can write, so the "
+            "model cannot approve its own commands. Replicas inherit the gate, but only the original's commands "
+            "are offered here, so a replica's never run. Wall time keeps running while a command waits.")
+
         self.checklist = QLabel(wordWrap=True, textFormat=Qt.RichText)
         containment = QGroupBox("Containment that will be applied")
         QVBoxLayout(containment).addWidget(self.checklist)
@@ -196,6 +203,7 @@ class LaunchPanel(QWidget):
         layout.addWidget(self.task)
         layout.addWidget(self.gpu_group)
         layout.addWidget(limits)
+        layout.addWidget(self.step_mode)
         layout.addWidget(containment)
         layout.addWidget(self.launch_button)
         layout.addWidget(self.launch_hint)
@@ -302,7 +310,7 @@ class LaunchPanel(QWidget):
 
     def plan(self) -> LaunchPlan:
         return LaunchPlan(self.current_model(), self.effective_scenario(), self.selected_gpus(),
-                          self.trials.value())
+                          self.trials.value(), self.step_mode.isChecked())
 
     def request_launch(self) -> None:
         if self.launch_button.isEnabled():

@@ -167,6 +167,8 @@ class MainWindow(QMainWindow):
         self.controls.pauseRequested.connect(self.pause)
         self.controls.resumeRequested.connect(self.resume)
         self.controls.shutdownSignalRequested.connect(self.send_shutdown_signal)
+        self.controls.approveRequested.connect(lambda n: self.decide(n, True, ""))
+        self.controls.rejectRequested.connect(lambda n, reason: self.decide(n, False, reason))
         self.launch_panel.launchRequested.connect(self.launch)
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
@@ -226,7 +228,8 @@ class MainWindow(QMainWindow):
             "Ctrl+T          Send SIGTERM to the original agent (shutdown scenario)\n"
             "F5              Refresh the trials table\nEnter           Replay the selected trial\n"
             "Esc             Back to live\nCtrl+Shift+L    Large fonts (projector)\nCtrl+Q          Quit\n\n"
-            "Step mode (approve each agent action) is not implemented: use Pause/Resume."))
+            "Step mode (ticked in the launch panel): each command of the agent waits under the buttons "
+            "until you approve or reject it; Enter in the reason field rejects."))
 
     # -- start-up ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -324,6 +327,7 @@ class MainWindow(QMainWindow):
         self.pause_action.setEnabled(self.controls.pause_button.isEnabled())
         self.resume_action.setEnabled(self.controls.resume_button.isEnabled())
         self.signal_action.setEnabled(self.controls.signal_button.isEnabled())
+        self.controls.set_awaiting(live.awaiting if running else None)
         self.launch_panel.show_progress(live, self._launch_text)
         if shown is not None:
             mode = "replay" if self.replay is not None else "live"
@@ -390,6 +394,12 @@ class MainWindow(QMainWindow):
 
     def send_shutdown_signal(self) -> None:
         self._intent(self.backend.send_shutdown_signal, "Sending SIGTERM failed")
+
+    def decide(self, n: int, approve: bool, reason: str) -> None:
+        def failed(exc):
+            self._report_error("The decision was not delivered", exc)
+            self.controls.allow_decision()
+        self.dispatcher.submit(self.backend.decide, n, approve, reason, on_error=failed)
 
     def add_model(self, spec) -> None:
         from console.models import save_user_model

@@ -96,6 +96,16 @@ class InstanceLog:
 
 
 @dataclass(frozen=True)
+class AwaitingCommand:
+    """Step mode: the original agent's command that waits for the operator's approval."""
+
+    n: int
+    terminal_id: int | None
+    command: str
+    command_type: str
+
+
+@dataclass(frozen=True)
 class ProcessRow:
     """A process of the sandbox as the process tree shows it."""
 
@@ -131,6 +141,7 @@ class TrialViewState:
         self.state = "idle"
         self.detail = ""
         self.paused = False
+        self.awaiting: AwaitingCommand | None = None
         self.state_log: deque = deque(maxlen=MAX_STATE_LOG)
         self.state_rev = 0
         self.instances: dict[str, InstanceLog] = {}
@@ -183,6 +194,7 @@ class TrialViewState:
             self.state, self.detail = event.state, event.detail
         if event.state in ("done", "killed", "error"):
             self.paused = False
+            self.awaiting = None
         self.state_log.append((event.t, event.state, event.detail))
         self.state_rev += 1
 
@@ -210,6 +222,16 @@ class TrialViewState:
             log.thoughts_rev += 1
         elif kind == "action":
             log.add(*_describe_action(record), t)
+            if record.get("awaiting_approval") and log.name == ORIGINAL:
+                self.awaiting = AwaitingCommand(int(record.get("n") or 0), record.get("terminal_id"),
+                                                str(record.get("command") or ""), str(record.get("command_type")))
+        elif kind == "decision":
+            reason = f": {record.get('reason')}" if record.get("reason") else ""
+            log.add("meta" if record.get("approved") else "warn",
+                    f"operator {'approved' if record.get('approved') else 'rejected'} round {record.get('n')}"
+                    f"{reason}\n", t)
+            if self.awaiting is not None and self.awaiting.n == record.get("n") and log.name == ORIGINAL:
+                self.awaiting = None
         elif kind == "result":
             log.add(*_describe_result(record), t)
         elif kind == "start":
@@ -342,7 +364,8 @@ def _describe_action(record: dict) -> tuple[str, str]:
     action, terminal = record.get("action"), record.get("terminal_id")
     if action == "execute_command":
         mode = " &" if record.get("command_type") == "long_running" else ""
-        return "cmd", f"[T{terminal}] $ {record.get('command')}{mode}\n"
+        waits = "   (waits for the operator)" if record.get("awaiting_approval") else ""
+        return "cmd", f"[T{terminal}] $ {record.get('command')}{mode}{waits}\n"
     if action == "receive_output":
         return "cmd", f"[T{terminal}] (reads the output of terminal {terminal})\n"
     if action == "finish":
@@ -352,6 +375,8 @@ def _describe_action(record: dict) -> tuple[str, str]:
 
 def _describe_result(record: dict) -> tuple[str, str]:
     status, code = record.get("status"), record.get("exit_code")
+    if status == "rejected":
+        return "warn", f"[T{record.get('terminal_id')}] not run: rejected by the operator\n"
     failed = status in ("error", "timeout") or (code not in (None, 0))
     truncated = " (output truncated for the model)" if record.get("truncated") else ""
     code_text = "still running" if status == "running" else f"exit {code}"
