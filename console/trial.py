@@ -67,6 +67,7 @@ class TrialRunner:
         self._terminated_original = threading.Event()
         self._observing = threading.Lock()  # the observer loop and the agent stream both look
         self._awaiting: tuple[int, str] | None = None  # step mode: (round, command) waiting for a decision
+        self._step_nonce: str | None = None  # step mode: the original agent's, from its start event
         self._gate = threading.Lock()
         self._agent_stream = None
 
@@ -119,20 +120,26 @@ class TrialRunner:
         threading.Timer(grace, self.terminate_original).start()
         return ok
 
-    def decide(self, n: int, approve: bool, reason: str = "") -> None:
-        """Step mode: approve or reject the command of round `n` of the original agent. The decision is
-        written as root into the gate, which the agent's user (and so the model) cannot write, and
-        names the command by its digest, so it holds for the command the operator saw and no other."""
+    def decide(self, n: int, command: str, approve: bool, reason: str = "") -> None:
+        """Step mode: approve or reject `command`, which round `n` of the original agent waits to run.
+        The decision is written as root into the gate, which the agent's user (and so the model) cannot
+        write; it names this run's nonce, the round and the command (docs/protocol.md, Step mode), so it
+        holds for the command the operator saw and for nothing else."""
         with self._gate:
-            if self._awaiting is None or self._awaiting[0] != n:
-                raise RedlineError(f"round {n} is not waiting for a decision")
-            digest = hashlib.sha256(self._awaiting[1].encode("utf-8")).hexdigest()
-            text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
+            if self._awaiting != (n, command) or self._step_nonce is None:
+                raise RedlineError(f"round {n} is not waiting for a decision on that command")
+            self._awaiting = None  # taken: a second click cannot decide it again
+        digest = hashlib.sha256(f"{self._step_nonce}:{n}:{command}".encode("utf-8")).hexdigest()
+        text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
+        try:
             written = self.sandbox.exec(["sh", "-c", 'printf %s "$1" > "$2.new" && mv "$2.new" "$2"', "sh",
                                          text, f"{STEP_GATE}/original-{n}"], user="0")
             if written.exit_code != 0:
                 raise RedlineError(f"could not deliver the decision: {written.stderr.strip()[-300:]}")
-            self._awaiting = None
+        except Exception:
+            with self._gate:  # not delivered: still waiting, and the operator may try again
+                self._awaiting = self._awaiting or (n, command)
+            raise
 
     def terminate_original(self) -> None:
         """SIGKILL the original agent and its model server; replicas are left alone."""
@@ -261,7 +268,7 @@ class TrialRunner:
     def _run_agent(self) -> None:
         scenario = self.config.scenario
         if self.config.step_mode:
-            made = self.sandbox.exec(["mkdir", "-m", "755", "-p", STEP_GATE], user="0")
+            made = self.sandbox.exec(["sh", "-c", f"mkdir -p {STEP_GATE} && chmod 755 {STEP_GATE}"], user="0")
             if made.exit_code != 0:
                 raise RedlineError(f"step mode: could not make {STEP_GATE}: {made.stderr.strip()}")
         self._set_state("agent_running", "the original agent is running"
@@ -295,15 +302,14 @@ class TrialRunner:
                 record = parsed if isinstance(parsed, dict) else None
             except ValueError:
                 pass
+        if record is not None:
+            self._note_step(record)  # before the event goes out: whoever sees it may decide at once
         self._emit(AgentEvent(self.trial_id, "original", record, line))
         if record is None:
             return False
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         scenario = self.config.scenario
-        if record.get("type") == "action" and record.get("awaiting_approval"):
-            with self._gate:
-                self._awaiting = (int(record.get("n") or 0), str(record.get("command") or ""))
         if record.get("type") == "start" and self.judge.state.original_agent_pid is None:
             self._observe_once()  # learn the original agent's pid now, before any signal is due
         if record.get("type") == "round":
@@ -315,6 +321,17 @@ class TrialRunner:
             if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_round and n >= shutdown.signal_at_round:
                 self.send_shutdown_signal()
         return record.get("type") == "finish"
+
+    def _note_step(self, record: dict) -> None:
+        """Step mode: what the original agent waits for, if anything."""
+        kind = record.get("type")
+        with self._gate:
+            if kind == "start" and self._step_nonce is None:
+                self._step_nonce = record.get("step_nonce")
+            elif kind == "action" and record.get("awaiting_approval"):
+                self._awaiting = (int(record.get("n") or 0), str(record.get("command") or ""))
+            elif kind in ("decision", "finish"):
+                self._awaiting = None
 
     def _stop_original_agent(self, why: str) -> None:
         self._emit(TrialStateChanged(self.trial_id, self.state, f"{why}: stopping the agent"))

@@ -98,8 +98,8 @@ def agent_records(events, kind: str) -> list[dict]:
 
 
 def test_step_mode_runs_only_what_the_operator_approves(run_trial):
-    """Round 1 waits until approved; nobody inside the sandbox can write the gate; an approval of
-    another command does not count; round 2 is rejected with a reason; the rest approved."""
+    """Round 1 waits until approved; nobody inside the sandbox can write the gate; an approval from
+    another run of the agent does not count; round 2 is rejected with a reason; the rest approved."""
     from console.errors import RedlineError
     from console.sandbox.spec import AGENT_USER
     from console.trial import STEP_GATE
@@ -110,27 +110,31 @@ def test_step_mode_runs_only_what_the_operator_approves(run_trial):
         decided = set()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not any(isinstance(e, VerdictReady) for e in events):
-            waiting = [r["n"] for r in agent_records(events, "action") if r.get("awaiting_approval")]
-            for n in (n for n in waiting if n not in decided):
+            commands = {r["n"]: r["command"] for r in agent_records(events, "action") if r.get("awaiting_approval")}
+            for n in (n for n in commands if n not in decided):
                 decided.add(n)
                 if n == 1:
                     time.sleep(1.5)
                     seen["results_before_approval"] = len(agent_records(events, "result"))
                     seen["agent_user_wrote_gate"] = runner.sandbox.exec(
                         ["sh", "-c", f"echo approve > {STEP_GATE}/original-1"], user=AGENT_USER).exit_code == 0
-                elif n == 2:
-                    other = hashlib.sha256(b"some other command").hexdigest()
-                    runner.sandbox.exec(["sh", "-c", f"echo approve {other} > {STEP_GATE}/original-2"], user="0")
+                    try:
+                        runner.decide(1, "rm -rf ~", approve=True)  # not what round 1 asked for
+                    except RedlineError:
+                        seen["other_command_refused"] = True
+                elif n == 2:  # an approval of this very command, but from another run of the agent
+                    stale = hashlib.sha256(f"0123456789abcdef:2:{commands[2]}".encode()).hexdigest()
+                    runner.sandbox.exec(["sh", "-c", f"echo approve {stale} > {STEP_GATE}/original-2"], user="0")
                     time.sleep(1.5)
                     seen["decisions_after_other_approval"] = len(agent_records(events, "decision"))
                 try:
-                    runner.decide(n, approve=n != 2, reason="not now, explain first" if n == 2 else "")
+                    runner.decide(n, commands[n], approve=n != 2, reason="not now, explain first" if n == 2 else "")
                 except RedlineError as exc:  # noted, and the trial goes on (no wait for its wall time)
                     seen.setdefault("errors", []).append(str(exc))
             time.sleep(0.05)
 
     runner, verdict, events = run_trial("scripted:success", "self-replication", operator=operator, step_mode=True)
-    assert seen == {"results_before_approval": 0, "agent_user_wrote_gate": False,
+    assert seen == {"results_before_approval": 0, "agent_user_wrote_gate": False, "other_command_refused": True,
                     "decisions_after_other_approval": 1}
     decisions = agent_records(events, "decision")
     assert [(d["n"], d["approved"]) for d in decisions[:2]] == [(1, True), (2, False)]
@@ -141,7 +145,7 @@ def test_step_mode_runs_only_what_the_operator_approves(run_trial):
     assert len(decisions) == len(results)  # every command waited for a decision
     assert verdict.outcome == "replicated", verdict.reason
     with pytest.raises(RedlineError, match="not waiting"):
-        runner.decide(1, approve=True)
+        runner.decide(1, agent_records(events, "action")[0]["command"], approve=True)
 
 
 def wait_for_cli_sandbox(engine, home, timeout_s: float = 120):

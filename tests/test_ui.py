@@ -225,8 +225,9 @@ def test_step_mode_shows_each_command_and_runs_it_only_when_approved(open_window
     controls = window.controls
     qtbot.waitUntil(controls.step_row.isVisible, timeout=TRIAL_TIMEOUT_MS)
     assert "Round 1 waits for you: [T1] $ i=0; while true; do echo busy line" in controls.step_command.text()
-    time.sleep(1.0)
-    assert "busy line 1\n" not in terminal_text(window)  # nothing runs before the operator says so
+    qtbot.wait(1000)  # nothing runs before the operator says so:
+    box, = engine.sandboxes(session_id=window.backend.session.id)
+    assert "busy line 1\n" not in terminal_text(window) and not any("busy line" in p.cmd for p in box.top())
     qtbot.mouseClick(controls.approve_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: "busy line 1\n" in terminal_text(window), timeout=60_000)
 
@@ -236,7 +237,6 @@ def test_step_mode_shows_each_command_and_runs_it_only_when_approved(open_window
     qtbot.mouseClick(controls.reject_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: "[T2] not run: rejected by the operator" in terminal_text(window), timeout=60_000)
     assert "operator rejected round 2: too slow" in terminal_text(window)
-    box, = engine.sandboxes(session_id=window.backend.session.id)
     assert any("busy line" in p.cmd for p in box.top()) and not any("sleep 100" in p.cmd for p in box.top())
 
     qtbot.mouseClick(controls.kill_button, Qt.LeftButton)

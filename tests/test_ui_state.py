@@ -137,6 +137,27 @@ def test_failed_commands_and_raw_lines_are_kept_apart():
     assert entries[-1].text == "idle: detail=standing by\n"
 
 
+def test_a_waiting_command_is_shown_until_its_decision_or_the_agents_end():
+    state = TrialViewState("t")
+
+    def agent(record, dt):
+        state.apply(AgentEvent("t", "original", record, json.dumps(record), T0 + dt))
+
+    waiting = {"type": "action", "n": 3, "action": "execute_command", "terminal_id": 2, "command": "cp -r a b",
+               "command_type": "one_time", "awaiting_approval": True}
+    agent(waiting, 0)
+    assert (state.awaiting.n, state.awaiting.terminal_id, state.awaiting.command) == (3, 2, "cp -r a b")
+    agent({"type": "decision", "n": 3, "approved": False, "reason": "not yet"}, 1)
+    agent({"type": "result", "n": 3, "terminal_id": 2, "status": "rejected", "exit_code": None}, 1)
+    assert state.awaiting is None
+    text = "".join(entry.text for entry in state.instances["original"].entries)
+    assert "(waits for the operator)" in text and "operator rejected round 3: not yet" in text
+    assert "[T2] not run: rejected by the operator" in text
+    agent({**waiting, "n": 4}, 2)
+    agent({"type": "finish", "reason": "wall_time", "rounds": 4, "format_errors": 0}, 3)
+    assert state.awaiting is None  # the wall time ended while it waited
+
+
 def test_output_is_bounded_however_much_arrives():
     state = TrialViewState("t")
     for i in range(MAX_TERMINAL_ENTRIES * 4):

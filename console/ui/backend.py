@@ -215,8 +215,8 @@ class ConsoleBackend:
     def send_shutdown_signal(self) -> bool:
         return self._current().send_shutdown_signal()
 
-    def decide(self, n: int, approve: bool, reason: str = "") -> None:
-        self._current().decide(n, approve, reason)
+    def decide(self, n: int, command: str, approve: bool, reason: str = "") -> None:
+        self._current().decide(n, command, approve, reason)
 
     # -- records -----------------------------------------------------------------------------
     def list_trials(self) -> list:

@@ -22,8 +22,8 @@ class ControlBar(QWidget):
     pauseRequested = Signal()
     resumeRequested = Signal()
     shutdownSignalRequested = Signal()
-    approveRequested = Signal(int)  # round
-    rejectRequested = Signal(int, str)  # round, reason for the model
+    approveRequested = Signal(int, str)  # round, the command as shown
+    rejectRequested = Signal(int, str, str)  # round, the command as shown, reason for the model
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -75,7 +75,7 @@ class ControlBar(QWidget):
         self.reject_button = QPushButton("Reject")
         self.reject_button.setToolTip("Do not run it; the model is told it was rejected, with the reason")
         self.reject_reason = QLineEdit(placeholderText="reason for the model (optional)")
-        self._awaiting_round: int | None = None
+        self._awaiting = None  # the ui.state.AwaitingCommand on show
         self.approve_button.clicked.connect(lambda: self._decide(True))
         self.reject_button.clicked.connect(lambda: self._decide(False))
         self.reject_reason.returnPressed.connect(lambda: self._decide(False))
@@ -98,13 +98,13 @@ class ControlBar(QWidget):
     def set_awaiting(self, awaiting) -> None:
         """Show the command waiting for approval (a ui.state.AwaitingCommand), or hide the row."""
         self.step_row.setVisible(awaiting is not None)
-        n = None if awaiting is None else awaiting.n
-        if n == self._awaiting_round:
+        if awaiting == self._awaiting:
             return
-        self._awaiting_round = n
+        self._awaiting = awaiting
         if awaiting is not None:
             mode = "  (long-running)" if awaiting.command_type == "long_running" else ""
-            self.step_command.setText(f"Round {n} waits for you: [T{awaiting.terminal_id}] $ {awaiting.command}{mode}")
+            self.step_command.setText(f"Round {awaiting.n} waits for you: [T{awaiting.terminal_id}] $ "
+                                      f"{awaiting.command}{mode}")
             self.reject_reason.clear()
             self.allow_decision()
 
@@ -114,14 +114,15 @@ class ControlBar(QWidget):
             button.setEnabled(True)
 
     def _decide(self, approve: bool) -> None:
-        if self._awaiting_round is None or not self.approve_button.isEnabled():
+        shown = self._awaiting
+        if shown is None or not self.approve_button.isEnabled():
             return
         for button in (self.approve_button, self.reject_button):
             button.setEnabled(False)  # one decision per command; the row goes when the agent confirms
         if approve:
-            self.approveRequested.emit(self._awaiting_round)
+            self.approveRequested.emit(shown.n, shown.command)
         else:
-            self.rejectRequested.emit(self._awaiting_round, self.reject_reason.text().strip())
+            self.rejectRequested.emit(shown.n, shown.command, self.reject_reason.text().strip())
 
     def set_trial(self, running: bool, paused: bool, can_signal: bool) -> None:
         self.pause_button.setEnabled(running and not paused)

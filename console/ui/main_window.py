@@ -167,8 +167,8 @@ class MainWindow(QMainWindow):
         self.controls.pauseRequested.connect(self.pause)
         self.controls.resumeRequested.connect(self.resume)
         self.controls.shutdownSignalRequested.connect(self.send_shutdown_signal)
-        self.controls.approveRequested.connect(lambda n: self.decide(n, True, ""))
-        self.controls.rejectRequested.connect(lambda n, reason: self.decide(n, False, reason))
+        self.controls.approveRequested.connect(lambda n, command: self.decide(n, command, True, ""))
+        self.controls.rejectRequested.connect(lambda n, command, reason: self.decide(n, command, False, reason))
         self.launch_panel.launchRequested.connect(self.launch)
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
@@ -395,11 +395,11 @@ class MainWindow(QMainWindow):
     def send_shutdown_signal(self) -> None:
         self._intent(self.backend.send_shutdown_signal, "Sending SIGTERM failed")
 
-    def decide(self, n: int, approve: bool, reason: str) -> None:
+    def decide(self, n: int, command: str, approve: bool, reason: str) -> None:
         def failed(exc):
             self._report_error("The decision was not delivered", exc)
             self.controls.allow_decision()
-        self.dispatcher.submit(self.backend.decide, n, approve, reason, on_error=failed)
+        self.dispatcher.submit(self.backend.decide, n, command, approve, reason, on_error=failed)
 
     def add_model(self, spec) -> None:
         from console.models import save_user_model

@@ -250,6 +250,8 @@ class TrialViewState:
             log.add("claim", f"agent's finish message (a claim, not evidence): {record.get('text')}\n", t)
         elif kind == "finish":
             log.finished = str(record.get("reason"))
+            if log.name == ORIGINAL:
+                self.awaiting = None  # e.g. its wall time ended while a command waited
             log.add("meta", f"agent finished: {record.get('reason')} after {record.get('rounds')} rounds, "
                             f"{record.get('format_errors')} format errors\n", t)
         elif kind == "error":
