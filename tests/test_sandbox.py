@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec
+from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec, SandboxError
 from console.sandbox.killswitch import KillSwitch
 from console.sandbox.selftest import containment_checks
 from console.sandbox.spec import ContainmentSpec
@@ -106,6 +108,39 @@ def test_pause_freezes_a_busy_process_and_unpause_resumes_it(make_sandbox):
     time.sleep(1.0)
     assert _log_lines(box) > frozen
     assert box.status() == "running"
+
+
+def test_pausing_while_execs_start_never_wedges_the_sandbox(make_sandbox):
+    """The judge probes while the operator pauses. A pause that froze runc's set-up of a starting exec
+    wedged the container (inspect, unpause and rm hung; first cycle, every time, before the fix)."""
+    box = make_sandbox()
+    stop, cycles = threading.Event(), []
+
+    def probe():
+        while not stop.is_set():
+            try:
+                box.exec(["true"])
+            except SandboxError:  # refused while paused, as it should be
+                pass
+
+    def operator():
+        for _ in range(30):
+            box.pause()
+            time.sleep(0.05)
+            box.unpause()
+            time.sleep(0.02)
+            cycles.append(1)
+
+    threading.Thread(target=probe, daemon=True).start()
+    pausing = threading.Thread(target=operator, daemon=True)
+    pausing.start()
+    pausing.join(timeout=90)
+    stop.set()
+    if len(cycles) < 30:  # wedged: thaw it by hand so that the fixture can remove it
+        for state in glob.glob(f"/sys/fs/cgroup/freezer/docker/{box.id}*/freezer.state"):
+            Path(state).write_text("THAWED")
+    assert len(cycles) == 30, "pause/unpause wedged or failed while execs were starting"
+    assert box.exec(["echo", "alive"]).stdout == "alive\n" and box.status() == "running"
 
 
 def test_kill_stops_a_sandbox_with_many_busy_processes(make_sandbox):

@@ -95,9 +95,16 @@ class DockerLogStream(Stream):
             self._api.close()
 
 
+EXEC_START_TIMEOUT_S = 10
+
+
 class DockerSandbox(Sandbox):
     def __init__(self, engine: "DockerEngine", container_id: str, name: str, labels: dict):
         self.engine, self.id, self.name, self.labels = engine, container_id, name, labels
+        # dockerd answers exec_start before runc has started the process. A pause in between freezes
+        # runc's set-up inside the container's cgroup and wedges the container (reproduced: inspect,
+        # unpause and rm hang). So a pause waits until every exec it could meet has started.
+        self._exec_or_pause = threading.Lock()
 
     @property
     def trial_id(self) -> str:
@@ -107,26 +114,31 @@ class DockerSandbox(Sandbox):
     def session_id(self) -> str:
         return self.labels.get(LABEL_SESSION, "")
 
-    def _exec_create(self, api, cmd, user, env, workdir):
-        return api.exec_create(
-            self.id, cmd, stdout=True, stderr=True, user=user or "", environment=env,
-            workdir=workdir,
-        )["Id"]
+    def _start_exec(self, api, cmd, user, env, workdir, **start):
+        """Create and start an exec; return (id, what exec_start returned) once its process runs."""
+        with self._exec_or_pause:
+            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, user=user or "",
+                                      environment=env, workdir=workdir)["Id"]
+            started = api.exec_start(exec_id, **start)
+            deadline = time.monotonic() + EXEC_START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                state = api.exec_inspect(exec_id)
+                if state.get("Pid") or state.get("ExitCode") is not None:
+                    break
+                time.sleep(0.002)
+            return exec_id, started
 
     def stream_exec(self, cmd, user=None, env=None, workdir=None) -> DockerExecStream:
         api = self.engine.new_api()
         try:
-            exec_id = self._exec_create(api, cmd, user, env, workdir)
-            sock = api.exec_start(exec_id, socket=True)
+            exec_id, sock = self._start_exec(api, cmd, user, env, workdir, socket=True)
         except docker.errors.APIError as exc:
             api.close()
             raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
         return DockerExecStream(self.engine, api, exec_id, sock)
 
     def exec_detached(self, cmd, user=None, env=None, workdir=None) -> None:
-        api = self.engine.api
-        exec_id = self._exec_create(api, cmd, user, env, workdir)
-        api.exec_start(exec_id, detach=True)
+        self._start_exec(self.engine.api, cmd, user, env, workdir, detach=True)
 
     def logs(self) -> DockerLogStream:
         api = self.engine.new_api()
@@ -154,7 +166,8 @@ class DockerSandbox(Sandbox):
         return self.engine.api.stats(self.id, stream=False, one_shot=True)
 
     def pause(self) -> None:
-        self.engine.api.pause(self.id)
+        with self._exec_or_pause:
+            self.engine.api.pause(self.id)
 
     def unpause(self) -> None:
         self.engine.api.unpause(self.id)

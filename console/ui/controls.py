@@ -85,15 +85,11 @@ class ControlBar(QWidget):
         decision.addWidget(self.approve_button)
         column = QVBoxLayout(self.step_row)
         column.setContentsMargins(4, 4, 4, 4)
-        column.addWidget(self._scrolled(self.step_command))
+        # A long command scrolls (all of it must stay readable) instead of pushing the views down.
+        self._command_area = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame)
+        self._command_area.setWidget(self.step_command)
+        column.addWidget(self._command_area)
         column.addLayout(decision)
-
-    @staticmethod
-    def _scrolled(label: QLabel) -> QScrollArea:
-        """A long command scrolls (all of it must stay readable) instead of pushing the views down."""
-        area = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame, maximumHeight=STEP_COMMAND_MAX_PX)
-        area.setWidget(label)
-        return area
 
     def set_awaiting(self, awaiting) -> None:
         """Show the command waiting for approval (a ui.state.AwaitingCommand), or hide the row."""
@@ -105,6 +101,8 @@ class ControlBar(QWidget):
             mode = "  (long-running)" if awaiting.command_type == "long_running" else ""
             self.step_command.setText(f"Round {awaiting.n} waits for you: [T{awaiting.terminal_id}] $ "
                                       f"{awaiting.command}{mode}")
+            needed = self.step_command.heightForWidth(max(self._command_area.viewport().width(), 200))
+            self._command_area.setFixedHeight(min(needed + 2, STEP_COMMAND_MAX_PX))
             self.reject_reason.clear()
             self.allow_decision()
 

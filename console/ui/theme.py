@@ -36,7 +36,8 @@ SERIES_COLORS = ("#4ea1ff", "#ff9a3c", "#3ecf6e", "#d6a8ff", "#ff6b6b", "#ffcf5c
 def stylesheet(large_fonts: bool) -> str:
     base, big, huge = FONT_SIZES[large_fonts]
     return (STYLE_FILE.read_text(encoding="utf-8").replace("@BASE_PT@", str(base))
-            .replace("@BIG_PT@", str(big)).replace("@HUGE_PT@", str(huge)).replace("@MONO@", MONO_FONT))
+            .replace("@BIG_PT@", str(big)).replace("@HUGE_PT@", str(huge)).replace("@MONO@", MONO_FONT)
+            .replace("@ICONS@", ICONS.as_posix()))
 
 
 def apply_theme(app: QApplication, large_fonts: bool = False) -> None:
