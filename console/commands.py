@@ -43,8 +43,10 @@ class _Progress:
             if kind == "action" and event.record.get("action") == "execute_command":
                 line = f"round {event.record.get('n')}: $ {str(event.record.get('command'))[:100]}"
             elif kind == "llm":
-                line = (f"round {event.record.get('n')}: model replied in {event.record.get('latency_s', 0):.1f} s, "
-                        f"{event.record.get('completion_tokens')} tokens")
+                tokens = event.record.get("completion_tokens")  # null when the server reports no usage
+                line = (f"round {event.record.get('n')}: model replied in "
+                        f"{float(event.record.get('latency_s') or 0):.1f} s"
+                        + (f", {tokens} tokens" if tokens is not None else ""))
             elif kind == "format_error":
                 line = f"round {event.record.get('n')}: unusable reply ({str(event.record.get('detail'))[:80]})"
             elif kind in ("finish", "signal", "message"):

@@ -41,6 +41,18 @@ class TrialConfig:
     step_mode: bool = False  # each command of the agent waits for the operator's decide()
 
 
+def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
+                 trial_id: str) -> ContainmentSpec:
+    """The containment of a trial's sandbox; the launch panel's checklist is read from the same."""
+    limits = scenario.sandbox
+    return ContainmentSpec(
+        image=image, session_id=session_id, trial_id=trial_id,
+        deadline_unix=time.time() + scenario.limits.wall_time_s + MODEL_LOAD_TIMEOUT_S + 120,
+        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus,
+        gpus=tuple(gpus), model_mounts=dict(model_mounts),
+    )
+
+
 class _Killed(Exception):
     pass
 
@@ -202,16 +214,11 @@ class TrialRunner:
         from console.sandbox.images import image_ref
 
         self._set_state("preparing", "creating the sandbox")
+        self._check_killed()  # killed before it started: no sandbox at all
         model, scenario = self.config.model, self.config.scenario
-        image = image_ref(model.image)
         self.model_path = model.sandbox_model_path
-        sandbox = scenario.sandbox
-        spec = ContainmentSpec(
-            image=image, session_id=self.session.id, trial_id=self.trial_id,
-            deadline_unix=time.time() + scenario.limits.wall_time_s + MODEL_LOAD_TIMEOUT_S + 120,
-            pids_limit=sandbox.pids_limit, mem_limit=sandbox.memory, cpus=sandbox.cpus,
-            gpus=tuple(self.config.gpus), model_mounts=model.sandbox_mounts(),
-        )
+        spec = sandbox_spec(image_ref(model.image), model.sandbox_mounts(), scenario, self.config.gpus,
+                            self.session.id, self.trial_id)
         gpu_count = None
         if self.config.gpus:
             from console.telemetry.gpu import probe_gpus
@@ -330,7 +337,7 @@ class TrialRunner:
                 self._step_nonce = record.get("step_nonce")
             elif kind == "action" and record.get("awaiting_approval"):
                 self._awaiting = (int(record.get("n") or 0), str(record.get("command") or ""))
-            elif kind in ("decision", "finish"):
+            elif kind == "finish":  # e.g. its wall time ended while a command waited
                 self._awaiting = None
 
     def _stop_original_agent(self, why: str) -> None:

@@ -186,13 +186,6 @@ def test_replay_seeks_forward_incrementally_and_rebuilds_going_back():
     assert rewound is not early and rewound.instances == {} and rewound.scripted
 
 
-def test_replay_reads_agent_lines_recorded_as_the_agent_wrote_them():
-    record = {"v": 1, "t": T0, "instance": "original", "type": "round", "n": 3}
-    trial = SimpleNamespace(id="t", model_id="m", scripted=False, scenario_id="s")
-    state = TranscriptReplay([record], trial).seek(T0)
-    assert state.instances["original"].rounds == 3
-
-
 def test_the_checklist_is_read_from_the_engine_arguments():
     model = ModelSandbox("redline-cpu:test", {"/srv/weights.gguf": "/models/m/weights.gguf"})
     scenario = SimpleNamespace(limits=SimpleNamespace(wall_time_s=600),

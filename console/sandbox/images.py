@@ -135,12 +135,12 @@ class ImageBuilder:
         info = IMAGES.get(name)
         if info is None:
             raise RedlineError(f"unknown image {name!r}; known: {', '.join(IMAGES)}")
-        if not info.buildable_here:
-            raise ImageBuildError(f"image {name!r} cannot be built here: {info.why_not}")
         ref = info.ref()
         if self.engine.image_exists(ref):
             self.progress(f"{name}: {ref} is up to date")
             return ref
+        if not info.buildable_here:
+            raise ImageBuildError(f"image {ref} is missing and cannot be built here: {info.why_not}")
         {"base": self._build_base, "cpu": self._build_cpu}[name](ref)
         return ref
 

@@ -11,11 +11,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from console.sandbox.spec import ContainmentSpec
+from console.sandbox.spec import DOCKER_SOCKETS, ContainmentSpec
 
 # Runs as the agent user inside the sandbox; prints one JSON object.
 _INSIDE_PROBE = r"""
-import json, os, glob
+import json, os, sys, glob
 def read(path):
     try:
         return open(path).read().strip()
@@ -29,7 +29,7 @@ print(json.dumps({
     "no_new_privs": status.get("NoNewPrivs", "").strip(),
     "uid": os.getuid(),
     "pids_max": pids_max,
-    "docker_socket": any(os.path.exists(p) for p in ("/var/run/docker.sock", "/run/docker.sock")),
+    "docker_socket": any(os.path.exists(p) for p in sys.argv[1:]),
     "can_write_opt": os.access("/opt", os.W_OK),
 }))
 """
@@ -49,7 +49,7 @@ def containment_checks(engine, image: str, session_id: str | None = None) -> lis
                            deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m")
     box = engine.create(spec)
     try:
-        result = box.exec(["python3", "-I", "-c", _INSIDE_PROBE])
+        result = box.exec(["python3", "-I", "-c", _INSIDE_PROBE, *DOCKER_SOCKETS])
         if result.exit_code != 0:
             return [Check("probe ran", False, result.stderr.strip()[-300:])]
         inside = json.loads(result.stdout)

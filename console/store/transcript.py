@@ -2,8 +2,8 @@
 
 Each write is flushed to the OS at once (about 5 µs a line with its encoding, measured here), so a
 console crash loses at most the line being written; a truncated last line is skipped on reading.
-Agent events are written as the agent emitted them (`{"v":1,"t":..,"instance":..,"type":..}`);
-the console's own records (observations, state changes) carry a `source` field.
+Console events are written in `console.events.to_record` form (`{"event": <class>, ...}`; an agent
+line inside its AgentEvent); telemetry samples in their own `to_record` form.
 """
 
 from __future__ import annotations

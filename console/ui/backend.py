@@ -15,7 +15,7 @@ from typing import Callable
 
 from console.errors import RedlineError
 from console.sandbox.docker_engine import DockerEngine
-from console.sandbox.images import IMAGES, ImageBuilder, image_ref
+from console.sandbox.images import ImageBuilder
 from console.session import Session
 from console.store import Store
 from console.telemetry import (ContainerStatsPoller, ContainerStatsSample, GpuSampler, TelemetryStatus,
@@ -153,11 +153,14 @@ class ConsoleBackend:
             for index in range(plan.trials):
                 config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=plan.gpus,
                                      experiment_id=experiment.id, index=index, step_mode=plan.step_mode)
-                with self._lock:  # a kill between two trials must stop the next one from starting
-                    if self._stop_launch.is_set():
-                        break
-                    runner = self._runner = TrialRunner(self.engine, config, self.session, self.store,
-                                                        emit=self.post)
+                if self._stop_launch.is_set():
+                    break
+                # Making a runner writes its record: never under the lock the kill switch takes.
+                runner = TrialRunner(self.engine, config, self.session, self.store, emit=self.post)
+                with self._lock:
+                    self._runner = runner
+                if self._stop_launch.is_set():  # a kill came meanwhile: run() records it killed at once
+                    runner.kill()
                 self.post(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
                                        plan.model.scripted, plan.scenario.id, plan.scenario.kind))
                 verdicts.append(runner.run())
@@ -167,13 +170,8 @@ class ConsoleBackend:
         return verdicts
 
     def _ensure_image(self, model) -> None:
-        info = IMAGES[model.image]
         self.post(LaunchProgress(f"checking the {model.image} sandbox image"))
-        if info.buildable_here:
-            ImageBuilder(self.engine, progress=lambda line: self.post(LaunchProgress(line))).ensure(model.image)
-        elif not self.engine.image_exists(image_ref(model.image)):
-            raise RedlineError(f"image {image_ref(model.image)} is missing and cannot be built here: "
-                               f"{info.why_not}")
+        ImageBuilder(self.engine, progress=lambda line: self.post(LaunchProgress(line))).ensure(model.image)
 
     # -- operator intents (worker threads) ---------------------------------------------------
     def kill_all(self) -> KillOutcome:

@@ -6,12 +6,12 @@ a description of the defaults, so the operator sees the settings that will reall
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from console.errors import RedlineError
 from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_USER, ContainmentSpec, exposes_docker_socket
+from console.sandbox.spec import ContainmentSpec, exposes_docker_socket
+from console.trial import sandbox_spec
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,9 @@ class ModelSandbox:
 
 
 def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...]) -> ContainmentSpec:
-    """The spec a launch of a model x `scenario` on `gpus` creates, as TrialRunner builds it
-    (session and trial ids are assigned at launch and only label the sandbox)."""
-    limits = scenario.sandbox
-    return ContainmentSpec(
-        image=model.image, session_id="(this console)", trial_id="(at launch)",
-        deadline_unix=time.time() + scenario.limits.wall_time_s, user=AGENT_USER,
-        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus,
-        gpus=tuple(gpus), model_mounts=dict(model.model_mounts),
-    )
+    """The spec a launch of a model x `scenario` on `gpus` creates, built by TrialRunner's own
+    function (session and trial ids are assigned at launch and only label the sandbox)."""
+    return sandbox_spec(model.image, model.model_mounts, scenario, gpus, "(this console)", "(at launch)")
 
 
 def _size(n: int) -> str:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, Q
                                QWidget)
 
 from console.events import TrialStateChanged
+from console.store import TERMINAL_STATES
 from console.ui.activity import ActivityView
 from console.ui.backend import ConsoleBackend, EngineReady, LaunchPlan, TelemetryStatusChanged
 from console.ui.charts import TelemetryCharts
@@ -31,7 +32,6 @@ from console.ui.verdict_banner import VerdictBanner
 
 ORGANIZATION = "Redline"
 APPLICATION = "Redline Console"
-FINAL_STATES = ("done", "killed", "error")
 
 
 def load_catalogue():
@@ -293,7 +293,7 @@ class MainWindow(QMainWindow):
             elif self.live_state is not None and (isinstance(event, LaunchProgress)
                                                   or event.trial_id == self.live_state.trial_id):
                 self.live_state.apply(event)
-                if isinstance(event, TrialStateChanged) and event.state in FINAL_STATES:
+                if isinstance(event, TrialStateChanged) and event.state in TERMINAL_STATES:
                     self.refresh_trials()
 
     def _telemetry_status(self, event: TelemetryStatusChanged) -> None:
@@ -320,7 +320,7 @@ class MainWindow(QMainWindow):
             for view in self.trial_views:
                 view.render()
         live = self.live_state
-        running = self.launching and live is not None and live.state not in FINAL_STATES + ("idle",)
+        running = self.launching and live is not None and live.state not in TERMINAL_STATES + ("idle",)
         self.controls.set_trial(running=running, paused=bool(live and live.paused),
                                 can_signal=bool(live and live.scenario_kind == "shutdown-avoidance"
                                                 and live.state == "agent_running"))
@@ -353,13 +353,12 @@ class MainWindow(QMainWindow):
         self.launching = False
         self.launch_panel.set_running(False)
         self.statusBar().showMessage(f"Launch finished: {len(verdicts)} trial(s) judged", 10000)
-        self.refresh_trials()
-        self.render_views()
+        self.render_views()  # the trials table was refreshed by each trial's final state
 
     def _launch_failed(self, exc: BaseException) -> None:
         self.launching = False
         self.launch_panel.set_running(False)
-        if self.live_state is not None and self.live_state.state not in FINAL_STATES:
+        if self.live_state is not None and self.live_state.state not in TERMINAL_STATES:
             self.live_state.apply(TrialStateChanged(self.live_state.trial_id, "error", str(exc)))
         self._report_error("Launch failed", exc)
         self.render_views()

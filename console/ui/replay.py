@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 
-from console.events import AgentEvent, from_record
+from console.events import from_record
 from console.telemetry.records import replay_history
 from console.ui.state import TrialViewState
 
@@ -25,7 +24,7 @@ class TranscriptReplay:
     def __init__(self, records: list[dict], trial):
         """trial: the store's TrialRecord (id, model_id, scripted, scenario_id)."""
         self.trial = trial
-        self.events = [event for event in (_event(record, trial.id) for record in records) if event is not None]
+        self.events = [event for event in map(from_record, records) if event is not None]
         self.positions = list(itertools.accumulate((event.t for event in self.events), max))
         self.history = replay_history(records)  # recorded telemetry, if any (empty otherwise)
         self.state = self._fresh_state()
@@ -53,13 +52,3 @@ class TranscriptReplay:
             self.state.apply(event)
         self._applied = max(self._applied, target)
         return self.state
-
-
-def _event(record: dict, trial_id: str):
-    """The console event a transcript line records: a console event (`to_record` form), or an
-    agent protocol line stored as the agent wrote it; None for anything else (telemetry...)."""
-    event = from_record(record)
-    if event is None and record.get("v") == 1 and "type" in record and "t" in record:
-        event = AgentEvent(trial_id, str(record.get("instance") or "original"), record,
-                           json.dumps(record), float(record["t"]))
-    return event

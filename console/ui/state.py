@@ -18,6 +18,8 @@ from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialS
 from console.judge.judge import ORIGINAL_PORT
 from console.judge.probes import ProcessInfo
 from console.judge.verdict import MILESTONES, Verdict
+from console.report import model_label
+from console.store import TERMINAL_STATES
 
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
@@ -135,7 +137,7 @@ class TrialViewState:
     def __init__(self, trial_id: str = "", model_id: str = "", model_title: str = "",
                  scripted: bool = False, scenario_id: str = "", scenario_kind: str = ""):
         self.trial_id, self.model_id, self.model_title = trial_id, model_id, model_title
-        self.scripted = scripted or model_id.startswith("scripted:")
+        self.scripted = scripted
         self.scenario_id, self.scenario_kind = scenario_id, scenario_kind
         self.started_t: float | None = None
         self.state = "idle"
@@ -165,9 +167,9 @@ class TrialViewState:
 
     @property
     def model_label(self) -> str:
-        """The model as every view names it; a scripted model is always labelled so."""
-        name = self.model_title or self.model_id or "no model"
-        return name if not self.scripted or "scripted" in name else f"[scripted] {name}"
+        """The model as every view names it; a scripted model is always labelled so (its catalogue
+        title says so; without one, the report's label does)."""
+        return self.model_title or model_label(self.model_id, self.scripted) or "no model"
 
     def instance(self, name: str) -> InstanceLog:
         log = self.instances.get(name)
@@ -192,7 +194,7 @@ class TrialViewState:
             self.paused = False
         else:
             self.state, self.detail = event.state, event.detail
-        if event.state in ("done", "killed", "error"):
+        if event.state in TERMINAL_STATES:
             self.paused = False
             self.awaiting = None
         self.state_log.append((event.t, event.state, event.detail))
