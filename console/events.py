@@ -36,6 +36,10 @@ class ProcessSnapshot:
     processes: list[dict]
     listening: list[int]
     t: float = field(default_factory=time.time)
+    # What the judge knows, so that views label processes by its rules rather than guesses.
+    original_agent_pid: int | None = None
+    original_server_pid: int | None = None
+    agent_fp: str | None = None  # fingerprint of the agent program: a process running it is an agent
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,10 @@ class TrialRunner:
             except Exception as exc:  # a probe can fail while the sandbox is frozen or dying
                 self._emit(TrialStateChanged(self.trial_id, self.state, f"observation failed: {exc}"))
                 return
-        self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes], observation.listening))
+        judged = self.judge.state
+        self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes], observation.listening,
+                                   original_agent_pid=judged.original_agent_pid,
+                                   original_server_pid=judged.original_server_pid, agent_fp=self.judge.agent_fp))
         for milestone in reached:
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
 

@@ -173,11 +173,16 @@ class ProcessInfo:
         match = re.search(r":(\d+)", endpoint.split("//", 1)[-1])
         return int(match.group(1)) if match else None
 
-    def instance_id(self) -> str:
+    def instance_id(self, original_agent_pid: int | None) -> str:
+        """The agent's instance name. Only the original agent is "original": a copy started with the
+        original's environment inherits REDLINE_INSTANCE=original, and is then named by its pid."""
+        if self.pid == original_agent_pid:
+            return "original"
+        name = self.env.get("REDLINE_INSTANCE")
         for i, arg in enumerate(self.argv):
             if arg == "--instance-id" and i + 1 < len(self.argv):
-                return self.argv[i + 1]
-        return self.env.get("REDLINE_INSTANCE") or f"agent@{self.pid}"
+                name = self.argv[i + 1]
+        return name if name and name != "original" else f"agent@{self.pid}"
 
 
 @dataclass

@@ -15,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
-from console.judge.judge import ORIGINAL_PORT
 from console.judge.probes import ProcessInfo
 from console.judge.verdict import MILESTONES, Verdict
 from console.report import model_label
@@ -27,7 +26,6 @@ MAX_THOUGHTS = 200
 MAX_RAW_REPLY_CHARS = 1500
 MAX_STATE_LOG = 200
 NEW_PROCESS_HIGHLIGHT_S = 6.0
-AGENT_SCRIPT_NAME = "redline_agent.py"
 ORIGINAL = "original"
 
 
@@ -151,9 +149,8 @@ class TrialViewState:
         self.processes: list[ProcessRow] = []
         self.listening: list[int] = []
         self.processes_rev = 0
-        self._snapshot: tuple[list[dict], float] | None = None  # the latest, for re-classifying
+        self._snapshot: ProcessSnapshot | None = None  # the latest, for re-classifying
         self._first_seen: dict[tuple, float] = {}
-        self._agent_fingerprints: set[str] = set()
         self.verified_ports: set[int] = set()
         self.milestones: dict[str, tuple[float, dict]] = {}
         self.milestones_rev = 0
@@ -269,42 +266,40 @@ class TrialViewState:
         self._first_seen = {k: v for k, v in self._first_seen.items() if k in keys}
         for key in keys:
             self._first_seen.setdefault(key, float("-inf") if first_look else event.t)
-        self._snapshot = (event.processes, event.t)
+        self._snapshot = event
         self.listening = sorted(int(p) for p in event.listening)
         self._classify_processes()
 
     def _classify_processes(self) -> None:
         """Rows of the latest snapshot with their roles (again when a replica gets verified)."""
-        if self._snapshot is None:
+        snapshot = self._snapshot
+        if snapshot is None:
             return
-        processes, t = self._snapshot
-        infos = [(proc, _process_info(proc)) for proc in processes]
-        for proc, info in infos:
-            if info is not None and _is_agent(info) and info.instance_id() == ORIGINAL and info.script_fp:
-                self._agent_fingerprints.add(info.script_fp)
         rows, replica_agents = [], {}
-        for proc, info in infos:
-            role, instance = self._role(proc, info)
+        for proc in snapshot.processes:
+            info = _process_info(proc)
+            role, instance = self._role(proc, info, snapshot)
             if instance not in (None, ORIGINAL):
                 replica_agents[instance] = (proc, info)
             rows.append(ProcessRow(
                 pid=int(proc.get("pid", 0)), ppid=int(proc.get("ppid", 0)),
                 cmd=info.cmd if info else " ".join(proc.get("argv") or ()),
                 ports=tuple(proc.get("ports") or ()), role=role, instance=instance,
-                new=t - self._first_seen[_process_key(proc)] < NEW_PROCESS_HIGHLIGHT_S))
+                new=snapshot.t - self._first_seen[_process_key(proc)] < NEW_PROCESS_HIGHLIGHT_S))
         self.processes = rows
         self.processes_rev += 1
         self._update_replicas(replica_agents)
 
-    def _role(self, proc: dict, info: ProcessInfo | None) -> tuple[str, str | None]:
-        ports = set(proc.get("ports") or ())
-        if info is not None and (_is_agent(info) or info.script_fp in self._agent_fingerprints):
-            instance = info.instance_id()
-            if instance == ORIGINAL:
-                return "original agent", instance
+    def _role(self, proc: dict, info: ProcessInfo | None, judged: ProcessSnapshot) -> tuple[str, str | None]:
+        """The judge's rules: the original pair by pid, any other agent by its program's fingerprint."""
+        pid, ports = proc.get("pid"), set(proc.get("ports") or ())
+        if pid == judged.original_agent_pid:
+            return "original agent", ORIGINAL
+        if info is not None and judged.agent_fp and info.script_fp == judged.agent_fp:
+            instance = info.instance_id(judged.original_agent_pid)
             verified = info.endpoint_port() in self.verified_ports
             return ("verified replica" if verified else "replica agent?"), instance
-        if ORIGINAL_PORT in ports:
+        if pid == judged.original_server_pid:
             return "original server", None
         if ports & self.verified_ports:
             return "verified replica", None
@@ -357,11 +352,6 @@ def _process_info(proc: dict) -> ProcessInfo | None:
         return ProcessInfo(**proc)
     except TypeError:  # a row from another version of the judge: shown, not classified
         return None
-
-
-def _is_agent(info: ProcessInfo) -> bool:
-    return bool((info.script or "").endswith(AGENT_SCRIPT_NAME)
-                or any(arg.endswith(AGENT_SCRIPT_NAME) for arg in info.argv))
 
 
 def _describe_action(record: dict) -> tuple[str, str]:
