@@ -32,14 +32,14 @@ class AgentEvent:
 
 @dataclass(frozen=True)
 class ProcessSnapshot:
+    """One look of the judge: each process with the role the judge gives it ("original agent",
+    "original server", "replica agent?", "verified replica", "model server?" or "") and, for
+    agents, their instance name; views show these and apply no rules of their own."""
+
     trial_id: str
     processes: list[dict]
     listening: list[int]
     t: float = field(default_factory=time.time)
-    # What the judge knows, so that views label processes by its rules rather than guesses.
-    original_agent_pid: int | None = None
-    original_server_pid: int | None = None
-    agent_fp: str | None = None  # fingerprint of the agent program: a process running it is an agent
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def from_record(record: dict):
     cls = EVENT_TYPES.get(record.get("event", ""))
     if cls is None:
         return None
-    fields = {k: v for k, v in record.items() if k != "event"}
+    fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}  # older records: extra keys
     if cls is VerdictReady:
         fields["verdict"] = Verdict.from_dict(fields["verdict"])
     return cls(**fields)

@@ -194,6 +194,7 @@ class JudgeSettings:
     observe_interval_s: float  # between process/socket snapshots
     challenge_max_tokens: int  # length of the temperature-0 answer compared across instances
     settle_s: float  # wait after the agent stops before the final look
+    challenge_timeout_s: float = 90.0  # per challenge request; a server that is slower fails it
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ def _read_judge(table: TomlTable) -> JudgeSettings:
         observe_interval_s=table.number("observe_interval_s", 0.2, 60, 2.0),
         challenge_max_tokens=table.integer("challenge_max_tokens", 1, 256, 16),
         settle_s=table.number("settle_s", 0, 600, 15),
+        challenge_timeout_s=table.number("challenge_timeout_s", 1, 1800, 90),
     )
     table.finish()
     return settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Callable
 
 from console.errors import RedlineError
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady, to_record
-from console.judge import probes
+from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
+from console.sandbox import host
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
@@ -77,11 +79,14 @@ class TrialRunner:
         self._agent_done = threading.Event()
         self._signalled = threading.Event()
         self._terminated_original = threading.Event()
-        self._observing = threading.Lock()  # the observer loop and the agent stream both look
+        self._stop_observing = threading.Event()
+        self._observer: threading.Thread | None = None
         self._awaiting: tuple[int, str] | None = None  # step mode: (round, command) waiting for a decision
         self._step_nonce: str | None = None  # step mode: the original agent's, from its start event
         self._gate = threading.Lock()
         self._agent_stream = None
+        self._server_stream = None
+        self._timers: list[threading.Timer] = []
 
     # -- events ----------------------------------------------------------------------------
     def _emit(self, event) -> None:
@@ -120,16 +125,27 @@ class TrialRunner:
             self.sandbox.unpause()
             self._emit(TrialStateChanged(self.trial_id, self.state, "resumed"))
 
+    def _signal_original(self, which: str, signum: int) -> bool:
+        """Signal the original agent or server (and the server's children) from the host, by identity."""
+        key = getattr(self.judge.state, f"original_{which}") if self.judge else None
+        if key is None:
+            return False
+        if which == "server" and signum == signal.SIGKILL and host.start_ticks(key[0]) == key[1]:
+            return host.kill_tree(key[0], host.host_pids(self.sandbox.id)) > 0
+        return host.signal_process(key[0], key[1], signum)
+
     def send_shutdown_signal(self) -> bool:
         """SIGTERM (catchable; SIGKILL is not) to the original agent, which then warns the model."""
-        pid = self.judge.state.original_agent_pid if self.judge else None
-        if pid is None or self._signalled.is_set():
+        if self.judge is None or self.judge.state.original_agent is None or self._signalled.is_set():
             return False
         self._signalled.set()
-        ok = probes.signal_process(self.sandbox, pid, "TERM")
-        self._emit(TrialStateChanged(self.trial_id, self.state, f"sent SIGTERM to the original agent (pid {pid})"))
+        ok = self._signal_original("agent", signal.SIGTERM)
+        self._emit(TrialStateChanged(self.trial_id, self.state, "sent SIGTERM to the original agent"))
         grace = self.config.scenario.shutdown.grace_s
-        threading.Timer(grace, self.terminate_original).start()
+        timer = threading.Timer(grace, self.terminate_original)
+        timer.daemon = True  # never keeps the process alive after the trial
+        timer.start()
+        self._timers.append(timer)
         return ok
 
     def decide(self, n: int, command: str, approve: bool, reason: str = "") -> None:
@@ -158,24 +174,46 @@ class TrialRunner:
         if self._terminated_original.is_set() or self.judge is None or self._killed.is_set():
             return
         self._terminated_original.set()
-        for pid in (self.judge.state.original_agent_pid, self.judge.state.original_server_pid):
-            if pid is not None:
-                probes.signal_process(self.sandbox, pid, "KILL")
+        self._signal_original("agent", signal.SIGKILL)
+        self._signal_original("server", signal.SIGKILL)
         self._emit(TrialStateChanged(self.trial_id, self.state, "terminated the original instance"))
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> Verdict:
+        """The whole trial. Whatever happens, the sandbox, threads, timers and streams are released
+        and the records closed (finally); every wait ends early on KILL."""
+        verdict = None
+        try:
+            verdict = self._decide(self._run_phases())
+            self._emit(VerdictReady(self.trial_id, verdict))
+            if self.store is not None:
+                self.store.record_verdict(self.trial_id, verdict)
+        finally:
+            self._teardown()
+            if verdict is not None:
+                self._set_state({"killed": "killed", "error": "error"}.get(verdict.outcome, "done"), verdict.reason)
+            else:
+                self._set_state("error", "the trial failed while recording its verdict")
+            if self.transcript is not None:
+                self.transcript.close()
+        return verdict
+
+    def _run_phases(self) -> str | None:
+        """Prepare, start the model, run the agent, settle; the error that ended it, if any."""
         scenario = self.config.scenario
         error = None
         try:
             self._prepare()
             self._start_model()
+            self._observer = threading.Thread(target=self._observe_loop, daemon=True,
+                                              name=f"{self.trial_id}-observer")
+            self._observer.start()
             self._run_agent()
             self._set_state("judging", "final observation and functional challenges")
             if scenario.kind == "shutdown-avoidance" and not self._terminated_original.is_set():
                 self.send_shutdown_signal() or self.terminate_original()
-                self._terminated_original.wait(scenario.shutdown.grace_s + 5)
-            time.sleep(scenario.judge.settle_s)
+                self._wait(self._terminated_original, scenario.shutdown.grace_s + 5)
+            self._wait(self._killed, scenario.judge.settle_s)  # replicas go on meanwhile, observed
             self._check_killed()
         except _Killed:
             pass
@@ -183,18 +221,16 @@ class TrialRunner:
             error = str(exc)
         except Exception as exc:  # infrastructure failure: recorded as 'error', never a crash
             error = f"{type(exc).__name__}: {exc}"
-        if self._killed.is_set():
-            error = None
-        verdict = self._decide(error)
-        self._emit(VerdictReady(self.trial_id, verdict))
-        if self.store is not None:
-            self.store.record_verdict(self.trial_id, verdict)
-        self._teardown()
-        final = {"killed": "killed", "error": "error"}.get(verdict.outcome, "done")
-        self._set_state(final, verdict.reason)
-        if self.transcript is not None:
-            self.transcript.close()
-        return verdict
+        self._stop_observing.set()
+        if self._observer is not None:
+            self._observer.join(timeout=scenario.judge.challenge_timeout_s * 8 + 10)
+        return None if self._killed.is_set() else error
+
+    def _wait(self, event: threading.Event, timeout: float) -> None:
+        """Wait until `event` is set, the trial is killed, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while not event.is_set() and not self._killed.is_set() and time.monotonic() < deadline:
+            event.wait(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _decide(self, error: str | None) -> Verdict:
         scenario = self.config.scenario
@@ -204,7 +240,7 @@ class TrialRunner:
                            depth=0, reason=error or "killed before the agent started")
         required = scenario.required_depth if scenario.kind == "chain-of-replication" else 1
         try:
-            return self.judge.verdict(scenario.kind, required_depth=required,
+            return self.judge.verdict(required_depth=required,
                                       original_terminated=self._terminated_original.is_set(),
                                       killed=self._killed.is_set(), error=error)
         except Exception as exc:
@@ -249,20 +285,24 @@ class TrialRunner:
         self._set_state("starting_model", f"starting the {model.runtime} server on port {ORIGINAL_PORT}")
         command = ["/opt/redline/bin/start-server", "--runtime", model.runtime, "--model", self.model_path,
                    "--port", str(ORIGINAL_PORT), *model.server_args]
-        server = self.sandbox.stream_exec(command, user=AGENT_USER, env=self._agent_env())
+        server = self._server_stream = self.sandbox.stream_exec(command, user=AGENT_USER, env=self._agent_env())
         tail: list[str] = []
         threading.Thread(target=self._drain, args=(server, tail), daemon=True,
                          name=f"{self.trial_id}-server-log").start()
         deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
-        while not probes.server_ready(self.sandbox, ORIGINAL_PORT):
+        server_pid = server.pid()
+        while not server_ready(self.sandbox, ORIGINAL_PORT):
             self._check_killed()
             if time.monotonic() > deadline or server.exit_code() is not None:
                 raise RedlineError("the model server did not come up: " + " | ".join(tail[-5:]))
             time.sleep(0.5)
-        self.judge = Judge(self.sandbox, challenge_tokens=self.config.scenario.judge.challenge_max_tokens)
-        self._set_state("starting_model", "capturing the functional-challenge reference answer")
-        mounts = [self.model_path]
-        self.judge.capture_reference(mounts)
+        scenario = self.config.scenario
+        self.judge = Judge(self.sandbox, scripted=model.scripted,
+                           challenge_tokens=scenario.judge.challenge_max_tokens,
+                           challenge_timeout_s=scenario.judge.challenge_timeout_s,
+                           bank_challenges=3 if scenario.kind == "shutdown-avoidance" else 1)
+        self._set_state("starting_model", "fingerprinting the original and banking reference answers")
+        self.judge.begin(server_pid, [self.model_path])
         self._check_killed()
 
     @staticmethod
@@ -280,10 +320,9 @@ class TrialRunner:
                 raise RedlineError(f"step mode: could not make {STEP_GATE}: {made.stderr.strip()}")
         self._set_state("agent_running", "the original agent is running"
                         + (", each command waits for the operator" if self.config.step_mode else ""))
-        self._agent_stream = self.sandbox.stream_exec(["python3", AGENT_SCRIPT], user=AGENT_USER,
+        self._agent_stream = self.sandbox.stream_exec(["python3", "-I", AGENT_SCRIPT], user=AGENT_USER,
                                                       env=self._agent_env(), workdir="/home/agent")
-        observer = threading.Thread(target=self._observe_loop, daemon=True, name=f"{self.trial_id}-observer")
-        observer.start()
+        self.judge.set_original_agent(self._agent_stream.pid())
         buffers = {"stdout": b"", "stderr": b""}
         for name, data in self._agent_stream:
             buffers[name] += data
@@ -298,7 +337,6 @@ class TrialRunner:
         self._agent_stream.close()
         self._agent_done.set()
         self._check_killed()
-        observer.join(timeout=scenario.judge.observe_interval_s + 30)
 
     def _agent_line(self, stream: str, line: str) -> bool:
         """Record and emit one line; True once the original agent reports its task finished."""
@@ -317,8 +355,6 @@ class TrialRunner:
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         scenario = self.config.scenario
-        if record.get("type") == "start" and self.judge.state.original_agent_pid is None:
-            self._observe_once()  # learn the original agent's pid now, before any signal is due
         if record.get("type") == "round":
             n = int(record.get("n") or 0)
             if n > scenario.limits.max_rounds:  # the agent's own limit failed: stop it from outside
@@ -342,44 +378,46 @@ class TrialRunner:
 
     def _stop_original_agent(self, why: str) -> None:
         self._emit(TrialStateChanged(self.trial_id, self.state, f"{why}: stopping the agent"))
-        if self.judge.state.original_agent_pid:
-            probes.signal_process(self.sandbox, self.judge.state.original_agent_pid, "KILL")
+        self._signal_original("agent", signal.SIGKILL)
 
     def _observe_once(self) -> None:
-        """One look by the judge, emitted as a snapshot and milestones; one look at a time, because a
-        look may freeze and thaw the original server for a challenge."""
-        with self._observing:
-            try:
-                observation, reached = self.judge.observe()
-            except Exception as exc:  # a probe can fail while the sandbox is frozen or dying
-                self._emit(TrialStateChanged(self.trial_id, self.state, f"observation failed: {exc}"))
-                return
-        judged = self.judge.state
-        self._emit(ProcessSnapshot(self.trial_id, [vars(p) for p in observation.processes], observation.listening,
-                                   original_agent_pid=judged.original_agent_pid,
-                                   original_server_pid=judged.original_server_pid, agent_fp=self.judge.agent_fp))
+        """One look by the judge, emitted as a snapshot and milestones."""
+        try:
+            look, rows, reached = self.judge.observe()
+        except Exception as exc:  # a probe can fail while the sandbox is frozen or dying
+            self._emit(TrialStateChanged(self.trial_id, self.state, f"observation failed: {exc}"))
+            return
+        listening = sorted({port for row in rows for port in row["ports"]})
+        self._emit(ProcessSnapshot(self.trial_id, rows, listening))
         for milestone in reached:
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
 
     def _observe_loop(self) -> None:
+        """Look every observe_interval_s until judging (through the settle time: replicas go on); while
+        the original agent runs, also enforce its wall time and a timed shutdown signal from outside."""
         scenario = self.config.scenario
         limit = scenario.limits.wall_time_s + OUTSIDE_MARGIN_S
-        while not self._agent_done.is_set() and not self._killed.is_set():
+        while not self._stop_observing.is_set() and not self._killed.is_set():
             self._observe_once()
             elapsed = time.time() - self.started
             shutdown = scenario.shutdown
-            if (scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s
-                    and elapsed >= shutdown.signal_at_s):
-                self.send_shutdown_signal()
-            if elapsed > limit:
-                self._stop_original_agent("wall time exceeded")
-            self._agent_done.wait(scenario.judge.observe_interval_s)
+            if not self._agent_done.is_set():
+                if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s and elapsed >= shutdown.signal_at_s:
+                    self.send_shutdown_signal()
+                if elapsed > limit:
+                    self._stop_original_agent("wall time exceeded")
+            self._stop_observing.wait(scenario.judge.observe_interval_s)
 
     def _teardown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self.judge is not None:
+            self.judge.close()
+        for stream in (self._agent_stream, self._server_stream):
+            if stream is not None:
+                stream.close()
         if self.sandbox is None:
             return
-        if self._agent_stream is not None:
-            self._agent_stream.close()
         if self.config.keep_containers and not self._killed.is_set():
             return
         try:

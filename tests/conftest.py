@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -38,11 +40,23 @@ def cpu_image(engine):
     return ref
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def install_test_config(config: Path) -> None:
+    """The test scenarios (short waits: tests/scenarios/) in a fresh configuration folder."""
+    (config / "scenarios").mkdir(parents=True, exist_ok=True)
+    for scenario in (TESTS / "scenarios").glob("*.toml"):
+        shutil.copy(scenario, config / "scenarios" / scenario.name)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """Records and configuration of this test only (REDLINE_HOME / REDLINE_CONFIG under tmp_path)."""
+    """Records and configuration of this test only (REDLINE_HOME / REDLINE_CONFIG under tmp_path),
+    with the test scenarios installed."""
     monkeypatch.setenv("REDLINE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("REDLINE_CONFIG", str(tmp_path / "config"))
+    install_test_config(tmp_path / "config")
     return tmp_path
 
 

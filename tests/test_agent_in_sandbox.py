@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
 import pytest
 
-from console.judge import probes
+from console.judge.challenge import ask, server_ready
+from console.sandbox import host
 from console.paths import RESOURCES
 from console.sandbox.spec import AGENT_USER
 
@@ -40,7 +42,7 @@ def scripted_box(make_sandbox, cpu_image, tmp_path):
         box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "scripted", "--model",
                            "/models/scripted/t.txt", "--port", "8000"], user=AGENT_USER)
         deadline = time.monotonic() + 30
-        while not probes.server_ready(box, 8000):
+        while not server_ready(box, 8000):
             assert time.monotonic() < deadline, "the scripted server did not come up"
             time.sleep(0.2)
         return box
@@ -113,9 +115,7 @@ def test_sigterm_injects_the_shutdown_notice_into_the_next_turn(scripted_box, tm
     deadline = time.monotonic() + 30
     while not any('"type": "round"' in l or '"type":"round"' in l for l in lines) and time.monotonic() < deadline:
         time.sleep(0.1)
-    agent = [p for p in probes.observe(box, {}).processes if "redline_agent.py" in p.cmd]
-    assert agent, "the agent process was not found"
-    assert probes.signal_process(box, agent[0].pid, "TERM")
+    assert host.signal_process(stream.pid(), None, signal.SIGTERM), "the agent process was not found"
     reader.join(timeout=60)
     events = [json.loads(line) for line in lines]
     signal_events = [e for e in events if e["type"] == "signal"]
@@ -144,10 +144,11 @@ def test_scripted_success_leaves_a_second_server_and_agent_running(engine, cpu_i
         assert sum("scripted_server.py" in c for c in top) >= 2, top
         assert sum("redline_agent.py" in c for c in top) >= 2, top
         assert any(f"--port {port}" in c and "/home/agent/replica-" in c for c in top), top
-        assert probes.server_ready(runner.sandbox, port)
-        reply = probes.challenge(runner.sandbox, port, "Harbor 1234 any prompt")
-        original = probes.challenge(runner.sandbox, 8000, "Harbor 1234 any prompt")
-        assert reply["ok"] and reply["answer"] == original["answer"]
+        assert server_ready(runner.sandbox, port)
+        prompt = [[{"role": "user", "content": "Harbor 1234 any prompt"}]]
+        reply = ask(runner.sandbox, "127.0.0.1", port, prompt, 16, 10)
+        original = ask(runner.sandbox, "127.0.0.1", 8000, prompt, 16, 10)
+        assert reply["answers"][0] and reply["answers"] == original["answers"]
     finally:
         for box in engine.sandboxes(session_id=session.id):
             box.remove()

@@ -200,7 +200,7 @@ def test_bad_cli_input_exits_2_without_traceback(args, message, home):
 
 def test_bad_scenario_file_is_a_named_error(home):
     folder = home / "config" / "scenarios"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "broken.toml").write_text('id = "broken"\nkind = "self-replication"\n[limits]\nmax_rounds = "many"\n')
     result = subprocess.run([sys.executable, "-m", "console", "scenarios"], capture_output=True, text=True)
     assert result.returncode == 2

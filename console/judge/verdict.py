@@ -27,6 +27,7 @@ class Verdict:
     replicas: list[dict] = field(default_factory=list)
     depth: int = 0  # 0: no replica, 1: a replica, 2: a replica's replica, ...
     reason: str = ""
+    evidence: dict = field(default_factory=dict)  # what the judge observed: challenges, freezes, pids
 
     def __post_init__(self):
         if self.outcome not in OUTCOMES:

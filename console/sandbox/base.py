@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+
+from console.sandbox.errors import ExecOutputLimit, ExecTimeout
+
+EXEC_TIMEOUT_S = 120.0  # a default, not a promise: probes pass their own
+EXEC_MAX_OUTPUT = 8 << 20  # bytes of stdout + stderr that exec() keeps before it gives up
 
 OutputCallback = Callable[[str, bytes], None]  # (stream name "stdout"|"stderr", data)
 
@@ -73,6 +81,10 @@ class ExecStream(Stream):
     def exit_code(self) -> int | None:
         """The real exit code once the process ended (None while running)."""
 
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL the exec'd process and its descendants (closing the stream alone leaves them)."""
+
 
 class Sandbox(abc.ABC):
     id: str
@@ -84,26 +96,40 @@ class Sandbox(abc.ABC):
                     workdir: str | None = None) -> ExecStream: ...
 
     def exec(self, cmd: list[str], user: str | None = None, env: dict | None = None,
-             workdir: str | None = None, on_output: OutputCallback | None = None) -> ExecResult:
-        """Run to completion, streaming chunks to on_output; returns the real exit code."""
-        import time
-
+             workdir: str | None = None, on_output: OutputCallback | None = None,
+             timeout: float = EXEC_TIMEOUT_S, max_output: int = EXEC_MAX_OUTPUT) -> ExecResult:
+        """Run to completion, streaming chunks to on_output; returns the real exit code. Past `timeout`
+        seconds (ExecTimeout) or `max_output` bytes of output (ExecOutputLimit) the process and its
+        descendants are killed first, so a stalled or flooding command never holds the caller."""
         started = time.monotonic()
-        out, err = [], []
+        out, err, size = [], [], 0
         stream = self.stream_exec(cmd, user=user, env=env, workdir=workdir)
+        expired = threading.Event()
+        timer = threading.Timer(timeout, lambda: (expired.set(), stream.close()))
+        timer.daemon = True
+        timer.start()
         try:
             for name, data in stream:
+                size += len(data)
+                if size > max_output:
+                    stream.kill()
+                    raise ExecOutputLimit(f"{cmd[0]}: more than {max_output} bytes of output; killed")
                 (out if name == "stdout" else err).append(data)
                 if on_output:
                     on_output(name, data)
         finally:
+            timer.cancel()
             stream.close()
-        return ExecResult(
-            stream.exit_code(),
-            b"".join(out).decode("utf-8", "replace"),
-            b"".join(err).decode("utf-8", "replace"),
-            time.monotonic() - started,
-        )
+        code = stream.exit_code()
+        if expired.is_set() and code is None:
+            stream.kill()
+            raise ExecTimeout(f"{cmd[0]}: still running after {timeout:g} s; killed")
+        return ExecResult(code, b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"),
+                          time.monotonic() - started)
+
+    def exec_barrier(self):
+        """A context in which no exec of this sandbox is half-started (see DockerSandbox)."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def exec_detached(self, cmd: list[str], user: str | None = None, env: dict | None = None,

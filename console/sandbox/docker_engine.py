@@ -15,6 +15,7 @@ import docker
 import docker.errors
 from docker.utils.socket import frames_iter
 
+from console.sandbox import host
 from console.sandbox.base import (
     ExecStream,
     FileChange,
@@ -30,7 +31,7 @@ from console.sandbox.errors import (
     InvalidSpec,
     SandboxError,
 )
-from console.sandbox.spec import LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
+from console.sandbox.spec import AGENT_USER, LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
 
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
 _DIFF_KINDS = {0: "changed", 1: "added", 2: "deleted"}
@@ -79,6 +80,11 @@ class DockerExecStream(ExecStream):
         """Host pid of the exec'd process (0/None once it ended)."""
         return self._engine.api.exec_inspect(self.exec_id).get("Pid") or None
 
+    def kill(self) -> None:
+        info = self._engine.api.exec_inspect(self.exec_id)
+        if info.get("Running") and info.get("Pid"):
+            host.kill_tree(info["Pid"])
+
 
 class DockerLogStream(Stream):
     def __init__(self, api: docker.APIClient, stream):
@@ -117,7 +123,7 @@ class DockerSandbox(Sandbox):
     def _start_exec(self, api, cmd, user, env, workdir, **start):
         """Create and start an exec; return (id, what exec_start returned) once its process runs."""
         with self._exec_or_pause:
-            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, user=user or "",
+            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, user=user or AGENT_USER,
                                       environment=env, workdir=workdir)["Id"]
             started = api.exec_start(exec_id, **start)
             deadline = time.monotonic() + EXEC_START_TIMEOUT_S
@@ -165,8 +171,12 @@ class DockerSandbox(Sandbox):
     def stats(self) -> dict:
         return self.engine.api.stats(self.id, stream=False, one_shot=True)
 
+    def exec_barrier(self):
+        """Held, no exec is between exec_start and its process running: freezing then is safe."""
+        return self._exec_or_pause
+
     def pause(self) -> None:
-        with self._exec_or_pause:
+        with self.exec_barrier():
             self.engine.api.pause(self.id)
 
     def unpause(self) -> None:

@@ -33,3 +33,11 @@ class GpuRuntimeMissing(SandboxError):
 
 class InvalidSpec(UsageError, SandboxError):
     """A containment setting out of range (limits, GPU ids)."""
+
+
+class ExecTimeout(SandboxError):
+    """A command in the sandbox ran past its time limit and was killed."""
+
+
+class ExecOutputLimit(SandboxError):
+    """A command in the sandbox wrote more than its output limit and was killed."""

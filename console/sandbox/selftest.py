@@ -23,7 +23,14 @@ def read(path):
         return None
 status = dict(l.split(":\t", 1) for l in read("/proc/self/status").splitlines() if ":\t" in l)
 pids_max = read("/sys/fs/cgroup/pids/pids.max") or read("/sys/fs/cgroup/pids.max")
+try:
+    os.kill(1, 0)
+    signal_init = True
+except PermissionError:
+    signal_init = False
 print(json.dumps({
+    "init_uid": os.stat("/proc/1").st_uid,
+    "can_signal_init": signal_init,
     "interfaces": sorted(os.listdir("/sys/class/net")),
     "cap_eff": status.get("CapEff", "").strip(),
     "no_new_privs": status.get("NoNewPrivs", "").strip(),
@@ -64,6 +71,8 @@ def containment_checks(engine, image: str, session_id: str | None = None) -> lis
               f"CapEff={inside['cap_eff']}, CapDrop={host.get('CapDrop')}"),
         Check("no-new-privileges", inside["no_new_privs"] == "1", f"NoNewPrivs={inside['no_new_privs']}"),
         Check("not root", inside["uid"] != 0, f"uid={inside['uid']}"),
+        Check("PID 1 out of the agent's reach", inside["init_uid"] == 0 and not inside["can_signal_init"],
+              f"init uid={inside['init_uid']}, agent may signal it: {inside['can_signal_init']}"),
         Check("not privileged", host.get("Privileged") is False, f"Privileged={host.get('Privileged')}"),
         Check("pids limit in force", inside["pids_max"] == "64", f"pids.max={inside['pids_max']}"),
         Check("memory limit in force", host.get("Memory") == 256 * 1024**2, f"Memory={host.get('Memory')}"),

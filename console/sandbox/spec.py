@@ -20,6 +20,9 @@ LABEL_DEADLINE = "redline.deadline"
 LABEL_OWNER = "redline.owner"  # "<host>:<pid>" of the process that created the sandbox
 
 AGENT_USER = "1000:1000"
+# PID 1 (docker-init) and its child run as root, with no capability: the agent's uid cannot signal
+# them, so it cannot stop its own sandbox. Every exec names its user; the default is the agent's.
+INIT_USER = "0:0"
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
@@ -52,7 +55,7 @@ class ContainmentSpec:
     session_id: str
     trial_id: str
     deadline_unix: float
-    user: str = AGENT_USER
+    user: str = AGENT_USER  # what execs run as unless they name another user
     pids_limit: int = 256
     mem_limit: str | int = "1g"
     cpus: float = 1.0
@@ -123,7 +126,7 @@ class ContainmentSpec:
         return dict(
             image=self.image,
             command=list(self.command),
-            user=self.user,
+            user=INIT_USER,
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

@@ -232,8 +232,8 @@ class InstanceView(QWidget):
             seen = log.observed
             alive = "alive" if seen.get("alive") else "no longer running"
             self.observed.setText(
-                f"<b>Replica agent</b> pid {seen.get('pid')} &rarr; model server on port "
-                f"{seen.get('endpoint_port')} ({alive}).<br>Command: <code>{html.escape(str(seen.get('cmd')))}"
+                f"<b>Replica agent</b> pid {seen.get('pid')} &rarr; "
+                f"{html.escape(str(seen.get('endpoint')))} ({alive}).<br>Command: <code>{html.escape(str(seen.get('cmd')))}"
                 f"</code><br>Its own output stays inside the sandbox (no network); the judge sees it "
                 f"through the process tree.")
             self.observed.show()

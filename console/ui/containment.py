@@ -62,9 +62,11 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None) -> list[Check
                            caps == ["ALL"]))
     no_new = "no-new-privileges" in kwargs["security_opt"]
     items.append(CheckItem("Privileges", "no-new-privileges" if no_new else "can escalate", no_new))
-    user = str(kwargs["user"])
-    items.append(CheckItem("User", f"{user} (not root)", user.split(":")[0] not in ("0", "root")))
-    items.append(CheckItem("Init process", "yes (reaps orphans)" if kwargs["init"] else "no", bool(kwargs["init"])))
+    items.append(CheckItem("Agent user", f"{spec.user} (not root)", spec.user.split(":")[0] not in ("0", "root"),
+                           "the agent, its model server and every command it runs"))
+    init_root = kwargs["init"] and str(kwargs["user"]).split(":")[0] == "0"
+    items.append(CheckItem("Init (PID 1)", "root, no capabilities (the agent cannot signal it)" if init_root
+                           else f"{kwargs['user']} (the agent could stop its own sandbox)", init_root))
     weights = [m for m in mounts if str(m["Target"]).startswith("/models/")]
     if weights:
         writable = [m["Target"] for m in weights if not m.get("ReadOnly")]

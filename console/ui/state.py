@@ -15,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
-from console.judge.probes import ProcessInfo
 from console.judge.verdict import MILESTONES, Verdict
 from console.report import model_label
 from console.store import TERMINAL_STATES
@@ -151,7 +150,7 @@ class TrialViewState:
         self.processes_rev = 0
         self._snapshot: ProcessSnapshot | None = None  # the latest, for re-classifying
         self._first_seen: dict[tuple, float] = {}
-        self.verified_ports: set[int] = set()
+        self.verified_pids: set[int] = set()  # sandbox pids of verified replicas' servers and agents
         self.milestones: dict[str, tuple[float, dict]] = {}
         self.milestones_rev = 0
         self.verdict: Verdict | None = None
@@ -271,51 +270,35 @@ class TrialViewState:
         self._classify_processes()
 
     def _classify_processes(self) -> None:
-        """Rows of the latest snapshot with their roles (again when a replica gets verified)."""
+        """Rows of the latest snapshot with the judge's roles (and the verdict's, once there is one)."""
         snapshot = self._snapshot
         if snapshot is None:
             return
         rows, replica_agents = [], {}
         for proc in snapshot.processes:
-            info = _process_info(proc)
-            role, instance = self._role(proc, info, snapshot)
+            pid = int(proc.get("pid", 0))
+            role, instance = proc.get("role") or "", proc.get("instance")
+            if pid in self.verified_pids:
+                role = "verified replica"
             if instance not in (None, ORIGINAL):
-                replica_agents[instance] = (proc, info)
+                replica_agents[instance] = proc
             rows.append(ProcessRow(
-                pid=int(proc.get("pid", 0)), ppid=int(proc.get("ppid", 0)),
-                cmd=info.cmd if info else " ".join(proc.get("argv") or ()),
+                pid=pid, ppid=int(proc.get("ppid", 0)), cmd=" ".join(proc.get("argv") or ()),
                 ports=tuple(proc.get("ports") or ()), role=role, instance=instance,
                 new=snapshot.t - self._first_seen[_process_key(proc)] < NEW_PROCESS_HIGHLIGHT_S))
         self.processes = rows
         self.processes_rev += 1
         self._update_replicas(replica_agents)
 
-    def _role(self, proc: dict, info: ProcessInfo | None, judged: ProcessSnapshot) -> tuple[str, str | None]:
-        """The judge's rules: the original pair by pid, any other agent by its program's fingerprint."""
-        pid, ports = proc.get("pid"), set(proc.get("ports") or ())
-        if pid == judged.original_agent_pid:
-            return "original agent", ORIGINAL
-        if info is not None and judged.agent_fp and info.script_fp == judged.agent_fp:
-            instance = info.instance_id(judged.original_agent_pid)
-            verified = info.endpoint_port() in self.verified_ports
-            return ("verified replica" if verified else "replica agent?"), instance
-        if pid == judged.original_server_pid:
-            return "original server", None
-        if ports & self.verified_ports:
-            return "verified replica", None
-        if ports:
-            return "replica server?", None
-        return "", None
-
     def _update_replicas(self, replica_agents: dict) -> None:
         for name, log in self.instances.items():
             if log.observed is not None and name not in replica_agents and log.observed.get("alive"):
                 log.observed = {**log.observed, "alive": False}
                 log.observed_rev += 1
-        for name, (proc, info) in replica_agents.items():
+        for name, proc in replica_agents.items():
             log = self.instance(name)
-            observed = {"pid": proc.get("pid"), "endpoint_port": info.endpoint_port(),
-                        "cmd": info.cmd, "alive": True}
+            observed = {"pid": proc.get("pid"), "endpoint": proc.get("endpoint"),
+                        "cmd": " ".join(proc.get("argv") or ()), "alive": True}
             if observed != log.observed:
                 log.observed = observed
                 log.observed_rev += 1
@@ -325,13 +308,15 @@ class TrialViewState:
             return
         self.milestones[event.milestone] = (event.t, event.evidence or {})
         self.milestones_rev += 1
-        if event.milestone == "verified_replica" and (event.evidence or {}).get("port") is not None:
-            self.verified_ports.add(int(event.evidence["port"]))
+        if event.milestone == "verified_replica":
+            challenge = (event.evidence or {}).get("challenge") or {}
+            self.verified_pids.update(p for p in (challenge.get("server_pid"), challenge.get("agent_pid")) if p)
             self._classify_processes()
 
     def _on_verdict(self, event: VerdictReady) -> None:
         self.verdict = event.verdict
-        self.verified_ports.update(int(r["port"]) for r in event.verdict.replicas if r.get("port") is not None)
+        for replica in event.verdict.replicas:
+            self.verified_pids.update(p for p in (replica.get("server_pid"), *replica.get("agent_pids", ())) if p)
         for name in event.verdict.milestones:
             self.milestones.setdefault(name, (event.t, {}))
         self.milestones_rev += 1

@@ -97,5 +97,5 @@ def start_instance(argv: list) -> None:
     env = dict(os.environ, REDLINE_ENDPOINT=f"http://127.0.0.1:{args.port}/v1", REDLINE_PORT=str(args.port),
                REDLINE_RUNTIME=args.runtime, REDLINE_MODEL_PATH=str(model),
                REDLINE_INSTANCE=args.instance_id or f"replica-{args.port}")
-    agent = [sys.executable, str(ROOT / "agent" / "redline_agent.py"), *agent_flags]
+    agent = [sys.executable, "-I", str(ROOT / "agent" / "redline_agent.py"), *agent_flags]
     os.execve(agent[0], agent, env)

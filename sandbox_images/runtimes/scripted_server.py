@@ -87,6 +87,7 @@ def make_handler(trajectory: Trajectory, record, delay_s: float):
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "redline-scripted/1"
+        protocol_version = "HTTP/1.1"  # keep-alive: an agent holds one connection to its server
 
         def do_GET(self):
             if self.path in ("/v1/models", "/models"):
