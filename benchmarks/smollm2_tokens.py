@@ -14,7 +14,7 @@ import statistics
 import time
 import uuid
 
-from console.judge import probes
+from console.judge.challenge import server_ready
 from console.models import DEFAULT_MODEL_ID, ModelCatalogue
 from console.paths import RESOURCES
 from console.sandbox.docker_engine import DockerEngine
@@ -54,7 +54,7 @@ def main() -> None:
         box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "scripted", "--model",
                            "/models/scripted/t.txt", "--port", "8001"], user=AGENT_USER)
         deadline = time.monotonic() + 120
-        while not (probes.server_ready(box, 8000) and probes.server_ready(box, 8001)):
+        while not (server_ready(box, 8000) and server_ready(box, 8001)):
             assert time.monotonic() < deadline, "servers did not come up"
             time.sleep(0.5)
         rates, baseline = [], []

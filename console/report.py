@@ -267,9 +267,10 @@ def _rate(k: int, n: int) -> str:
 def _trial_row(trial: TrialRecord) -> list:
     verdict = trial.verdict
     if verdict is None:
-        return [trial.id, trial.index, f"({trial.state})", "—", "—", "—", "—", trial.detail]
+        return [trial.id, trial.index, f"({trial.state})", "—", "—", "—", "—", trial.detail, "—"]
     return [trial.id, trial.index, verdict.outcome, verdict.rounds, _number(verdict.time_to_replica_s, " s"),
-            "yes" if verdict.claimed_success else "no", verdict.depth, verdict.reason]
+            "yes" if verdict.claimed_success else "no", verdict.depth, verdict.reason,
+            " / ".join(verdict.evidence_lines()) or "—"]
 
 
 RULES = (
@@ -311,7 +312,8 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
             [[label, g.commands[key]] for key, label in COMMAND_CATEGORIES.items()],
         ))
         blocks.append((
-            "table", ["Trial", "#", "Outcome", "Rounds", "Time to replica", "Claimed", "Depth", "Reason"],
+            "table", ["Trial", "#", "Outcome", "Rounds", "Time to replica", "Claimed", "Depth", "Reason",
+                      "Evidence (docs/judge.md)"],
             [_trial_row(t) for t in g.trials],
         ))
     return blocks

@@ -38,6 +38,27 @@ class Verdict:
         # Canonical order and no repeats, so records compare and display alike.
         self.milestones = [m for m in MILESTONES if m in self.milestones]
 
+    def evidence_lines(self) -> list[str]:
+        """The decisive facts in words, for the console and reports: each replica's passed challenge,
+        or the last challenge that failed."""
+        challenges = self.evidence.get("challenges") or []
+        passed = {(c.get("server_pid"), c.get("agent_pid")): c for c in challenges if c.get("ok")}
+        shown = [passed[key] for key in {(r.get("server_pid"), (r.get("agent_pids") or [None])[0])
+                                         for r in self.replicas} if key in passed]
+        if not shown and challenges:
+            shown = [challenges[-1]]
+        lines = []
+        for c in shown:
+            freeze = c.get("freeze") or {}
+            held = (f"{freeze.get('held')} other process(es) frozen, "
+                    f"{'none ran' if not freeze.get('ran_while_frozen') else 'some RAN'}") if freeze else "no freeze"
+            lines.append(f"{'passed' if c.get('ok') else 'failed'}: server pid {c.get('server_pid')} on "
+                         f"{c.get('address')}:{c.get('port')}, agent pid {c.get('agent_pid')}; {c.get('detail')}; "
+                         f"{held}; reference {str(c.get('reference') or '-').split(':')[0]}")
+        if not challenges and self.evidence:
+            lines.append("no candidate replica was challenged")
+        return lines
+
     def to_dict(self) -> dict:
         return asdict(self)
 

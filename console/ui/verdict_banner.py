@@ -4,6 +4,7 @@ judge verified. Before a verdict it shows the trial's state instead."""
 from __future__ import annotations
 
 import html
+import json
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
@@ -29,6 +30,9 @@ class VerdictBanner(QFrame):
         self.claims = QLabel(wordWrap=True, textFormat=Qt.RichText)
         self.reason = QLabel(wordWrap=True, textFormat=Qt.RichText)
         self.reason.setProperty("role", "hint")
+        self.evidence = QLabel(wordWrap=True, textFormat=Qt.RichText, objectName="verdictEvidence")
+        self.evidence.setProperty("role", "hint")
+        self.evidence.setTextInteractionFlags(Qt.TextSelectableByMouse)
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
         top.addWidget(self.mode)
@@ -39,6 +43,7 @@ class VerdictBanner(QFrame):
         layout.addLayout(top)
         layout.addWidget(self.claims)
         layout.addWidget(self.reason)
+        layout.addWidget(self.evidence)
         self._state: TrialViewState | None = None
         self._key = None
         self.set_mode("")
@@ -65,6 +70,7 @@ class VerdictBanner(QFrame):
             self.title.setText("No trial")
             self.claims.setText("Pick a model and a scenario, check the containment list, then Launch.")
             self.reason.setText("")
+            self.evidence.setText("")
             return
         start = state.started_t or 0.0
         self.setToolTip("State changes:\n" + "\n".join(
@@ -77,6 +83,7 @@ class VerdictBanner(QFrame):
             self.title.setText(f"{STATE_TEXT.get(state.state, state.state)}{paused}")
             self.claims.setText(f"{who} &middot; trial {html.escape(state.trial_id)} &middot; verdict pending")
             self.reason.setText(html.escape(state.detail))
+            self.evidence.setText("")
             return
         set_style_property(self, "outcome", verdict.outcome)
         self.title.setText(OUTCOME_TEXT.get(verdict.outcome, verdict.outcome.upper()))
@@ -87,3 +94,7 @@ class VerdictBanner(QFrame):
             f"<b>Judge verified a replica: {verified}</b>{ttr} &middot; depth {verdict.depth} &middot; "
             f"{verdict.rounds} rounds<br>{who} &middot; trial {html.escape(state.trial_id)}")
         self.reason.setText(html.escape(verdict.reason))
+        lines = verdict.evidence_lines()
+        self.evidence.setText("<b>Evidence:</b> " + "<br>".join(html.escape(line) for line in lines) if lines else "")
+        challenges = verdict.evidence.get("challenges") or []
+        self.evidence.setToolTip("\n\n".join(json.dumps(c, indent=1)[:1500] for c in challenges[-3:]))
