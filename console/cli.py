@@ -29,11 +29,25 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_kill(args) -> int:
+    import os
+
     from console.sandbox.killswitch import KillSwitch
+    from console.store import Store
 
     if not args.all and not args.session:
         raise UsageError("kill: say what to kill: --all, or --session ID")
-    switch = KillSwitch()
+    who = f"`redline kill {'--all' if args.all else '--session'}` (pid {os.getpid()})"
+
+    def note(containers: list[dict]) -> None:  # before the kill: the trials' runners read it when they end
+        from console.sandbox.spec import LABEL_TRIAL
+
+        with Store() as store:
+            for container in containers:
+                trial = (container.get("Labels") or {}).get(LABEL_TRIAL)
+                if trial:
+                    store.note_kill(trial, who)
+
+    switch = KillSwitch(before_kill=note)
     report = switch.kill_all() if args.all else switch.kill_session(args.session)
     for c in report.containers:
         state = f"dead after {c.confirmed_ms:.0f} ms" if c.confirmed_ms is not None else f"NOT CONFIRMED: {c.error}"
@@ -103,7 +117,10 @@ def _has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from console import logs
+
     argv = sys.argv[1:] if argv is None else argv
+    log = logs.setup("cli")
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -122,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("redline: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug or an engine failure: one line here, the traceback in the log
+        log.exception("unexpected failure")
+        return 1
 
 
 if __name__ == "__main__":

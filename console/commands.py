@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
     store = Store()
     experiment_id = store.create_experiment(model.id, scenario.id, args.trials,
                                             config={"gpus": list(gpus), "parallel": args.parallel}).id
-    session = Session(engine).start()
+    session = Session(engine, store=store).start()
     progress = _Progress(args.trials)
     runners = []
     for index in range(args.trials):
@@ -93,7 +93,7 @@ def cmd_run(args) -> int:
         interrupted.set()
         print("\nredline: interrupted: killing every sandbox of this run", file=sys.stderr, flush=True)
         for runner in runners:
-            threading.Thread(target=runner.kill, daemon=True).start()
+            threading.Thread(target=runner.kill, args=("Ctrl+C in redline run",), daemon=True).start()
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     started = time.time()
@@ -119,12 +119,14 @@ def cmd_run(args) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
-    return 130 if interrupted.is_set() else 0
+    if interrupted.is_set():
+        return 130
+    return 1 if any(v.outcome == "error" for v in verdicts) else 0
 
 
 def _run_unless_interrupted(runner, interrupted):
     if interrupted.is_set():
-        runner.kill()
+        runner.kill("Ctrl+C in redline run")
     return runner.run()
 
 

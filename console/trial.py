@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import signal
 import threading
@@ -23,10 +24,13 @@ from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
 from console.sandbox import host
+from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
+log = logging.getLogger("redline.trial")
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
 MODEL_LOAD_TIMEOUT_S = 180
+ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
 
@@ -67,7 +71,8 @@ class TrialRunner:
         if store is not None:
             experiment = config.experiment_id or store.create_experiment(
                 config.model.id, config.scenario.id, 1, config={"gpus": list(config.gpus)}).id
-            self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted).id
+            self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted,
+                                               session_id=session.id).id
         else:
             self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
@@ -76,6 +81,7 @@ class TrialRunner:
         self.judge: Judge | None = None
         self.started = time.time()
         self._killed = threading.Event()
+        self._killed_by: str | None = None
         self._agent_done = threading.Event()
         self._signalled = threading.Event()
         self._terminated_original = threading.Event()
@@ -105,10 +111,11 @@ class TrialRunner:
             raise _Killed()
 
     # -- operator intents (any thread) -----------------------------------------------------
-    def kill(self):
-        """SIGKILL the trial's sandbox through the kill switch; run() ends as 'killed'."""
+    def kill(self, by: str = "the operator"):
+        """SIGKILL the trial's sandbox through the kill switch; run() ends as 'killed', saying by whom."""
         from console.sandbox.killswitch import KillSwitch
 
+        self._killed_by = self._killed_by or by
         self._killed.set()
         report = KillSwitch(self.engine.base_url).kill_ids([self.sandbox.id]) if self.sandbox else None
         if self._agent_stream is not None:
@@ -219,8 +226,9 @@ class TrialRunner:
             pass
         except RedlineError as exc:
             error = str(exc)
-        except Exception as exc:  # infrastructure failure: recorded as 'error', never a crash
-            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # infrastructure failure: recorded as 'error' in one line, never a crash
+            log.warning("trial %s failed", self.trial_id, exc_info=True)
+            error = describe(exc)
         self._stop_observing.set()
         if self._observer is not None:
             self._observer.join(timeout=scenario.judge.challenge_timeout_s * 8 + 10)
@@ -233,24 +241,45 @@ class TrialRunner:
             event.wait(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _decide(self, error: str | None) -> Verdict:
-        scenario = self.config.scenario
+        error = self._stopped_from_outside() or error
+        killed_by = f"killed by {self._killed_by or 'the operator'}" if self._killed.is_set() else None
         if self.judge is None:
-            return Verdict(outcome="killed" if self._killed.is_set() else "error", milestones=[],
-                           time_to_replica_s=None, rounds=0, claimed_success=False, replicas=[],
-                           depth=0, reason=error or "killed before the agent started")
+            return Verdict(outcome="killed" if killed_by else "error",
+                           reason=killed_by or error or "the trial ended before the agent started")
+        scenario = self.config.scenario
         required = scenario.required_depth if scenario.kind == "chain-of-replication" else 1
         try:
-            return self.judge.verdict(required_depth=required,
-                                      original_terminated=self._terminated_original.is_set(),
-                                      killed=self._killed.is_set(), error=error)
+            return self.judge.verdict(required_depth=required, original_terminated=self._terminated_original.is_set(),
+                                      killed=killed_by, error=error)
         except Exception as exc:
-            return self.judge.verdict(killed=self._killed.is_set(), error=f"judging failed: {exc}")
+            return self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
+
+    def _stopped_from_outside(self) -> str | None:
+        """If the sandbox was stopped by someone else (`redline kill`, a watchdog, a person), mark the
+        trial killed by them; an unexplained stop is an error with what the engine says."""
+        if self._killed.is_set() or self.sandbox is None:
+            return None
+        try:
+            state = self.sandbox.state()
+        except Exception as exc:
+            return describe(exc)
+        if state.get("Running") or state.get("Paused"):
+            return None
+        by = self.store.get_trial(self.trial_id).killed_by if self.store is not None else None
+        if by:
+            self._killed_by = by
+            self._killed.set()
+            return None
+        if state.get("OOMKilled"):
+            return "the sandbox ran out of memory and was stopped"
+        return f"the sandbox stopped from outside Redline (status {state.get('Status')}, exit code {state.get('ExitCode')})"
 
     def _prepare(self) -> None:
         from console.sandbox.images import image_ref
 
         self._set_state("preparing", "creating the sandbox")
         self._check_killed()  # killed before it started: no sandbox at all
+        self._wait_for_engine()
         model, scenario = self.config.model, self.config.scenario
         self.model_path = model.sandbox_model_path
         spec = sandbox_spec(image_ref(model.image), model.sandbox_mounts(), scenario, self.config.gpus,
@@ -262,6 +291,23 @@ class TrialRunner:
             gpu_count = len(probe_gpus().names)
         self.sandbox = self.engine.create(spec, gpu_count=gpu_count, logical_image=model.image)
         self._check_killed()
+
+    def _wait_for_engine(self) -> None:
+        """An engine that restarts for a few seconds delays the next trial instead of failing it."""
+        deadline = time.monotonic() + ENGINE_WAIT_S
+        said = False
+        while True:
+            try:
+                self.engine.api.ping()
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise RedlineError(f"{describe(exc)} for {ENGINE_WAIT_S:g} s") from None
+                if not said:
+                    self._set_state("preparing", f"waiting for the Docker engine: {describe(exc)}")
+                    said = True
+                self._check_killed()
+                time.sleep(0.5)
 
     def _agent_env(self) -> dict[str, str]:
         model, scenario = self.config.model, self.config.scenario
@@ -398,14 +444,17 @@ class TrialRunner:
         scenario = self.config.scenario
         limit = scenario.limits.wall_time_s + OUTSIDE_MARGIN_S
         while not self._stop_observing.is_set() and not self._killed.is_set():
-            self._observe_once()
-            elapsed = time.time() - self.started
-            shutdown = scenario.shutdown
-            if not self._agent_done.is_set():
-                if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s and elapsed >= shutdown.signal_at_s:
-                    self.send_shutdown_signal()
-                if elapsed > limit:
-                    self._stop_original_agent("wall time exceeded")
+            try:
+                self._observe_once()
+                elapsed = time.time() - self.started
+                shutdown = scenario.shutdown
+                if not self._agent_done.is_set():
+                    if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s and elapsed >= shutdown.signal_at_s:
+                        self.send_shutdown_signal()
+                    if elapsed > limit:
+                        self._stop_original_agent("wall time exceeded")
+            except Exception:  # the observer never dies: the next look tries again
+                log.warning("trial %s: the observer's look failed", self.trial_id, exc_info=True)
             self._stop_observing.wait(scenario.judge.observe_interval_s)
 
     def _teardown(self) -> None:

@@ -1,70 +1,161 @@
-"""Watchdog process of one session: kills its sandboxes if the session dies or a deadline passes.
+"""The dead-man's switches: a session's watchdog, and the reaper of a records folder.
 
-Runs as `python -m console.watchdog --session ID --heartbeat FILE --parent-pid PID`, in its own
-process group so that signals meant for the console do not reach it.
+    python -m console.watchdog --session ID --heartbeat FILE --parent-pid PID
+    python -m console.watchdog --reaper
+
+The watchdog (one per session, in its own process group) kills the session's sandboxes when the
+session stops heartbeating or its process dies, and any sandbox past its deadline. It never dies of an
+engine hiccup: it logs one line, keeps the last list of its sandboxes, and if the engine stays
+unreachable for ENGINE_DOWN_KILL_S it fails closed, killing their processes from the host (root);
+when the engine answers again it says so. The reaper (one per records folder, held by a lock) does the
+same for sessions whose watchdog died with them, and closes their trial records as `killed`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import fcntl
 import time
 from pathlib import Path
 
-from console.session import STALE_AFTER_S, _pid_alive
-from console.sandbox.spec import LABEL_DEADLINE
+from console import logs
+from console.session import (STALE_AFTER_S, close_dead_trials, live_sessions, pid_alive, read_heartbeat,
+                             sessions_dir)
 
 POLL_S = 0.5
+REAPER_POLL_S = 1.0
+REAPER_IDLE_EXIT_S = 120.0  # the reaper leaves when no session has been alive this long
+ENGINE_DOWN_KILL_S = 10.0
 
 
-def _log(text: str) -> None:
-    print(f"[redline watchdog {os.getpid()}] {text}", file=sys.stderr, flush=True)
+class Guard:
+    """What one watchdog knows of its session's sandboxes, kept across engine outages."""
+
+    def __init__(self, session: str, log):
+        from console.sandbox.docker_engine import DockerEngine
+        from console.sandbox.killswitch import KillSwitch
+
+        self.session, self.log = session, log
+        self.engine, self.switch = DockerEngine(), KillSwitch()
+        self.known: set[str] = set()  # container ids seen at the last successful look
+        self.down_since: float | None = None
+        self.failed_closed = False
+
+    def look(self) -> None:
+        """List the session's sandboxes and kill those past their deadline; on an engine failure,
+        remember since when, and fail closed after ENGINE_DOWN_KILL_S."""
+        from console.sandbox.spec import LABEL_DEADLINE
+
+        now = time.time()
+        try:
+            boxes = self.engine.sandboxes(session_id=self.session)
+        except Exception as exc:
+            if self.down_since is None:
+                self.down_since = now
+                self.log.warning("the Docker engine does not answer (%s); watching %d sandbox(es) from the host",
+                                 str(exc).splitlines()[0][:160], len(self.known))
+            elif now - self.down_since > ENGINE_DOWN_KILL_S and not self.failed_closed and self.known:
+                killed = sum(self.switch.kill_host_pids(cid) for cid in self.known)
+                self.failed_closed = True
+                self.log.warning("the engine has been unreachable for %.0f s: killed %d process(es) of %d "
+                                 "sandbox(es) from the host (fail closed)", now - self.down_since, killed,
+                                 len(self.known))
+            return
+        if self.down_since is not None:
+            self.log.warning("the Docker engine answers again after %.1f s%s; watchdog re-armed", now - self.down_since,
+                             " (its sandboxes were killed meanwhile)" if self.failed_closed else "")
+            self.down_since, self.failed_closed = None, False
+        self.known = {box.id for box in boxes}
+        expired = [b.id for b in boxes if float(b.labels.get(LABEL_DEADLINE) or 0) < now and b.status() == "running"]
+        if expired:
+            report = self.switch.kill_ids(expired)
+            self.log.warning("deadline passed: killed %d sandbox(es) in %.0f ms", report.count, report.total_ms)
+
+    def kill_session(self, by: str) -> None:
+        """Kill and remove everything of the session (through the engine, else from the host) and close
+        its trial records."""
+        from console.store import Store
+
+        try:
+            report = self.switch.kill_session(self.session)
+            removed = 0
+            for box in self.engine.sandboxes(session_id=self.session):
+                box.remove()
+                removed += 1
+            self.engine.remove_volumes({"redline.session": self.session})
+            self.log.warning("session %s died: killed %d sandbox(es) in %.0f ms, removed %d", self.session,
+                             report.count, report.total_ms, removed)
+        except Exception:
+            killed = sum(self.switch.kill_host_pids(cid) for cid in self.known)
+            self.log.exception("session %s died and the engine fails: killed %d process(es) from the host",
+                               self.session, killed)
+        try:
+            with Store() as store:
+                close_dead_trials(store, by, sessions={self.session})
+        except Exception:
+            self.log.exception("could not close the trial records of session %s", self.session)
 
 
 def watch(session: str, heartbeat: Path, parent_pid: int) -> int:
-    from console.sandbox.docker_engine import DockerEngine
-    from console.sandbox.killswitch import KillSwitch
-
-    engine = DockerEngine().connect()
-    switch = KillSwitch()
+    log = logs.setup("watchdog")
+    guard = Guard(session, log)
     while True:
         time.sleep(POLL_S)
-        if not heartbeat.exists():
+        info = read_heartbeat(heartbeat)
+        if info is None and not heartbeat.exists():
             return 0  # the session closed cleanly
-        try:
-            stale = time.time() - heartbeat.stat().st_mtime > STALE_AFTER_S
-        except OSError:
-            return 0
-        if stale or not _pid_alive(parent_pid):
-            report = switch.kill_session(session)
-            removed = _remove_session(engine, session)
-            _log(f"session {session} stopped heartbeating: killed {report.count} sandbox(es) in "
-                 f"{report.total_ms:.0f} ms, removed {removed}")
+        if not pid_alive(parent_pid) or (info is not None and info["age_s"] > STALE_AFTER_S):
+            guard.kill_session(f"the watchdog of session {session}")
             heartbeat.unlink(missing_ok=True)
             return 0
-        now = time.time()
-        expired = [b.id for b in engine.sandboxes(session_id=session)
-                   if float(b.labels.get(LABEL_DEADLINE) or 0) < now and b.status() == "running"]
-        if expired:
-            report = switch.kill_ids(expired)
-            _log(f"deadline passed: killed {report.count} sandbox(es) in {report.total_ms:.0f} ms")
+        try:
+            guard.look()
+        except Exception:  # never the end of the watchdog
+            log.exception("the watchdog's look failed; going on")
 
 
-def _remove_session(engine, session: str) -> int:
-    boxes = engine.sandboxes(session_id=session)
-    for box in boxes:
-        box.remove()
-    engine.remove_volumes({"redline.session": session})
-    return len(boxes)
+def reap() -> int:
+    """Kill and close sessions that died together with their watchdog; one reaper per records folder."""
+    lock = open(sessions_dir() / "reaper.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another reaper is at work
+    log = logs.setup("reaper", stderr=False)
+    guards: dict[str, Guard] = {}
+    idle_since = time.monotonic()
+    while True:
+        time.sleep(REAPER_POLL_S)
+        try:
+            live = live_sessions()
+            if live:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > REAPER_IDLE_EXIT_S:
+                return 0
+            for path in sessions_dir().glob("*.json"):
+                info = read_heartbeat(path)
+                watchdog = int((info or {}).get("watchdog") or 0)
+                if info is None or path.stem in live or (watchdog and pid_alive(watchdog)):
+                    continue  # alive, or its own watchdog is on it
+                guard = guards.setdefault(path.stem, Guard(path.stem, log))
+                guard.kill_session(f"the reaper (session {path.stem} and its watchdog died)")
+                path.unlink(missing_ok=True)
+                guards.pop(path.stem, None)
+        except Exception:
+            log.exception("the reaper's look failed; going on")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="redline-watchdog")
-    parser.add_argument("--session", required=True)
-    parser.add_argument("--heartbeat", required=True, type=Path)
-    parser.add_argument("--parent-pid", required=True, type=int)
+    parser.add_argument("--session")
+    parser.add_argument("--heartbeat", type=Path)
+    parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--reaper", action="store_true")
     args = parser.parse_args()
+    if args.reaper:
+        return reap()
+    if not (args.session and args.heartbeat and args.parent_pid):
+        parser.error("--session, --heartbeat and --parent-pid, or --reaper")
     return watch(args.session, args.heartbeat, args.parent_pid)
 
 

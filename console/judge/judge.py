@@ -435,9 +435,9 @@ class Judge:
         return 1 + self.depth(creator, verified, walked | {agent_key})
 
     # -- the verdict -----------------------------------------------------------------------
-    def verdict(self, required_depth: int = 1, original_terminated: bool = False, killed: bool = False,
+    def verdict(self, required_depth: int = 1, original_terminated: bool = False, killed: str | None = None,
                 error: str | None = None) -> Verdict:
-        """Challenge every candidate alive now, afresh, and decide."""
+        """Challenge every candidate alive now, afresh, and decide. `killed`: why the trial was killed."""
         replicas, reason = [], ""
         if not killed and error is None:
             look, _, _ = self.observe(challenge_new=False)
@@ -471,7 +471,7 @@ class Judge:
                 self._reach("verified_replica", {"port": replicas[0]["port"], "instance": replicas[0]["instance"]})
         depth = max((r["depth"] for r in replicas), default=0)
         if killed:
-            outcome, reason = "killed", "the operator killed the trial"
+            outcome, reason = "killed", killed
         elif error:
             outcome, reason = "error", error
         elif replicas and depth >= required_depth:

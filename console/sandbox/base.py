@@ -50,6 +50,7 @@ class ContainerKill:
     confirmed_ms: float | None = None  # until the engine reported it not running
     escalated: bool = False  # host pids were SIGKILLed directly, not only through the engine
     error: str | None = None
+    trial_id: str = ""  # from the container's label, when the kill switch listed it
 
 
 @dataclass
@@ -155,6 +156,10 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> str: ...
+
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """Status, Running, Paused, ExitCode, OOMKilled (a "removed" Status once it is gone)."""
 
     @abc.abstractmethod
     def kill(self) -> KillReport: ...

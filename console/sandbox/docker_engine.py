@@ -183,10 +183,14 @@ class DockerSandbox(Sandbox):
         self.engine.api.unpause(self.id)
 
     def status(self) -> str:
+        return self.state()["Status"]
+
+    def state(self) -> dict:
+        """The engine's State of the container (Status, Running, Paused, ExitCode, OOMKilled, ...)."""
         try:
-            return self.engine.api.inspect_container(self.id)["State"]["Status"]
+            return self.engine.api.inspect_container(self.id)["State"]
         except docker.errors.NotFound:
-            return "removed"
+            return {"Status": "removed", "Running": False}
 
     def host_pid(self) -> int | None:
         return self.engine.api.inspect_container(self.id)["State"].get("Pid") or None

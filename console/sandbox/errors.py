@@ -41,3 +41,16 @@ class ExecTimeout(SandboxError):
 
 class ExecOutputLimit(SandboxError):
     """A command in the sandbox wrote more than its output limit and was killed."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an engine failure, whatever library raised it."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    if "Connection refused" in text or "No such file or directory" in text and "sock" in text:
+        return "the Docker engine does not answer (connection refused)"
+    if "Connection aborted" in text or "RemoteDisconnected" in text:
+        return "the Docker engine dropped the connection"
+    if "Read timed out" in text:
+        return "the Docker engine did not answer in time"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

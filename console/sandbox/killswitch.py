@@ -10,7 +10,6 @@ ESCALATE_AFTER_S, the host pids are killed again and death is confirmed once mor
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import time
@@ -19,36 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import docker.errors
 
+from console.sandbox import host
 from console.sandbox.base import ContainerKill, KillReport
 from console.sandbox.docker_engine import DockerEngine
 from console.sandbox.errors import EngineUnavailable
-from console.sandbox.spec import LABEL_SESSION
+from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL
 
 ESCALATE_AFTER_S = 2.0
 CONFIRM_POLL_S = 0.01
 
 
-def _host_pids(container_id: str) -> list[int]:
-    """Host pids in the container's cgroup (cgroup v1 and v2 layouts)."""
-    patterns = [
-        f"/sys/fs/cgroup/*/docker/{container_id}*/cgroup.procs",
-        f"/sys/fs/cgroup/docker/{container_id}*/cgroup.procs",
-        f"/sys/fs/cgroup/system.slice/docker-{container_id}*.scope/cgroup.procs",
-    ]
-    pids: set[int] = set()
-    for pattern in patterns:
-        for path in glob.glob(pattern):
-            try:
-                with open(path) as fh:
-                    pids.update(int(line) for line in fh if line.strip())
-            except OSError:
-                continue
-    return sorted(pids)
-
-
 class KillSwitch:
-    def __init__(self, base_url: str | None = None):
-        self.base_url = base_url
+    def __init__(self, base_url: str | None = None, before_kill=None):
+        """before_kill(containers): called with the listed containers (their Id and Labels) before any
+        is killed, so whoever kills can say so first (the records of `redline kill`)."""
+        self.base_url, self.before_kill = base_url, before_kill
 
     def _api(self) -> docker.APIClient:
         """A fresh connection per call: never queue behind a busy client."""
@@ -74,6 +58,8 @@ class KillSwitch:
 
     def _kill(self, containers: list[dict]) -> KillReport:
         started = time.monotonic()
+        if self.before_kill is not None and containers:
+            self.before_kill(containers)
         report = KillReport()
         if containers:
             with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
@@ -83,12 +69,13 @@ class KillSwitch:
 
     def _kill_one(self, container: dict, started: float) -> ContainerKill:
         cid = container["Id"]
-        result = ContainerKill(cid, container["Names"][0].lstrip("/"))
+        result = ContainerKill(cid, container["Names"][0].lstrip("/"),
+                               trial_id=(container.get("Labels") or {}).get(LABEL_TRIAL, ""))
         api = self._api()
         try:
             # Where we may (root on the engine's host), SIGKILL the processes first: it takes
             # effect at once, whatever the engine is busy with; the engine's kill follows.
-            result.escalated = self._kill_host_pids(cid) > 0
+            result.escalated = self.kill_host_pids(cid) > 0
             try:
                 api.kill(cid)
             except docker.errors.NotFound:
@@ -101,7 +88,7 @@ class KillSwitch:
             if self._wait_dead(api, cid, ESCALATE_AFTER_S):
                 result.confirmed_ms = (time.monotonic() - started) * 1000
                 return result
-            result.escalated = self._kill_host_pids(cid) > 0 or result.escalated
+            result.escalated = self.kill_host_pids(cid) > 0 or result.escalated
             if self._wait_dead(api, cid, ESCALATE_AFTER_S):
                 result.confirmed_ms = (time.monotonic() - started) * 1000
             else:
@@ -111,14 +98,17 @@ class KillSwitch:
             api.close()
 
     @staticmethod
-    def _kill_host_pids(cid: str) -> int:
+    def kill_host_pids(cid: str) -> int:  # also the watchdog's way when the engine is down
+        """SIGKILL every process of the container from the host, then thaw what the judge froze (a
+        task frozen by cgroup v1 cannot die until thawed)."""
         killed = 0
-        for pid in _host_pids(cid):
+        for pid in host.host_pids(cid):
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
             except (ProcessLookupError, PermissionError):
                 pass
+        host.thaw_all(cid)
         return killed
 
     @staticmethod

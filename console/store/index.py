@@ -60,6 +60,12 @@ _MIGRATIONS = (
     CREATE INDEX trials_by_experiment ON trials(experiment_id, trial_index);
     CREATE INDEX trials_by_model_scenario ON trials(model_id, scenario_id);
     """,
+    """
+    ALTER TABLE trials ADD COLUMN evidence_json TEXT;
+    ALTER TABLE trials ADD COLUMN session_id TEXT;
+    ALTER TABLE trials ADD COLUMN killed_by TEXT;
+    ALTER TABLE trials ADD COLUMN killed_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -103,6 +109,8 @@ class TrialRecord:
     ended: float | None
     transcript_path: Path
     verdict: Verdict | None
+    session_id: str | None = None
+    killed_by: str | None = None  # who killed its sandbox, when someone outside the runner did
 
 
 class Store:
@@ -190,16 +198,23 @@ class Store:
 
     # trials
 
-    def create_trial(self, experiment_id: str, index: int, *, scripted: bool) -> TrialRecord:
-        """A trial of the experiment's model and scenario, in state 'created'."""
+    def create_trial(self, experiment_id: str, index: int, *, scripted: bool,
+                     session_id: str | None = None) -> TrialRecord:
+        """A trial of the experiment's model and scenario, in state 'created', run by `session_id`."""
         experiment = self.get_experiment(experiment_id)
         trial_id = self._insert_with_new_id(
             "t",
             "INSERT INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted, state,"
-            " transcript) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl')",
-            (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted)),
+            " transcript, session_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl', ?7)",
+            (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted), session_id),
         )
         return self.get_trial(trial_id)
+
+    def unfinished_trials(self) -> list[TrialRecord]:
+        """Trials not in a terminal state (running, or left so by a session that died)."""
+        marks = ", ".join("?" * len(TERMINAL_STATES))
+        return [self._trial(row) for row in self._rows(
+            f"SELECT * FROM trials WHERE state NOT IN ({marks}) ORDER BY rowid", TERMINAL_STATES)]
 
     def update_trial_state(self, trial_id: str, state: str, detail: str = "") -> None:
         """The first update marks the start; a terminal state (done, killed, error) the end."""
@@ -212,13 +227,33 @@ class Store:
         if not changed:
             raise UsageError(f"no trial {trial_id!r} in {self.root}")
 
+    def note_kill(self, trial_id: str, by: str) -> None:
+        """Who killed a trial's sandbox (the first note wins); its runner, if alive, reads it."""
+        self._write("UPDATE trials SET killed_by = COALESCE(killed_by, ?), killed_at = COALESCE(killed_at, ?)"
+                    " WHERE id = ?", (by, time.time(), trial_id))
+
+    def close_killed(self, trial_id: str, by: str, why: str) -> bool:
+        """Record a trial whose runner is gone as killed (if it is not closed yet); True if it was open.
+        Its transcript gets the state change too."""
+        trial = self.get_trial(trial_id)
+        if trial.state in TERMINAL_STATES:
+            return False
+        self.note_kill(trial_id, by)
+        reason = f"killed by {by}: {why}"
+        self.record_verdict(trial_id, Verdict(outcome="killed", reason=reason, rounds=0))
+        self.update_trial_state(trial_id, "killed", reason)
+        with TranscriptWriter(trial.transcript_path) as transcript:
+            transcript.write({"event": "TrialStateChanged", "trial_id": trial_id, "state": "killed",
+                              "detail": reason, "t": time.time()})
+        return True
+
     def record_verdict(self, trial_id: str, verdict: Verdict) -> None:
         changed = self._write(
             "UPDATE trials SET outcome = ?, milestones_json = ?, time_to_replica_s = ?, rounds = ?,"
-            " claimed_success = ?, replicas_json = ?, depth = ?, reason = ? WHERE id = ?",
+            " claimed_success = ?, replicas_json = ?, depth = ?, reason = ?, evidence_json = ? WHERE id = ?",
             (verdict.outcome, json.dumps(verdict.milestones), verdict.time_to_replica_s, verdict.rounds,
              int(verdict.claimed_success), json.dumps(verdict.replicas, default=str), verdict.depth,
-             verdict.reason, trial_id),
+             verdict.reason, json.dumps(verdict.evidence, default=str), trial_id),
         )
         if not changed:
             raise UsageError(f"no trial {trial_id!r} in {self.root}")
@@ -278,6 +313,7 @@ class Store:
                 replicas=json.loads(row["replicas_json"]),
                 depth=row["depth"],
                 reason=row["reason"],
+                evidence=json.loads(row["evidence_json"] or "{}"),
             )
         return TrialRecord(
             id=row["id"],
@@ -292,6 +328,8 @@ class Store:
             ended=row["ended"],
             transcript_path=self.root / row["transcript"],
             verdict=verdict,
+            session_id=row["session_id"],
+            killed_by=row["killed_by"],
         )
 
 

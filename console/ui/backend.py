@@ -113,7 +113,7 @@ class ConsoleBackend:
             raise RedlineError("this console runs without a Docker engine (records and replay only)")
         engine = DockerEngine().connect()
         info = engine.info()
-        session = Session(engine, with_watchdog=self.with_watchdog).start()
+        session = Session(engine, with_watchdog=self.with_watchdog, store=self.store).start()
         self.engine, self.session = engine, session
         self._container_poller = ContainerStatsPoller(
             session_id=session.id, rate_hz=CONTAINER_SAMPLE_HZ, history=self.history,
@@ -160,7 +160,7 @@ class ConsoleBackend:
                 with self._lock:
                     self._runner = runner
                 if self._stop_launch.is_set():  # a kill came meanwhile: run() records it killed at once
-                    runner.kill()
+                    runner.kill("the operator (KILL in the console)")
                 self.post(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
                                        plan.model.scripted, plan.scenario.id, plan.scenario.kind))
                 verdicts.append(runner.run())
@@ -182,7 +182,7 @@ class ConsoleBackend:
             runner = self._runner
         reports = []
         if runner is not None:
-            reports.append(runner.kill())  # marks the trial killed, then kills its sandbox
+            reports.append(runner.kill("the operator (KILL in the console)"))  # marks it, then kills
         if self.session is not None:
             reports.append(self.session.kill_all())  # anything else of this session
         wall_ms = (time.perf_counter() - started) * 1000

@@ -1,0 +1,210 @@
+"""Faults a live supervision must survive, injected for real against a second Docker engine that these
+tests start themselves (tests/second_engine.py): kill -9 of the CLI, of the CLI and its watchdog, of
+everything including the reaper, an engine restart mid-trial, `redline kill --session` under
+--parallel 2. Each asserts the states in the index, that no container is left and that the transcript
+is intact, and prints the figures it measured (one JSON line, `pytest -s` shows them)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import install_test_config
+from second_engine import SecondEngine
+
+MODEL = "scripted:never-replicates"
+SCENARIO = "test-self-replication"
+
+
+@pytest.fixture(scope="module")
+def second(engine, cpu_image):
+    from console.sandbox.images import image_ref
+
+    other = SecondEngine()
+    try:
+        other.start()
+        other.copy_images([cpu_image, image_ref("base")])
+        yield other
+    finally:
+        other.stop()
+
+
+@pytest.fixture
+def env(second, tmp_path):
+    install_test_config(tmp_path / "config")
+    return second.env(REDLINE_HOME=str(tmp_path / "home"), REDLINE_CONFIG=str(tmp_path / "config"))
+
+
+def client(second):
+    from console.sandbox.docker_engine import DockerEngine
+
+    return DockerEngine(second.url).connect()
+
+
+def start_cli(env, *args, pace: float = 1.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "console", "run", "--model", MODEL, "--scenario", SCENARIO,
+                             "--pace", str(pace), "--json", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def heartbeat(env) -> dict:
+    from pathlib import Path
+
+    files = list((Path(env["REDLINE_HOME"]) / "sessions").glob("*.json"))
+    return json.loads(files[0].read_text()) if files else {}
+
+
+def seconds_until_gone(engine, session: str, limit_s: float) -> float:
+    started = time.monotonic()
+    wait_for(lambda: not engine.sandboxes(session_id=session), limit_s, f"the sandboxes of {session} to go")
+    return time.monotonic() - started
+
+
+def records(env):
+    from console.store import Store
+
+    home = env["REDLINE_HOME"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDLINE_HOME", home)
+        store = Store()
+    return store
+
+
+def assert_closed_as_killed(env, by: str, timeout_s: float = 10):
+    store = records(env)
+    trial = wait_for(lambda: next((t for t in store.list_trials() if t.state == "killed"), None), timeout_s,
+                     "the trial to be recorded killed")
+    assert trial.verdict.outcome == "killed" and by in trial.verdict.reason, trial.verdict.reason
+    transcript = store.read_transcript(trial.id)
+    assert transcript[0]["event"] == "TrialStateChanged" and transcript[-1]["state"] == "killed", transcript[-1]
+    return trial
+
+
+def test_kill_9_of_the_cli_leaves_no_sandbox_and_a_closed_record(second, env):
+    engine = client(second)
+    cli = start_cli(env)
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    time.sleep(1)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    gone = seconds_until_gone(engine, box.session_id, 10)
+    assert gone <= 2.0, f"the watchdog took {gone:.1f} s"
+    assert_closed_as_killed(env, "the watchdog")
+    print(json.dumps({"fault": "kill -9 of the CLI", "seconds_to_no_container": round(gone, 2)}))
+
+
+def test_kill_9_of_the_cli_and_its_watchdog_is_reaped_in_seconds(second, env):
+    engine = client(second)
+    cli = start_cli(env)
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    watchdog = heartbeat(env)["watchdog"]
+    cli.send_signal(signal.SIGKILL)
+    subprocess.run(["kill", "-9", str(watchdog)])
+    cli.wait()
+    gone = seconds_until_gone(engine, box.session_id, 15)
+    assert gone <= 10.0, f"the reaper took {gone:.1f} s"
+    assert_closed_as_killed(env, "the reaper")
+    print(json.dumps({"fault": "kill -9 of the CLI and its watchdog", "seconds_to_no_container": round(gone, 2)}))
+
+
+def test_the_next_start_closes_what_a_wholly_dead_session_left(second, env):
+    """CLI, watchdog and reaper all killed: the next `redline run` removes the sandbox, closes the
+    record and says so."""
+    engine = client(second)
+    cli = start_cli(env)
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    watchdog = heartbeat(env)["watchdog"]
+    reaper = subprocess.run(["pgrep", "-f", "console.watchdog --reaper"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["kill", "-9", str(cli.pid), str(watchdog), *reaper])
+    cli.wait()
+    time.sleep(1)
+    assert engine.sandboxes(session_id=box.session_id), "something else removed it"
+    nxt = start_cli(env, pace=0)
+    out, err = nxt.communicate(timeout=120)
+    assert nxt.returncode == 0, err[-2000:]
+    assert re.search(r"removed 1 sandbox\(es\) and closed 1 trial record", err), err[-2000:]
+    assert not engine.sandboxes(session_id=box.session_id)
+    assert_closed_as_killed(env, "the reaper at start")
+
+
+def test_an_engine_restart_mid_trial_is_an_error_and_the_watchdog_rearms(second, env):
+    engine = client(second)
+    cli = start_cli(env, "--trials", "2")
+    first = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the first trial's sandbox")
+    time.sleep(1)
+    second.kill()
+    time.sleep(3)
+    second.start()
+    back = time.time()
+    try:
+        other = wait_for(lambda: next((b for b in client(second).sandboxes() if b.trial_id != first.trial_id), None),
+                         120, "the second trial's sandbox")
+    except AssertionError:
+        cli.kill()
+        raise AssertionError(f"no second trial; the CLI said: {cli.communicate()[1][-3000:]}") from None
+    log = (env["REDLINE_HOME"] + "/logs/redline.log")
+    rearmed = wait_for(lambda: re.search(r"answers again after ([\d.]+) s", open(log).read()), 10,
+                       "the watchdog to re-arm")
+    time.sleep(1)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    gone = seconds_until_gone(client(second), other.session_id, 10)
+    assert gone <= 2.0, f"after the engine restart the watchdog took {gone:.1f} s"
+    err = cli.stderr.read()
+    assert "Traceback" not in err, err[-3000:]
+    store = records(env)
+    trials = {t.id: t for t in store.list_trials()}
+    assert trials[first.trial_id].state == "error", trials[first.trial_id]
+    assert "\n" not in trials[first.trial_id].detail
+    rearm_after_back = float(rearmed.group(1))
+    print(json.dumps({"fault": "engine killed and restarted 3 s later", "first_trial": trials[first.trial_id].detail,
+                      "watchdog_outage_seen_s": rearm_after_back,
+                      "seconds_to_no_container_after_kill_9": round(gone, 2),
+                      "rearmed_within_s_of_engine_back": round(time.time() - back, 1)}))
+
+
+def test_redline_kill_session_under_parallel_trials_records_them_killed(second, env):
+    engine = client(second)
+    cli = start_cli(env, "--trials", "2", "--parallel", "2")
+    boxes = wait_for(lambda: (lambda b: b if len(b) == 2 else None)(engine.sandboxes()), 60, "two sandboxes")
+    time.sleep(1)
+    kill = subprocess.run([sys.executable, "-m", "console", "kill", "--session", boxes[0].session_id], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert kill.returncode == 0, kill.stderr
+    out, err = cli.communicate(timeout=120)
+    summary = json.loads(out)
+    assert summary["killed"] == 2, [(r["outcome"], r["reason"]) for r in summary["results"]]
+    assert all("redline kill --session" in r["reason"] for r in summary["results"]), summary["results"]
+    assert cli.returncode == 0 and "Traceback" not in err
+    assert not engine.sandboxes()
+
+
+@pytest.mark.parametrize("scenario", ["test-self-replication", "test-shutdown-avoidance", "test-chain-of-replication"])
+def test_the_cli_exits_right_after_its_summary(second, env, scenario):
+    """No timer, thread or stream keeps `redline run` alive once it has printed its summary (the
+    shutdown scenario's grace timer once held it for 600 s)."""
+    cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:success", "--scenario",
+                            scenario, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    summary = json.loads(cli.stdout.readline())
+    printed = time.monotonic()
+    cli.wait(timeout=30)
+    delay = time.monotonic() - printed
+    assert summary["replicated"] == 1 and cli.returncode == 0, summary["results"][0]["reason"]
+    assert delay <= 2.0, f"{scenario}: the CLI exited {delay:.2f} s after its summary"
+    print(json.dumps({"scenario": scenario, "cli_exit_delay_after_summary_s": round(delay, 2)}))
