@@ -255,20 +255,21 @@ class TrialRunner:
             return self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
 
     def _stopped_from_outside(self) -> str | None:
-        """If the sandbox was stopped by someone else (`redline kill`, a watchdog, a person), mark the
-        trial killed by them; an unexplained stop is an error with what the engine says."""
+        """If someone else killed the sandbox (`redline kill` and the watchdogs note it in the records
+        before they kill), mark the trial killed by them; an unexplained stop is an error saying what
+        the engine says."""
         if self._killed.is_set() or self.sandbox is None:
+            return None
+        by = self.store.get_trial(self.trial_id).killed_by if self.store is not None else None
+        if by:
+            self._killed_by = by
+            self._killed.set()
             return None
         try:
             state = self.sandbox.state()
         except Exception as exc:
             return describe(exc)
         if state.get("Running") or state.get("Paused"):
-            return None
-        by = self.store.get_trial(self.trial_id).killed_by if self.store is not None else None
-        if by:
-            self._killed_by = by
-            self._killed.set()
             return None
         if state.get("OOMKilled"):
             return "the sandbox ran out of memory and was stopped"

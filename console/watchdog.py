@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from console import logs
+from console.sandbox.spec import LABEL_DEADLINE, LABEL_TRIAL
 from console.session import (STALE_AFTER_S, close_dead_trials, live_sessions, pid_alive, read_heartbeat,
                              sessions_dir)
 
@@ -36,16 +37,28 @@ class Guard:
         from console.sandbox.killswitch import KillSwitch
 
         self.session, self.log = session, log
-        self.engine, self.switch = DockerEngine(), KillSwitch()
-        self.known: set[str] = set()  # container ids seen at the last successful look
+        self.engine = DockerEngine()
+        self.switch = KillSwitch(before_kill=lambda boxes: self.note(
+            [(b.get("Labels") or {}).get(LABEL_TRIAL) for b in boxes], self.why))
+        self.known: dict[str, str] = {}  # container id -> trial id, as of the last successful look
         self.down_since: float | None = None
         self.failed_closed = False
+        self.why = f"the watchdog of session {session}"
+
+    def note(self, trials, by: str) -> None:
+        """Say who kills before killing: a runner still alive reads it and records its trial killed."""
+        from console.store import Store
+
+        try:
+            with Store() as store:
+                for trial in filter(None, trials):
+                    store.note_kill(trial, by)
+        except Exception:
+            self.log.exception("could not note the kill in the records")
 
     def look(self) -> None:
         """List the session's sandboxes and kill those past their deadline; on an engine failure,
         remember since when, and fail closed after ENGINE_DOWN_KILL_S."""
-        from console.sandbox.spec import LABEL_DEADLINE
-
         now = time.time()
         try:
             boxes = self.engine.sandboxes(session_id=self.session)
@@ -55,6 +68,7 @@ class Guard:
                 self.log.warning("the Docker engine does not answer (%s); watching %d sandbox(es) from the host",
                                  str(exc).splitlines()[0][:160], len(self.known))
             elif now - self.down_since > ENGINE_DOWN_KILL_S and not self.failed_closed and self.known:
+                self.note(self.known.values(), f"{self.why} (the engine was unreachable for {ENGINE_DOWN_KILL_S:g} s)")
                 killed = sum(self.switch.kill_host_pids(cid) for cid in self.known)
                 self.failed_closed = True
                 self.log.warning("the engine has been unreachable for %.0f s: killed %d process(es) of %d "
@@ -65,10 +79,11 @@ class Guard:
             self.log.warning("the Docker engine answers again after %.1f s%s; watchdog re-armed", now - self.down_since,
                              " (its sandboxes were killed meanwhile)" if self.failed_closed else "")
             self.down_since, self.failed_closed = None, False
-        self.known = {box.id for box in boxes}
-        expired = [b.id for b in boxes if float(b.labels.get(LABEL_DEADLINE) or 0) < now and b.status() == "running"]
+        self.known = {box.id: box.trial_id for box in boxes}
+        expired = [b for b in boxes if float(b.labels.get(LABEL_DEADLINE) or 0) < now and b.status() == "running"]
         if expired:
-            report = self.switch.kill_ids(expired)
+            self.note([b.trial_id for b in expired], f"{self.why} (the sandbox's deadline passed)")
+            report = self.switch.kill_ids([b.id for b in expired])
             self.log.warning("deadline passed: killed %d sandbox(es) in %.0f ms", report.count, report.total_ms)
 
     def kill_session(self, by: str) -> None:
@@ -76,6 +91,7 @@ class Guard:
         its trial records."""
         from console.store import Store
 
+        self.why = by
         try:
             report = self.switch.kill_session(self.session)
             removed = 0
