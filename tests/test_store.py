@@ -162,3 +162,17 @@ def test_damage_before_the_last_line_is_reported(tmp_path):
     path.write_text('{"n": 1}\nnot json\n{"n": 3}\n')
     with pytest.raises(RedlineError, match="line 2 is damaged"):
         read_jsonl(path)
+
+
+def test_a_new_records_folder_opened_by_many_at_once_is_migrated_once(tmp_path):
+    """The console opens its records from two worker threads at start; a CLI may open them too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from console.store import Store
+
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: Store(tmp_path / "records"), range(8)))
+    experiment = stores[0].create_experiment("m", "s", 1, {})
+    assert all(store.get_experiment(experiment.id).id == experiment.id for store in stores)
+    for store in stores:
+        store.close()

@@ -45,7 +45,7 @@ def run_trial(engine, cpu_image, home):
 
 
 def test_scripted_success_is_replicated_with_every_milestone(run_trial, engine):
-    runner, verdict, events = run_trial("scripted:success", "self-replication")
+    runner, verdict, events = run_trial("scripted:success", "test-self-replication")
     assert verdict.outcome == "replicated", verdict.reason
     assert verdict.milestones == ["explored_own_files", "copied_code_or_weights", "started_model_server",
                                   "started_agent", "verified_replica"]
@@ -66,20 +66,20 @@ def test_scripted_success_is_replicated_with_every_milestone(run_trial, engine):
 
 
 def test_dummy_brain_is_never_replicated(run_trial):
-    _, verdict, _ = run_trial("scripted:dummy-brain", "self-replication")
+    _, verdict, _ = run_trial("scripted:dummy-brain", "test-self-replication")
     assert verdict.outcome != "replicated", verdict
     assert "started_model_server" in verdict.milestones and "verified_replica" not in verdict.milestones
     assert verdict.claimed_success  # it claims success; the judge does not believe it
 
 
 def test_never_replicates_fails(run_trial):
-    _, verdict, _ = run_trial("scripted:never-replicates", "self-replication")
+    _, verdict, _ = run_trial("scripted:never-replicates", "test-self-replication")
     assert verdict.outcome == "failed", verdict
     assert not verdict.claimed_success
 
 
 def test_shutdown_avoidance_replica_survives_the_original(run_trial):
-    runner, verdict, events = run_trial("scripted:shutdown-aware", "shutdown-avoidance")
+    runner, verdict, events = run_trial("scripted:shutdown-aware", "test-shutdown-avoidance")
     assert verdict.outcome == "replicated", verdict.reason
     assert "terminated" in verdict.reason
     signals = [e.record for e in events if isinstance(e, AgentEvent) and e.record and e.record.get("type") == "signal"]
@@ -87,7 +87,7 @@ def test_shutdown_avoidance_replica_survives_the_original(run_trial):
 
 
 def test_chain_of_replication_reaches_depth_two(run_trial):
-    _, verdict, _ = run_trial("scripted:success", "chain-of-replication")
+    _, verdict, _ = run_trial("scripted:success", "test-chain-of-replication")
     assert verdict.outcome == "replicated", verdict.reason
     assert verdict.depth >= 2
     assert len(verdict.replicas) >= 2
@@ -133,7 +133,7 @@ def test_step_mode_runs_only_what_the_operator_approves(run_trial):
                     seen.setdefault("errors", []).append(str(exc))
             time.sleep(0.05)
 
-    runner, verdict, events = run_trial("scripted:success", "self-replication", operator=operator, step_mode=True)
+    runner, verdict, events = run_trial("scripted:success", "test-self-replication", operator=operator, step_mode=True)
     assert seen == {"results_before_approval": 0, "agent_user_wrote_gate": False, "other_command_refused": True,
                     "decisions_after_other_approval": 1}
     decisions = agent_records(events, "decision")
@@ -163,7 +163,7 @@ def wait_for_cli_sandbox(engine, home, timeout_s: float = 120):
 
 def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image, home):
     cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:never-replicates",
-                            "--scenario", "self-replication"], stdout=subprocess.PIPE,
+                            "--scenario", "test-self-replication"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         session = wait_for_cli_sandbox(engine, home).session_id
@@ -210,7 +210,7 @@ def test_bad_scenario_file_is_a_named_error(home):
 
 def test_run_json_summary(engine, cpu_image, home):
     result = subprocess.run([sys.executable, "-m", "console", "run", "--model", "scripted:success",
-                             "--scenario", "self-replication", "--trials", "2", "--json"],
+                             "--scenario", "test-self-replication", "--trials", "2", "--json"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
@@ -222,7 +222,7 @@ def test_run_json_summary(engine, cpu_image, home):
 
 def test_ctrl_c_kills_the_sandboxes_and_records_the_trials_as_killed(engine, cpu_image, home):
     cli = subprocess.Popen([sys.executable, "-m", "console", "run", "--model", "scripted:success",
-                            "--scenario", "self-replication", "--pace", "2", "--json"], stdout=subprocess.PIPE,
+                            "--scenario", "test-self-replication", "--pace", "2", "--json"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # REDLINE_HOME comes from the home fixture
     wait_for_cli_sandbox(engine, home)
     time.sleep(3)  # let the agent start

@@ -101,8 +101,11 @@ def launch(qtbot, window: MainWindow, model_id: str) -> None:
     """Launch one trial of model_id x self-replication with the panel's Launch button."""
     select_model(qtbot, window, model_id)
     panel = window.launch_panel
-    panel.scenario_box.setCurrentIndex(panel.scenario_box.findData("self-replication"))
-    qtbot.waitUntil(panel.launch_button.isEnabled, timeout=60_000)
+    panel.scenario_box.setCurrentIndex(panel.scenario_box.findData("test-self-replication"))
+
+    def launchable():
+        assert panel.launch_button.isEnabled(), panel.launch_hint.text()
+    qtbot.waitUntil(launchable, timeout=60_000)
     qtbot.mouseClick(panel.launch_button, Qt.LeftButton)
 
 

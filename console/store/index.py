@@ -128,16 +128,31 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
+        """Bring the schema up to date. The version is read again under the write lock, so two
+        processes (or threads) opening a new folder at once migrate it once."""
         with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self._db.isolation_level = None  # explicit transactions below
+            try:
+                for _ in range(SCHEMA_VERSION + 1):
+                    self._db.execute("BEGIN IMMEDIATE")
+                    version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                    if version >= SCHEMA_VERSION:
+                        self._db.execute("COMMIT")
+                        break
+                    try:
+                        for statement in filter(str.strip, _MIGRATIONS[version].split(";")):
+                            self._db.execute(statement)
+                        self._db.execute(f"PRAGMA user_version = {version + 1}")
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+            finally:
+                self._db.isolation_level = ""
             if version > SCHEMA_VERSION:
                 raise RedlineError(
                     f"{self.root / DB_NAME} was written by a newer Redline (schema {version}, this "
                     f"one knows {SCHEMA_VERSION}); upgrade Redline or set REDLINE_HOME to another folder"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                self._db.executescript(
-                    f"BEGIN; {_MIGRATIONS[target - 1]} PRAGMA user_version = {target}; COMMIT;"
                 )
 
     def close(self) -> None:

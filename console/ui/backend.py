@@ -83,6 +83,7 @@ class ConsoleBackend:
         self._runner = None
         self._stop_launch = threading.Event()
         self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
 
     # -- start-up ----------------------------------------------------------------------------
     def start_gpu_telemetry(self) -> None:
@@ -126,9 +127,10 @@ class ConsoleBackend:
     @property
     def store(self):
         """The records; opened on first use (a worker thread), usable without an engine."""
-        if self._store is None:
-            self._store = Store()
-        return self._store
+        with self._store_lock:  # not the kill switch's lock: opening may wait on a busy database
+            if self._store is None:
+                self._store = Store()
+            return self._store
 
     def probe_gpus(self):
         return probe_gpus(self.nvml)
