@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
     from console.models import ModelCatalogue
     from console.report import wilson_interval
     from console.sandbox.docker_engine import DockerEngine
-    from console.scenarios import get_scenario
+    from console.scenarios import check_against_engine, get_scenario
     from console.session import Session
     from console.store import Store
     from console.trial import TrialConfig, TrialRunner
@@ -75,6 +75,7 @@ def cmd_run(args) -> int:
     scenario = get_scenario(args.scenario)
     gpus = _parse_gpus(args.gpus)
     engine = DockerEngine().connect()
+    check_against_engine(scenario, *engine.resources())
     store = Store()
     experiment_id = store.create_experiment(model.id, scenario.id, args.trials,
                                             config={"gpus": list(gpus), "parallel": args.parallel}).id
@@ -193,6 +194,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_records(args) -> int:
+    from console.paths import data_dir
+    from console.store.rebuild import rebuild
+
+    result = rebuild(data_dir())
+    if result["moved_aside"]:
+        print(f"moved the old index aside: {result['moved_aside']}")
+    print(f"rebuilt the index from the transcripts: {result['trials']} trial(s) in {result['experiments']} "
+          f"experiment(s)")
+    for line in result["skipped"]:
+        print(f"  skipped {line}")
+    return 1 if result["skipped"] else 0
+
+
 def add_subcommands(sub) -> None:
     from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
 
@@ -215,6 +230,10 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("trials", help="list recorded trials")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trials)
+    p = sub.add_parser("records", help="maintain the records: `rebuild` the index from the transcripts")
+    p.add_argument("action", choices=["rebuild"])
+    p.set_defaults(func=cmd_records)
+
     p = sub.add_parser("report", help="write a Markdown or HTML report of experiments")
     p.add_argument("experiment", nargs="*", help="experiment ids (default: all)")
     p.add_argument("--format", choices=["md", "html"], default="md")

@@ -49,7 +49,7 @@ def setup(component: str, stderr: bool = True, level: int = logging.INFO) -> log
             handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
             handler.setFormatter(logging.Formatter(_FILE_FORMAT))
             root.addHandler(handler)
-        except OSError:
+        except Exception:  # an unusable records folder: the command itself reports it
             pass
         if stderr:
             console = logging.StreamHandler(sys.stderr)

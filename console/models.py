@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from console.errors import ConfigError, UsageError
-from console.paths import RESOURCES, config_dir
+from console.paths import RESOURCES, config_dir, sandbox_module
 from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_toml
 
 DEFAULT_MODEL_ID = "smollm2-135m"
@@ -95,6 +95,8 @@ def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
         weights = (weights if weights.is_absolute() else base_dir / weights).resolve()
         if not weights.exists():
             raise table.error("weights", "an existing file or folder", str(weights))
+        if runtime == "scripted":
+            check_trajectory(weights, table.path, "weights")
 
     spec = ModelSpec(
         id=model_id,
@@ -152,6 +154,18 @@ def save_user_model(spec: ModelSpec, overwrite: bool = False) -> Path:
     return path
 
 
+def check_trajectory(path: Path, source, field: str) -> None:
+    """Parse a trajectory with the scripted runtime's own parser, on the host, when models load: a
+    broken one is a named error now, not a failure inside the sandbox later."""
+    runtime = sandbox_module("runtimes/scripted_server.py")
+    try:
+        runtime.Trajectory(path)
+    except (OSError, UnicodeDecodeError, runtime.TrajectoryError) as exc:
+        detail = f"not UTF-8 text ({exc.reason})" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise ConfigError(source, field, "a trajectory file: '#' header lines, then messages each introduced "
+                          "by '=== turn ===' (docs/protocol.md)", detail) from None
+
+
 def _trajectory_header(trajectory: Path) -> dict[str, str]:
     """'# key: value' lines before the first turn; indented '#   ' lines continue the value."""
     header: dict[str, str] = {}
@@ -173,6 +187,7 @@ def _trajectory_header(trajectory: Path) -> dict[str, str]:
 
 def _scripted_model(trajectory: Path) -> ModelSpec:
     """A scripted model named by the trajectory's '# name:' line (else its file name), as the server names it."""
+    check_trajectory(trajectory, trajectory, "(file)")
     header = _trajectory_header(trajectory)
     name = header.get("name") or trajectory.stem
     if not ID_PATTERN.match(name):

@@ -17,7 +17,13 @@ def data_dir() -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_data_dir("redline"))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from console.errors import UsageError
+
+        raise UsageError(f"cannot use the records folder {path} ({exc.strerror or exc}); make it a writable "
+                         "folder or set REDLINE_HOME to one") from None
     return path
 
 
@@ -40,3 +46,20 @@ def config_dir() -> Path:
 
         path = Path(platformdirs.user_config_dir("redline"))
     return path
+
+
+def sandbox_module(relative: str):
+    """A module of the in-sandbox code (stdlib only), imported on the host from this checkout, e.g.
+    the agent's settings parser for the judge or the scripted runtime's trajectory parser for the
+    model catalogue: the same code as in the image, so both sides read things alike."""
+    import importlib.util
+    import sys
+
+    path = SANDBOX_IMAGES / relative
+    name = "redline_sandbox_" + path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -39,6 +39,7 @@ CONTAINMENT_KEYS = frozenset({
 })
 ID_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 ID_PATTERN = re.compile(rf"^{ID_NAME}$")
+MAX_PIDS = 4096  # processes and threads of one sandbox: a 70B vLLM server and its replica fit
 _REQUIRED = object()
 _ABSENT = object()
 
@@ -47,7 +48,11 @@ def read_toml(path: Path) -> dict:
     """Parse a TOML file; a syntax error becomes a ConfigError with the line TOML reported."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            raw = handle.read()
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "(file)", "UTF-8 text (a TOML file)", f"a byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start} that is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", "valid TOML", str(exc)) from None
     except OSError as exc:
@@ -207,6 +212,16 @@ class ShutdownSettings:
     signal: str = SHUTDOWN_SIGNAL
 
 
+def check_against_engine(scenario: "Scenario", memory_bytes: int, cpus: int) -> None:
+    """The scenario's sandbox fits the engine it will run on (upper bounds a file cannot know)."""
+    path = scenario.source
+    if parse_memory(scenario.sandbox.memory) > memory_bytes:
+        raise ConfigError(path, "sandbox.memory", f"at most the engine's memory ({memory_bytes / 1024**3:.1f} GiB)",
+                          scenario.sandbox.memory)
+    if scenario.sandbox.cpus > cpus:
+        raise ConfigError(path, "sandbox.cpus", f"at most the engine's {cpus} CPUs", scenario.sandbox.cpus)
+
+
 @dataclass(frozen=True)
 class Scenario:
     id: str
@@ -235,7 +250,7 @@ def _read_limits(table: TomlTable) -> Limits:
 
 def _read_sandbox(table: TomlTable) -> SandboxLimits:
     limits = SandboxLimits(
-        pids_limit=table.integer("pids_limit", 16, 65536, 512),
+        pids_limit=table.integer("pids_limit", 16, MAX_PIDS, 512),
         memory=_read_size(table, "memory", "4g"),
         cpus=table.number("cpus", 0.1, 256, 2.0),
         scratch_size=_read_size(table, "scratch_size", None),

@@ -76,6 +76,11 @@ class TrialRunner:
         else:
             self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
+        if self.transcript is not None:  # what `redline records rebuild` needs to restore the index
+            self.transcript.write({"event": "TrialCreated", "t": time.time(), "trial_id": self.trial_id,
+                                   "index": config.index, "scripted": config.model.scripted,
+                                   "session_id": session.id,
+                                   "experiment": vars(store.get_experiment(store.get_trial(self.trial_id).experiment_id))})
         self.state = "preparing"
         self.sandbox = None
         self.judge: Judge | None = None

@@ -14,9 +14,7 @@ double fork or setsid keeps its creator as parent. What the agent says is record
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from console.judge import challenge, interpreter, observe
 from console.judge.files import SandboxFiles
 from console.judge.observe import Look, Proc
 from console.judge.verdict import MILESTONES, Verdict
-from console.paths import SANDBOX_IMAGES
+from console.paths import sandbox_module
 from console.sandbox import host
 
 ORIGINAL_PORT = 8000
@@ -48,16 +46,7 @@ class JudgeUnavailable(RuntimeError):
     """The judge cannot observe this sandbox from outside; no verdict from it could be trusted."""
 
 
-def _agent_module():
-    """The agent program's own settings parser (the host's copy, the same code as in the image)."""
-    spec = importlib.util.spec_from_file_location("redline_agent", SANDBOX_IMAGES / "agent" / "redline_agent.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
-
-
-_AGENT = _agent_module()
+_AGENT = sandbox_module("agent/redline_agent.py")  # the agent's own settings parser
 
 
 def python_script(argv: list[str]) -> str | None:

@@ -214,6 +214,7 @@ class DockerEngine:
     def __init__(self, base_url: str | None = None, timeout: int = 60):
         self.base_url, self.timeout = base_url, timeout
         self._client: docker.DockerClient | None = None
+        self._resources: tuple[int, int] | None = None
 
     def connect(self) -> "DockerEngine":
         try:
@@ -260,6 +261,13 @@ class DockerEngine:
     def info(self) -> dict:
         return self.api.info()
 
+    def resources(self) -> tuple[int, int]:
+        """(memory in bytes, CPUs) of the engine's host: the most a sandbox can be given."""
+        if self._resources is None:
+            info = self.info()
+            self._resources = (int(info["MemTotal"]), int(info["NCPU"]))
+        return self._resources
+
     def image_exists(self, ref: str) -> bool:
         try:
             self.api.inspect_image(ref)
@@ -270,7 +278,8 @@ class DockerEngine:
     def create(self, spec: ContainmentSpec, start: bool = True, gpu_count: int | None = None,
                logical_image: str | None = None) -> DockerSandbox:
         """Create (and start) a sandbox; every engine refusal becomes a clear SandboxError."""
-        spec.validate(gpu_count=gpu_count)
+        memory, cpus = self.resources()
+        spec.validate(gpu_count=gpu_count, engine_memory=memory, engine_cpus=cpus)
         if not self.image_exists(spec.image):
             raise ImageMissing(spec.image, logical_image)
         kwargs = spec.docker_kwargs()

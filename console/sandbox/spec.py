@@ -65,17 +65,22 @@ class ContainmentSpec:
     command: tuple[str, ...] = ("sleep", "infinity")
     extra_labels: dict[str, str] = field(default_factory=dict)
 
-    def validate(self, gpu_count: int | None = None) -> None:
-        """Reject limits a sandbox cannot honour; raise InvalidSpec naming the field."""
+    def validate(self, gpu_count: int | None = None, engine_memory: int | None = None,
+                 engine_cpus: int | None = None) -> None:
+        """Reject limits a sandbox cannot honour (given the engine's memory and CPUs when known);
+        raise InvalidSpec naming the field."""
         if not self.image:
             raise InvalidSpec("image: expected an image name")
-        if not (16 <= self.pids_limit <= 65536):
-            raise InvalidSpec(f"pids_limit {self.pids_limit}: expected 16..65536")
+        if not (16 <= self.pids_limit <= 4096):
+            raise InvalidSpec(f"pids_limit {self.pids_limit}: expected 16..4096")
         memory = parse_memory(self.mem_limit)
         if memory < 64 * 1024**2:
             raise InvalidSpec(f"mem_limit {self.mem_limit!r}: expected at least 64m")
-        if not (0.1 <= self.cpus <= 256):
-            raise InvalidSpec(f"cpus {self.cpus}: expected 0.1..256")
+        if engine_memory is not None and memory > engine_memory:
+            raise InvalidSpec(f"mem_limit {self.mem_limit!r}: expected at most the engine's "
+                              f"{engine_memory / 1024**3:.1f} GiB")
+        if not (0.1 <= self.cpus <= (engine_cpus or 256)):
+            raise InvalidSpec(f"cpus {self.cpus}: expected 0.1..{engine_cpus or 256}")
         if self.user.split(":")[0] in ("0", "root"):
             raise InvalidSpec("user: the agent never runs as root")
         for gpu in self.gpus:

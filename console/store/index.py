@@ -117,15 +117,30 @@ class Store:
     """Experiments, trials and their transcripts under one data directory."""
 
     def __init__(self, root: Path | None = None):
+        """Open (or create) the records; a folder that is not one, cannot be written or holds a damaged
+        index is a UsageError naming the path and the fix."""
         self.root = Path(root) if root is not None else data_dir()
-        (self.root / "trials").mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.root / DB_NAME, timeout=30, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self.journal_mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            (self.root / "trials").mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.root / DB_NAME, timeout=30, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self.journal_mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"the records folder {self.root} is not a folder (or something in its path is a "
+                             "file); set REDLINE_HOME to a folder") from None
+        except PermissionError as exc:
+            raise UsageError(f"cannot write the records folder {self.root} ({exc.strerror}); make it writable "
+                             "or set REDLINE_HOME to another folder") from None
+        except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise UsageError(f"cannot write the records index {self.root / DB_NAME} ({exc}); make the folder "
+                                 "writable or set REDLINE_HOME to another folder") from None
+            raise UsageError(f"the records index {self.root / DB_NAME} is damaged ({exc}); `redline records "
+                             "rebuild` moves it aside and rebuilds it from the trial transcripts") from None
 
     def _migrate(self) -> None:
         """Bring the schema up to date. The version is read again under the write lock, so two
@@ -241,6 +256,20 @@ class Store:
         )
         if not changed:
             raise UsageError(f"no trial {trial_id!r} in {self.root}")
+
+    def restore(self, experiment: dict, trial: dict) -> None:
+        """Put back an experiment (unless known) and a trial as a transcript describes them (rebuild)."""
+        self._write("INSERT OR IGNORE INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (experiment["id"], experiment["created"], experiment["model_id"], experiment["scenario_id"],
+                     experiment["trials_planned"], json.dumps(experiment.get("config") or {}, default=str),
+                     json.dumps(experiment.get("host") or {}, default=str)))
+        self._write("INSERT OR REPLACE INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted,"
+                    " state, detail, started, ended, transcript, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (trial["id"], experiment["id"], trial["index"], experiment["model_id"], experiment["scenario_id"],
+                     int(trial["scripted"]), trial["state"], trial["detail"], trial["started"], trial["ended"],
+                     f"trials/{trial['id']}.jsonl", trial.get("session_id")))
+        if trial.get("verdict") is not None:
+            self.record_verdict(trial["id"], trial["verdict"])
 
     def note_kill(self, trial_id: str, by: str) -> None:
         """Who killed a trial's sandbox (the first note wins); its runner, if alive, reads it."""

@@ -42,6 +42,8 @@ class EngineReady:
     server_version: str
     nvidia_runtime: bool
     reaped: int  # leftover sandboxes of dead sessions removed at start
+    memory: int = 0  # bytes of the engine's host: the most a sandbox can be given
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ class ConsoleBackend:
             on_status=lambda status: self.post(TelemetryStatusChanged("containers", status)))
         self._container_poller.start()
         return EngineReady(session.id, str(info.get("ServerVersion", "?")),
-                           "nvidia" in (info.get("Runtimes") or {}), session.reaped)
+                           "nvidia" in (info.get("Runtimes") or {}), session.reaped,
+                           memory=int(info.get("MemTotal", 0)), cpus=int(info.get("NCPU", 0)))
 
     @property
     def store(self):

@@ -45,11 +45,12 @@ def _size(n: int) -> str:
     return f"{n / 1024**3:g} GiB" if n >= 1024**3 else f"{n / 1024**2:g} MiB"
 
 
-def checklist(spec: ContainmentSpec, gpu_count: int | None = None) -> list[CheckItem]:
+def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory: int | None = None,
+              engine_cpus: int | None = None) -> list[CheckItem]:
     """One line per containment property, from the engine arguments the spec produces."""
     items = []
     try:
-        spec.validate(gpu_count=gpu_count)
+        spec.validate(gpu_count=gpu_count, engine_memory=engine_memory, engine_cpus=engine_cpus)
     except RedlineError as exc:
         items.append(CheckItem("Limits", str(exc), False))
     kwargs = spec.docker_kwargs()

@@ -124,6 +124,7 @@ class LaunchPanel(QWidget):
         self.scenarios: dict[str, object] = {}
         self.gpu_names: tuple[str, ...] = ()
         self._engine_problem = "connecting to the Docker engine..."
+        self._engine_limits: dict = {}
         self._running = False
         self._check_items: list[CheckItem] = []
         self._progress_key = None
@@ -265,9 +266,10 @@ class LaunchPanel(QWidget):
             self.gpu_note.show()
         self.update_checklist()
 
-    def set_engine_problem(self, problem: str | None) -> None:
-        """None: the engine is ready; otherwise why nothing can be launched."""
+    def set_engine_problem(self, problem: str | None, memory: int | None = None, cpus: int | None = None) -> None:
+        """None: the engine is ready (with its host's memory and CPUs); otherwise why nothing can be launched."""
         self._engine_problem = problem
+        self._engine_limits = {"engine_memory": memory or None, "engine_cpus": cpus or None}
         self.update_checklist()
 
     def set_running(self, running: bool) -> None:
@@ -353,7 +355,7 @@ class LaunchPanel(QWidget):
                                                       f"{len(gpus)} ticked", False))
             try:
                 items += checklist(launch_spec(self.model_sandboxes[model.id], scenario, gpus),
-                                   gpu_count=len(self.gpu_names))
+                                   gpu_count=len(self.gpu_names), **self._engine_limits)
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
         self._check_items = items
