@@ -39,6 +39,8 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
                                    (f" missing: `redline images build {info.name}`" if info.buildable_here
                                     else " not built (GPU hosts only)"))
             rows.append((f"image {info.name}", present, info.buildable_here, detail))
+        rows.append(("disk limit", False, False, f"not limited on this engine ({engine.info().get('Driver')} "
+                     "without quota): a scenario's scratch_size caps /home/agent as a tmpfs counted in its memory"))
         runtimes = engine.info().get("Runtimes") or {}
         rows.append(("NVIDIA container runtime", "nvidia" in runtimes, False,
                      "present" if "nvidia" in runtimes else "absent: GPU trials unavailable"))

@@ -191,7 +191,7 @@ class SandboxLimits:
     pids_limit: int
     memory: str
     cpus: float
-    scratch_size: str | None  # size of the /home/agent volume; None: the engine's default
+    scratch_size: str | None  # cap of /home/agent, a tmpfs counted in `memory`; None: not limited
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, sessi
     return ContainmentSpec(
         image=image, session_id=session_id, trial_id=trial_id,
         deadline_unix=time.time() + scenario.limits.wall_time_s + MODEL_LOAD_TIMEOUT_S + 120,
-        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus,
+        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus, scratch_size=limits.scratch_size,
         gpus=tuple(gpus), model_mounts=dict(model_mounts),
     )
 

@@ -268,3 +268,39 @@ def test_top_and_diff_see_what_the_agent_did(make_sandbox):
     assert any("sleep 77" in p.cmd for p in box.top())
     paths = {c.path for c in box.diff()}
     assert "/home/agent/replica/ls" in paths
+
+
+def test_the_socket_of_the_engine_actually_used_is_never_mounted(tmp_path, monkeypatch):
+    """An engine on another socket (DOCKER_HOST, or the engine a trial is created on): its folder, a
+    folder above it, or a link to it is refused as weights, even without 'docker.sock' in a name."""
+    import socket as sockets
+
+    from console.sandbox.docker_engine import DockerEngine
+
+    engine_dir = tmp_path / "engine" / "run"
+    engine_dir.mkdir(parents=True)
+    listener = sockets.socket(sockets.AF_UNIX)
+    listener.bind(str(engine_dir / "api.sock"))
+    (tmp_path / "weights-link").symlink_to(engine_dir)
+    for weights in (engine_dir, tmp_path / "engine", tmp_path / "weights-link"):
+        spec = ContainmentSpec(image="x", session_id="s", trial_id="t", deadline_unix=time.time() + 60,
+                               model_mounts={str(weights): "/models/x"})
+        spec.validate()  # the default engine's rules do not know this socket ...
+        with pytest.raises(InvalidSpec, match="Docker socket"):  # ... the engine in use does
+            spec.validate(engine_socket=DockerEngine(f"unix://{engine_dir}/api.sock").socket_path())
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{engine_dir}/api.sock")
+        with pytest.raises(InvalidSpec, match="Docker socket"):
+            spec.validate()
+        monkeypatch.delenv("DOCKER_HOST")
+    listener.close()
+
+
+def test_scratch_size_caps_the_agents_workspace(make_sandbox):
+    box = make_sandbox(scratch_size="64m", mem_limit="256m")
+    wrote = box.exec(["sh", "-c", "dd if=/dev/zero of=$HOME/fill bs=1M count=100 2>&1; echo rc=$?; id -u; "
+                      "stat -c %u $HOME"], timeout=60)
+    assert "No space left on device" in wrote.stdout, wrote.stdout
+    assert wrote.stdout.split()[-2:] == ["1000", "1000"]  # the workspace still belongs to the agent
+    with pytest.raises(InvalidSpec, match="scratch_size"):
+        ContainmentSpec(image="x", session_id="s", trial_id="t", deadline_unix=time.time() + 60,
+                        scratch_size="2g", mem_limit="1g").validate()

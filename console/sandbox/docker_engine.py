@@ -6,6 +6,7 @@ of its own so that closing it from another thread never disturbs anyone else.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -261,6 +262,11 @@ class DockerEngine:
     def info(self) -> dict:
         return self.api.info()
 
+    def socket_path(self) -> str | None:
+        """The unix socket this engine is reached on (None for tcp://)."""
+        url = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url[len("unix://"):] if url.startswith("unix://") else None
+
     def resources(self) -> tuple[int, int]:
         """(memory in bytes, CPUs) of the engine's host: the most a sandbox can be given."""
         if self._resources is None:
@@ -279,12 +285,10 @@ class DockerEngine:
                logical_image: str | None = None) -> DockerSandbox:
         """Create (and start) a sandbox; every engine refusal becomes a clear SandboxError."""
         memory, cpus = self.resources()
-        spec.validate(gpu_count=gpu_count, engine_memory=memory, engine_cpus=cpus)
+        spec.validate(gpu_count=gpu_count, engine_memory=memory, engine_cpus=cpus, engine_socket=self.socket_path())
         if not self.image_exists(spec.image):
             raise ImageMissing(spec.image, logical_image)
         kwargs = spec.docker_kwargs()
-        if spec.scratch_volume:
-            self.api.create_volume(spec.scratch_volume, labels=spec.labels)
         name = f"redline-{spec.trial_id}"
         try:
             container = self.client.containers.create(name=name, **kwargs)

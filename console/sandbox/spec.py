@@ -23,19 +23,29 @@ AGENT_USER = "1000:1000"
 # PID 1 (docker-init) and its child run as root, with no capability: the agent's uid cannot signal
 # them, so it cannot stop its own sandbox. Every exec names its user; the default is the agent's.
 INIT_USER = "0:0"
+AGENT_HOME = "/home/agent"
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
 
-def exposes_docker_socket(host_path: str) -> bool:
-    """Whether bind-mounting `host_path` puts a Docker socket in the sandbox: the socket itself, a
-    folder above it (/var/run, /run, /) or any file named docker.sock, also through symlinks."""
+def engine_sockets(extra: tuple[str, ...] = ()) -> set[str]:
+    """Every path of a Docker socket this machine's engines answer on: the default ones, the one
+    DOCKER_HOST names, and `extra` (the engine actually used), each also with its symlinks resolved."""
+    sockets = set(DOCKER_SOCKETS) | set(extra)
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        sockets.add(host[len("unix://"):])
+    return sockets | {os.path.realpath(s) for s in sockets}
+
+
+def exposes_docker_socket(host_path: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether bind-mounting `host_path` puts a Docker socket in the sandbox: an engine's socket, a
+    folder above it (/var/run, /run, /), or any file named docker.sock, also through symlinks."""
     real = os.path.realpath(host_path)
     if "docker.sock" in (os.path.basename(real), os.path.basename(host_path.rstrip("/"))):
         return True
     folder = real.rstrip("/") + "/"
-    sockets = {*DOCKER_SOCKETS, *(os.path.realpath(s) for s in DOCKER_SOCKETS)}
-    return any(sock == real or sock.startswith(folder) for sock in sockets)
+    return any(sock == real or sock.startswith(folder) for sock in engine_sockets(extra))
 
 
 def parse_memory(value: str | int) -> int:
@@ -61,12 +71,12 @@ class ContainmentSpec:
     cpus: float = 1.0
     gpus: tuple[int, ...] = ()
     model_mounts: dict[str, str] = field(default_factory=dict)  # host path -> container path
-    scratch_volume: str | None = None  # named volume mounted at /home/agent
+    scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs of this size); None: not limited
     command: tuple[str, ...] = ("sleep", "infinity")
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def validate(self, gpu_count: int | None = None, engine_memory: int | None = None,
-                 engine_cpus: int | None = None) -> None:
+                 engine_cpus: int | None = None, engine_socket: str | None = None) -> None:
         """Reject limits a sandbox cannot honour (given the engine's memory and CPUs when known);
         raise InvalidSpec naming the field."""
         if not self.image:
@@ -90,10 +100,14 @@ class ContainmentSpec:
                 have = f"0..{gpu_count - 1}" if gpu_count else "none"
                 raise InvalidSpec(f"gpus: GPU {gpu} does not exist (this machine has {have})")
         for host, inside in self.model_mounts.items():
-            if exposes_docker_socket(host) or exposes_docker_socket(inside):
+            sockets = (engine_socket,) if engine_socket else ()
+            if exposes_docker_socket(host, sockets) or exposes_docker_socket(inside, sockets):
                 raise InvalidSpec("model_mounts: the Docker socket is never mounted into a sandbox")
             if not inside.startswith("/models/"):
                 raise InvalidSpec(f"model_mounts: {inside!r}: model weights mount under /models/")
+        if self.scratch_size is not None and parse_memory(self.scratch_size) > memory:
+            raise InvalidSpec(f"scratch_size {self.scratch_size!r}: a capped workspace lives in memory, so it "
+                              f"must fit the memory limit {self.mem_limit!r}")
 
     @property
     def labels(self) -> dict[str, str]:
@@ -116,10 +130,6 @@ class ContainmentSpec:
             docker.types.Mount(target=inside, source=host, type="bind", read_only=True)
             for host, inside in self.model_mounts.items()
         ]
-        if self.scratch_volume:
-            mounts.append(
-                docker.types.Mount(target="/home/agent", source=self.scratch_volume, type="volume")
-            )
         device_requests = []
         if self.gpus:
             device_requests.append(
@@ -144,6 +154,10 @@ class ContainmentSpec:
             device_requests=device_requests,
             labels=self.labels,
             working_dir="/home/agent",
+            # The engine here cannot cap a container's writable layer (overlay2 without quota), so a
+            # capped workspace is a tmpfs: its size counts against the memory limit (docs/judge.md).
+            tmpfs={AGENT_HOME: f"size={parse_memory(self.scratch_size)},uid=1000,gid=1000,mode=0755"}
+            if self.scratch_size else {},
             environment={"HOME": "/home/agent"},
             detach=True,
         )
