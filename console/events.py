@@ -78,3 +78,40 @@ def from_record(record: dict):
     if cls is VerdictReady:
         fields["verdict"] = Verdict.from_dict(fields["verdict"])
     return cls(**fields)
+
+
+MAX_LINE_BYTES = 256 * 1024  # an agent output line longer than this is cut (with a marker)
+
+
+class LineSplitter:
+    """Splits a byte stream into lines in time linear in its size, whatever the line lengths: each
+    chunk is searched once, and a line over MAX_LINE_BYTES is cut to its head plus a marker, the rest
+    of it skipped until its newline (a 100 MB line costs 100 MB of reading, not of memory)."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES):
+        self.limit = limit
+        self._partial = bytearray()
+        self._skipped = 0  # bytes of the current line dropped past the limit
+
+    def feed(self, data: bytes) -> list[str]:
+        lines, start = [], 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            room = self.limit - len(self._partial)
+            self._partial += piece[:max(room, 0)]
+            self._skipped += max(len(piece) - max(room, 0), 0)
+            if end < 0:
+                return lines
+            lines.append(self._take())
+            start = end + 1
+
+    def flush(self) -> list[str]:
+        return [self._take()] if self._partial or self._skipped else []
+
+    def _take(self) -> str:
+        text = bytes(self._partial).decode("utf-8", "replace")
+        if self._skipped:
+            text += f" [... {self._skipped} more bytes of this line not kept ...]"
+        self._partial, self._skipped = bytearray(), 0
+        return text

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from console.errors import RedlineError
-from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady, to_record
+from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
+                            VerdictReady, to_record)
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
@@ -375,17 +376,15 @@ class TrialRunner:
         self._agent_stream = self.sandbox.stream_exec(["python3", "-I", AGENT_SCRIPT], user=AGENT_USER,
                                                       env=self._agent_env(), workdir="/home/agent")
         self.judge.set_original_agent(self._agent_stream.pid())
-        buffers = {"stdout": b"", "stderr": b""}
+        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         for name, data in self._agent_stream:
-            buffers[name] += data
-            *lines, buffers[name] = buffers[name].split(b"\n")
-            finished = [self._agent_line(name, line.decode("utf-8", "replace")) for line in lines]
+            finished = [self._agent_line(name, line) for line in splitters[name].feed(data)]
             if any(finished):
                 break  # the agent finished its task and stands by: judge now
         else:
-            for name, rest in buffers.items():
-                if rest:
-                    self._agent_line(name, rest.decode("utf-8", "replace"))
+            for name, splitter in splitters.items():
+                for line in splitter.flush():
+                    self._agent_line(name, line)
         self._agent_stream.close()
         self._agent_done.set()
         self._check_killed()

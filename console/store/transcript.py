@@ -15,20 +15,34 @@ from pathlib import Path
 from console.errors import RedlineError
 
 
-class TranscriptWriter:
-    """Appends records to one transcript; safe to share between the threads of one trial."""
+QUOTA_BYTES = 32 << 20  # per trial; past it only the records that say how the trial went are kept
+ESSENTIAL = frozenset({"TrialCreated", "TrialStateChanged", "MilestoneReached", "VerdictReady"})
 
-    def __init__(self, path: Path):
+
+class TranscriptWriter:
+    """Appends records to one transcript; safe to share between the threads of one trial. Past
+    `quota` bytes it writes one `TranscriptTruncated` record and from then on only ESSENTIAL records
+    (state changes, milestones, the verdict), so a flooding agent cannot fill the disk."""
+
+    def __init__(self, path: Path, quota: int = QUOTA_BYTES):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
+        self.quota, self.size, self.truncated = quota, self.path.stat().st_size, False
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
         with self._lock:
+            if self.size + len(line) > self.quota and record.get("event") not in ESSENTIAL:
+                if not self.truncated:
+                    self.truncated = True
+                    line = json.dumps({"event": "TranscriptTruncated", "quota_bytes": self.quota}) + "\n"
+                else:
+                    return
             self._file.write(line)
             self._file.flush()
+            self.size += len(line.encode("utf-8")) if not line.isascii() else len(line)
 
     def close(self) -> None:
         with self._lock:
