@@ -203,7 +203,7 @@ def test_replay_seeks_forward_incrementally_and_rebuilds_going_back():
 def test_the_checklist_is_read_from_the_engine_arguments():
     model = ModelSandbox("redline-cpu:test", {"/srv/weights.gguf": "/models/m/weights.gguf"})
     scenario = SimpleNamespace(limits=SimpleNamespace(wall_time_s=600),
-                               sandbox=SimpleNamespace(pids_limit=256, memory="2g", cpus=1.5))
+                               sandbox=SimpleNamespace(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
     items = {item.name: item for item in checklist(launch_spec(model, scenario, ()), gpu_count=0)}
     assert all(item.ok for item in items.values()), items
     assert items["Network"].value.startswith("none")
@@ -214,6 +214,7 @@ def test_the_checklist_is_read_from_the_engine_arguments():
     assert "/srv/weights.gguf" in items["Model weights"].detail
     assert items["Memory"].value == "2 GiB, no swap" and items["CPU"].value == "1.5 core(s)"
     assert items["Processes"].value == "at most 256" and items["GPUs"].value == "none"
+    assert items["Disk"].value == "not limited on this engine"
     assert items["Image"].value == "redline-cpu:test"
     bad = {item.name: item for item in checklist(launch_spec(model, scenario, (3,)), gpu_count=1)}
     assert not bad["Limits"].ok and "GPU 3" in bad["Limits"].value

@@ -239,8 +239,12 @@ class InstanceView(QWidget):
             self.observed.show()
 
 
+MAX_TABS = 12  # instances beyond this are in the process tree only
+
+
 class ActivityView(QTabWidget):
-    """A tab per instance: the original first, replicas as the judge discovers them."""
+    """A tab per instance: the original first, replicas as the judge discovers them (at most
+    MAX_TABS); only the tab on screen renders."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -251,23 +255,40 @@ class ActivityView(QTabWidget):
                                    "trial in the Trials panel to replay it.", alignment=Qt.AlignCenter,
                                    wordWrap=True)
         self._placeholder.setProperty("role", "hint")
+        self._rendering = False
+        self.currentChanged.connect(self._tab_shown)
         self.bind(None)
 
     def bind(self, state: TrialViewState | None) -> None:
         """Render another state (a new trial, a replay) from scratch."""
         self._state = state
         self._instances_rev = -1
+        self._rendering = True
         self.clear()
+        self._rendering = False
         for view in self._views.values():
             view.deleteLater()
         self._views = {}
         self.render()
+
+    def _tab_shown(self, _index: int) -> None:
+        """A tab the operator opens catches up with what happened while it was hidden (tabs that
+        render() itself adds or removes are rendered by it)."""
+        if not self._rendering:
+            self.render()
 
     def terminal(self, instance: str = "original") -> TerminalView | None:
         view = self._views.get(instance)
         return view.terminal if view else None
 
     def render(self) -> None:
+        self._rendering = True
+        try:
+            self._render()
+        finally:
+            self._rendering = False
+
+    def _render(self) -> None:
         state = self._state
         if state is None or not state.instances:
             if self.count() == 0:
@@ -278,8 +299,12 @@ class ActivityView(QTabWidget):
             if not self._views:
                 self.clear()
             for name in state.instances:
-                if name not in self._views:
+                if name not in self._views and len(self._views) < MAX_TABS:
                     self._views[name] = InstanceView()
                     self.addTab(self._views[name], name if name == "original" else f"{name} (replica)")
+            hidden = len(state.instances) - len(self._views)
+            self.setToolTip(f"{hidden} more instance(s) not shown as tabs (see the process tree)" if hidden else "")
+        current = self.currentWidget()  # only the visible tab renders; the others catch up when shown
         for name, view in self._views.items():
-            view.render(state.instances[name], state.started_t)
+            if view is current:
+                view.render(state.instances[name], state.started_t)

@@ -20,6 +20,7 @@ from console.session import Session
 from console.store import Store
 from console.telemetry import (ContainerStatsPoller, ContainerStatsSample, GpuSampler, TelemetryStatus,
                                TieredHistory, probe_gpus)
+from console.telemetry.attribution import PidAttributor
 from console.trial import TrialConfig, TrialRunner
 from console.ui.replay import TranscriptReplay
 from console.ui.state import LaunchProgress, TrialStarted
@@ -77,6 +78,8 @@ class ConsoleBackend:
         self.use_engine = use_engine
         self.nvml = nvml  # None: the real pynvml; tests pass a double
         self.history = TieredHistory()
+        self.attributor = PidAttributor()
+        self._last_runner = None  # the latest trial: its telemetry stays in memory until the next ends
         self.engine = None
         self.session = None
         self._store = None
@@ -91,6 +94,7 @@ class ConsoleBackend:
     def start_gpu_telemetry(self) -> None:
         self._gpu_sampler = GpuSampler(
             nvml=self.nvml, rate_hz=GPU_SAMPLE_HZ, history=self.history, on_sample=self._record_sample,
+            attributor=self.attributor,
             on_status=lambda status: self.post(TelemetryStatusChanged("gpu", status)))
         self._gpu_sampler.start()
 
@@ -169,10 +173,22 @@ class ConsoleBackend:
                 self.post(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
                                        plan.model.scripted, plan.scenario.id, plan.scenario.kind))
                 verdicts.append(runner.run())
+                self._forget(self._last_runner)
+                self._last_runner = runner
         finally:
             with self._lock:
                 self._runner = None
         return verdicts
+
+    def _forget(self, runner) -> None:
+        """Drop what the console keeps in memory of an earlier trial (its transcript has it all): the
+        console holds the latest trial's telemetry, not every trial's since it started."""
+        if runner is None:
+            return
+        self.history.forget(("proc", runner.trial_id))
+        if runner.sandbox is not None:
+            self.history.forget(("container", runner.sandbox.id))
+            self.attributor.forget_container(runner.sandbox.id)
 
     def _ensure_image(self, model) -> None:
         self.post(LaunchProgress(f"checking the {model.image} sandbox image"))
@@ -236,6 +252,7 @@ class ConsoleBackend:
         for worker in (self._gpu_sampler, self._container_poller):
             if worker is not None:
                 worker.stop()
+        self.attributor.close()
         if self.session is not None:
             self.session.close()
         if self.engine is not None:

@@ -19,9 +19,13 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QTimer
 
+from console.events import AgentEvent
+from console.ui.state import OutputDropped
+
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_MS = 33
+MAX_INBOX = 20_000  # events queued for the GUI before output chunks are only counted
 DRAIN_BUDGET_S = 0.025  # a tick stops taking items after this long; the rest wait for the next tick
 
 
@@ -45,6 +49,7 @@ class GuiDispatcher(QObject):
                  max_workers: int = 4):
         super().__init__(parent)
         self._inbox: deque = deque()
+        self._dropped: dict[str, int] = {}  # trial id -> output chunks not queued
         self._on_events = on_events
         self.after_flush: list[Callable[[], None]] = []
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="redline-ui-worker")
@@ -55,7 +60,12 @@ class GuiDispatcher(QObject):
 
     # -- any thread ------------------------------------------------------------------------
     def post(self, event) -> None:
-        """Queue an event for the GUI (any thread, never blocks)."""
+        """Queue an event for the GUI (any thread, never blocks). When the GUI falls MAX_INBOX events
+        behind, agent output chunks are counted instead of queued (the transcript keeps them all) and
+        the views are told how many they missed."""
+        if len(self._inbox) > MAX_INBOX and isinstance(event, AgentEvent) and (event.record or {}).get("type") == "output":
+            self._dropped[event.trial_id] = self._dropped.get(event.trial_id, 0) + 1
+            return
         self._inbox.append(event)
 
     def call_in_gui(self, function: Callable, *args) -> None:
@@ -100,6 +110,9 @@ class GuiDispatcher(QObject):
 
     def flush(self) -> None:
         """Deliver what the workers queued (called by the timer; tests may call it directly)."""
+        if self._dropped:
+            dropped, self._dropped = self._dropped, {}
+            self._inbox.extend(OutputDropped(trial, count) for trial, count in dropped.items())
         if not self._inbox:
             return
         deadline = time.monotonic() + DRAIN_BUDGET_S

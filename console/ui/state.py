@@ -50,6 +50,14 @@ class TrialStarted:
 
 
 @dataclass(frozen=True)
+class OutputDropped:
+    """The console fell behind: this many output chunks of the trial were not shown (but recorded)."""
+
+    trial_id: str
+    count: int
+
+
+@dataclass(frozen=True)
 class TerminalEntry:
     seq: int
     kind: str  # cmd, stdout, stderr, result, result_error, round, meta, signal, claim, warn, error, raw
@@ -303,6 +311,10 @@ class TrialViewState:
                 log.observed = observed
                 log.observed_rev += 1
 
+    def _on_dropped(self, event: OutputDropped) -> None:
+        self.instance(ORIGINAL).add("warn", f"[{event.count} output chunk(s) not shown: the console fell behind; "
+                                            "the trial's transcript has them]\n", self.started_t or 0.0)
+
     def _on_milestone(self, event: MilestoneReached) -> None:
         if event.milestone in self.milestones:
             return
@@ -371,4 +383,5 @@ _HANDLERS = {
     ProcessSnapshot: TrialViewState._on_snapshot,
     MilestoneReached: TrialViewState._on_milestone,
     VerdictReady: TrialViewState._on_verdict,
+    OutputDropped: TrialViewState._on_dropped,
 }
