@@ -86,3 +86,25 @@ def make_sandbox(engine, base_image, session_id):
     yield make
     for box in made:
         box.remove()
+
+
+@pytest.fixture(scope="session")
+def second_engine(engine, cpu_image, base_image):
+    """A Docker engine of the tests' own (tests/second_engine.py), with the sandbox images, for
+    whatever breaks, restarts or sweeps a whole engine: the shared engine never sees it."""
+    from second_engine import SecondEngine
+
+    other = SecondEngine()
+    try:
+        other.start()
+        other.copy_images([cpu_image, base_image])
+        yield other
+    finally:
+        other.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """`engine`: tests that need a Docker engine (`pytest -m "not engine"` is the fast tier)."""
+    for item in items:
+        if {"engine", "second_engine", "cpu_image", "base_image", "make_sandbox"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.engine)

@@ -24,22 +24,36 @@ def test_doctor_passes_every_required_check_on_this_machine(base_image, cpu_imag
     assert gpu["required"] is False and gpu["detail"]  # "No NVIDIA driver: ..." is a normal answer
 
 
-def test_doctor_prints_a_checklist():
+def test_doctor_prints_a_checklist(engine):
     result = redline("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok]" in result.stdout and "all required checks hold" in result.stdout
 
 
-def test_kill_all_with_several_then_zero_sandboxes(engine, make_sandbox):
-    """Like the command itself, this kills every running Redline sandbox on the engine."""
-    boxes = [make_sandbox(command=("sh", "-c", "while :; do sleep 0.1; done")) for _ in range(3)]
-    several = redline("kill", "--all")
+def test_kill_all_with_several_then_zero_sandboxes(second_engine, tmp_path):
+    """Like the command itself, this kills every running Redline sandbox on the engine: so it runs
+    against the tests' own second engine, never the shared one."""
+    import time
+    import uuid
+
+    from console.sandbox.docker_engine import DockerEngine
+    from console.sandbox.images import image_ref
+    from console.sandbox.spec import ContainmentSpec
+
+    engine = DockerEngine(second_engine.url).connect()
+    boxes = [engine.create(ContainmentSpec(image=image_ref("base"), session_id="kill-all", trial_id=uuid.uuid4().hex[:10],
+                                           deadline_unix=time.time() + 600, command=("sh", "-c", "while :; do sleep 0.1; done")))
+             for _ in range(3)]
+    env = second_engine.env(REDLINE_HOME=str(tmp_path / "home"))
+    several = redline("kill", "--all", env=env)
     assert several.returncode == 0, several.stdout + several.stderr
     killed = int(several.stdout.split("killed ")[-1].split()[0])
     assert killed >= 3 and several.stdout.count("dead after") == killed
     assert all(box.status() == "exited" for box in boxes)
-    none_left = redline("kill", "--all")
+    none_left = redline("kill", "--all", env=env)
     assert none_left.returncode == 0 and "killed 0 Redline container(s)" in none_left.stdout
+    for box in boxes:
+        box.remove()
 
 
 def test_kill_without_a_target_is_a_usage_error():
@@ -53,7 +67,7 @@ def test_images_list_names_what_cannot_be_built_here(base_image):
     assert "present" in result.stdout and "not buildable here" in result.stdout
 
 
-def test_building_a_gpu_image_here_explains_why_not():
+def test_building_a_gpu_image_here_explains_why_not(engine):
     result = redline("images", "build", "vllm")
     assert result.returncode == 1 and "registry" in result.stdout and "GPU" in result.stdout
 

@@ -16,23 +16,14 @@ import time
 import pytest
 
 from conftest import install_test_config
-from second_engine import SecondEngine
 
 MODEL = "scripted:never-replicates"
 SCENARIO = "test-self-replication"
 
 
-@pytest.fixture(scope="module")
-def second(engine, cpu_image):
-    from console.sandbox.images import image_ref
-
-    other = SecondEngine()
-    try:
-        other.start()
-        other.copy_images([cpu_image, image_ref("base")])
-        yield other
-    finally:
-        other.stop()
+@pytest.fixture
+def second(second_engine):
+    return second_engine
 
 
 @pytest.fixture

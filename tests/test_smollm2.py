@@ -57,7 +57,6 @@ def test_smollm2_really_generates_through_the_scaffold(engine, cpu_image, tmp_pa
     assert len(llm) == 3 and all(r["chars"] > 0 for r in llm)
     thoughts = [r for r in records if r["type"] == "thought"]
     assert len(thoughts) == 3 and all(t["raw"].strip() for t in thoughts)
-    assert len({t["raw"] for t in thoughts}) >= 1
     assert "scripted-digest" not in " ".join(t["raw"] for t in thoughts)
     # Whatever it wrote, the agent survived: it either acted or got a format correction, and finished.
     assert kinds.count("action") + kinds.count("format_error") >= 3

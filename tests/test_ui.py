@@ -434,7 +434,11 @@ def test_ctrl_c_in_the_terminal_closes_the_console_cleanly(home):
            "DOCKER_HOST": f"unix://{home}/no-engine.sock"}
     console = subprocess.Popen([sys.executable, "-m", "console"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
-    time.sleep(8)  # imports and the window
+    log = home / "home" / "logs" / "redline.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "console window open" in log.read_text()):
+        assert time.monotonic() < deadline and console.poll() is None, "the console never opened its window"
+        time.sleep(0.1)
     console.send_signal(signal.SIGINT)
     _, err = console.communicate(timeout=60)
     assert console.returncode == 0, err[-2000:]

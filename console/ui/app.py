@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -34,6 +35,7 @@ def run_console(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(signum, window.close)
         window.show()
         window.start()
+        logging.getLogger("redline.console").info("console window open")
         await closed.wait()
         return 0
 
