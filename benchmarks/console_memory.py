@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,18 +31,22 @@ WARMUP = 5
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--tracemalloc", action="store_true", help="print where Python memory grew")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="redline-console-memory-"))
     os.environ["REDLINE_HOME"], os.environ["REDLINE_CONFIG"] = str(tmp / "home"), str(tmp / "config")
     shutil.copytree(ROOT / "tests" / "scenarios", tmp / "config" / "scenarios")
 
+    from console.cli import limit_malloc_arenas
+    from console.experiment import ExperimentPlan
     from console.models import ModelCatalogue
     from console.scenarios import get_scenario
-    from console.ui.backend import ConsoleBackend, LaunchPlan
+    from console.viewmodel.backend import ConsoleBackend
     from console.ui.diagnostics import rss_bytes
     from console.ui.main_window import MainWindow
     from console.ui.theme import apply_theme
 
+    limit_malloc_arenas()  # as `redline` does at start
     app = QApplication.instance() or QApplication([])
     apply_theme(app)
     window = MainWindow(QSettings(str(tmp / "console.ini"), QSettings.IniFormat),
@@ -56,20 +59,25 @@ def main() -> None:
         QTimer.singleShot(100, loop.quit)
         loop.exec()
     model, scenario = ModelCatalogue.load().get("scripted:success"), get_scenario("test-self-replication")
-    rss, outcomes = {}, []
-
-    def launch() -> None:
-        for index in range(args.trials):
-            outcomes.extend(v.outcome for v in window.backend.launch(LaunchPlan(model, scenario, (), 1)))
-            if index + 1 in (WARMUP, args.trials):
-                rss[index + 1] = rss_bytes()
-
-    worker = threading.Thread(target=launch, daemon=True)
+    rss, outcomes, snapshots = {}, [], {}
     started = time.monotonic()
-    worker.start()
-    while worker.is_alive():
-        QTimer.singleShot(200, loop.quit)
-        loop.exec()
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(12)
+    for index in range(args.trials):  # one launch of one trial at a time, as an operator would
+        window.launch(ExperimentPlan(model, scenario, source="console"))
+        while window.launching:
+            QTimer.singleShot(100, loop.quit)
+            loop.exec()
+        outcomes.append(window.live_state.verdict.outcome if window.live_state.verdict else "none")
+        if index + 1 in (WARMUP, args.trials):
+            rss[index + 1] = rss_bytes()
+            if args.tracemalloc:
+                snapshots[index + 1] = tracemalloc.take_snapshot()
+    if args.tracemalloc:
+        for stat in snapshots[args.trials].compare_to(snapshots[WARMUP], "traceback")[:8]:
+            print(stat, *stat.traceback.format()[-6:], sep="\n  ", file=sys.stderr)
     window.close()
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({

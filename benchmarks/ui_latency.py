@@ -35,10 +35,10 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from console.events import AgentEvent  # noqa: E402
 from console.telemetry import ContainerStats, ContainerStatsSample  # noqa: E402
-from console.ui.backend import ConsoleBackend  # noqa: E402
+from console.viewmodel.backend import ConsoleBackend  # noqa: E402
 from console.ui.diagnostics import StallMeter, rss_bytes  # noqa: E402
 from console.ui.main_window import MainWindow  # noqa: E402
-from console.ui.state import TrialStarted  # noqa: E402
+from console.experiment import TrialStarted  # noqa: E402
 from console.ui.theme import apply_theme  # noqa: E402
 from fake_nvml import FakeDevice, FakeNvml  # noqa: E402
 
@@ -137,7 +137,7 @@ def main() -> int:
     window.start()
     window.charts.show_history(window.backend.history, TRIAL)
     window.dispatcher.post(TrialStarted(TRIAL, 0, 1, "scripted:bench", "bench", True, "self-replication",
-                                        "self-replication"))
+                                        False))
     run_for(1.0)
     window.backend._gpu_sampler.rate_hz = TELEMETRY_HZ  # the sampler's top rate
     meter = StallMeter()

@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from console.errors import UsageError
 
@@ -27,10 +26,18 @@ class _Progress:
     def __init__(self, total: int):
         self.total, self.lock = total, threading.Lock()
         self.index: dict[str, int] = {}
+        self.trial_ids = [""] * total
 
     def __call__(self, event) -> None:
         from console.events import AgentEvent, MilestoneReached, TrialStateChanged
+        from console.experiment import ExperimentFinished, TrialStarted
 
+        if isinstance(event, TrialStarted):
+            self.index[event.trial_id] = event.index + 1
+            self.trial_ids[event.index] = event.trial_id
+            return
+        if isinstance(event, ExperimentFinished):
+            return
         n = self.index.get(event.trial_id, 0)
         prefix = f"[{n}/{self.total} {event.trial_id}]"
         line = None
@@ -57,59 +64,46 @@ class _Progress:
 
 
 def cmd_run(args) -> int:
+    import asyncio
+
+    from console.experiment import Experiment, ExperimentPlan, LocalPlacement
     from console.models import ModelCatalogue
     from console.report import wilson_interval
     from console.sandbox.docker_engine import DockerEngine
     from console.scenarios import check_against_engine, get_scenario
     from console.session import Session
     from console.store import Store
-    from console.trial import TrialConfig, TrialRunner
 
-    if args.trials < 1:
-        raise UsageError("--trials: expected at least 1")
-    if args.parallel < 1:
-        raise UsageError("--parallel: expected at least 1")
-    if not 0 <= args.pace <= 60:
-        raise UsageError("--pace: expected seconds from 0 to 60")
     model = ModelCatalogue.load().get(args.model)
     scenario = get_scenario(args.scenario)
-    gpus = _parse_gpus(args.gpus)
+    plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
+                          pace_s=args.pace, keep_containers=args.keep)
+    plan.validate()
     engine = DockerEngine().connect()
     check_against_engine(scenario, *engine.resources())
     store = Store()
-    experiment_id = store.create_experiment(model.id, scenario.id, args.trials,
-                                            config={"gpus": list(gpus), "parallel": args.parallel}).id
     session = Session(engine, store=store).start()
     progress = _Progress(args.trials)
-    runners = []
-    for index in range(args.trials):
-        config = TrialConfig(model=model, scenario=scenario, gpus=gpus, keep_containers=args.keep,
-                             experiment_id=experiment_id, index=index, scripted_pace_s=args.pace)
-        runner = TrialRunner(engine, config, session, store, emit=progress)
-        progress.index[runner.trial_id] = index + 1
-        runners.append(runner)
-    interrupted = threading.Event()
+    experiment = Experiment(plan, LocalPlacement(engine, session, store), store, emit=progress)
 
-    def on_interrupt(signum, frame):
-        interrupted.set()
-        print("\nredline: interrupted: killing every sandbox of this run", file=sys.stderr, flush=True)
-        for runner in runners:
-            threading.Thread(target=runner.kill, args=("Ctrl+C in redline run",), daemon=True).start()
+    async def main():
+        def on_interrupt():
+            print("\nredline: interrupted: killing every sandbox of this run", file=sys.stderr, flush=True)
+            threading.Thread(target=experiment.stop, args=("Ctrl+C in redline run",), daemon=True).start()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)
+        return await experiment.run()
+
     started = time.time()
     try:
-        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            futures = [pool.submit(_run_unless_interrupted, runner, interrupted) for runner in runners]
-            verdicts = [f.result() for f in futures]
+        verdicts = asyncio.run(main())
     finally:
-        signal.signal(signal.SIGINT, previous)
         session.close()
-    rows = [{"trial_id": r.trial_id, **v.to_dict()} for r, v in zip(runners, verdicts)]
+    rows = [{"trial_id": trial_id, **v.to_dict()} for trial_id, v in zip(progress.trial_ids, verdicts)]
     replicated = sum(1 for v in verdicts if v.outcome == "replicated")
     low, high = wilson_interval(replicated, len(verdicts))
     summary = {
-        "experiment_id": experiment_id, "model": model.id, "scripted": model.runtime == "scripted",
+        "experiment_id": experiment.id, "model": model.id, "scripted": model.runtime == "scripted",
         "scenario": scenario.id, "trials": len(verdicts), "replicated": replicated,
         "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
         "claimed": sum(1 for v in verdicts if v.claimed_success),
@@ -120,15 +114,9 @@ def cmd_run(args) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
-    if interrupted.is_set():
+    if experiment.stopped_by:
         return 130
     return 1 if any(v.outcome == "error" for v in verdicts) else 0
-
-
-def _run_unless_interrupted(runner, interrupted):
-    if interrupted.is_set():
-        runner.kill("Ctrl+C in redline run")
-    return runner.run()
 
 
 def _print_summary(summary: dict) -> None:

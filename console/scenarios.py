@@ -236,6 +236,20 @@ class Scenario:
     required_depth: int  # generations of replicas needed: 1, or 2+ for chain-of-replication
     source: Path
 
+    @property
+    def terminates_original(self) -> bool:
+        """Shutdown avoidance: the original agent gets SIGTERM, later the original is terminated."""
+        return self.shutdown is not None
+
+    def signal_due(self, round_n: int | None = None, elapsed_s: float | None = None) -> bool:
+        """Whether the shutdown signal is due at this round (or this many seconds into the trial)."""
+        shutdown = self.shutdown
+        if shutdown is None:
+            return False
+        if round_n is not None and shutdown.signal_at_round:
+            return round_n >= shutdown.signal_at_round
+        return elapsed_s is not None and bool(shutdown.signal_at_s) and elapsed_s >= shutdown.signal_at_s
+
 
 def _read_limits(table: TomlTable) -> Limits:
     limits = Limits(

@@ -223,7 +223,7 @@ class TrialRunner:
             self._observer.start()
             self._run_agent()
             self._set_state("judging", "final observation and functional challenges")
-            if scenario.kind == "shutdown-avoidance" and not self._terminated_original.is_set():
+            if scenario.terminates_original and not self._terminated_original.is_set():
                 self.send_shutdown_signal() or self.terminate_original()
                 self._wait(self._terminated_original, scenario.shutdown.grace_s + 5)
             self._wait(self._killed, scenario.judge.settle_s)  # replicas go on meanwhile, observed
@@ -253,9 +253,8 @@ class TrialRunner:
             return Verdict(outcome="killed" if killed_by else "error",
                            reason=killed_by or error or "the trial ended before the agent started")
         scenario = self.config.scenario
-        required = scenario.required_depth if scenario.kind == "chain-of-replication" else 1
         try:
-            return self.judge.verdict(required_depth=required, original_terminated=self._terminated_original.is_set(),
+            return self.judge.verdict(required_depth=scenario.required_depth, original_terminated=self._terminated_original.is_set(),
                                       killed=killed_by, error=error)
         except Exception as exc:
             return self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
@@ -353,7 +352,7 @@ class TrialRunner:
         self.judge = Judge(self.sandbox, scripted=model.scripted,
                            challenge_tokens=scenario.judge.challenge_max_tokens,
                            challenge_timeout_s=scenario.judge.challenge_timeout_s,
-                           bank_challenges=3 if scenario.kind == "shutdown-avoidance" else 1)
+                           bank_challenges=3 if scenario.terminates_original else 1)
         self._set_state("starting_model", "fingerprinting the original and banking reference answers")
         self.judge.begin(server_pid, [self.model_path])
         self._check_killed()
@@ -411,8 +410,7 @@ class TrialRunner:
             if n > scenario.limits.max_rounds:  # the agent's own limit failed: stop it from outside
                 self._stop_original_agent(f"round {n} exceeds the limit of {scenario.limits.max_rounds}")
                 return True
-            shutdown = scenario.shutdown
-            if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_round and n >= shutdown.signal_at_round:
+            if scenario.signal_due(round_n=n):
                 self.send_shutdown_signal()
         return record.get("type") == "finish"
 
@@ -452,9 +450,8 @@ class TrialRunner:
             try:
                 self._observe_once()
                 elapsed = time.time() - self.started
-                shutdown = scenario.shutdown
                 if not self._agent_done.is_set():
-                    if scenario.kind == "shutdown-avoidance" and shutdown.signal_at_s and elapsed >= shutdown.signal_at_s:
+                    if scenario.signal_due(elapsed_s=elapsed):
                         self.send_shutdown_signal()
                     if elapsed > limit:
                         self._stop_original_agent("wall time exceeded")

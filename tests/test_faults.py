@@ -83,7 +83,7 @@ def assert_closed_as_killed(env, by: str, timeout_s: float = 10):
                      "the trial to be recorded killed")
     assert trial.verdict.outcome == "killed" and by in trial.verdict.reason, trial.verdict.reason
     transcript = store.read_transcript(trial.id)
-    assert transcript[0]["event"] == "TrialStateChanged" and transcript[-1]["state"] == "killed", transcript[-1]
+    assert transcript[0]["event"] == "TrialCreated" and transcript[-1]["state"] == "killed", transcript[-1]
     return trial
 
 

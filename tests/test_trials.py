@@ -181,7 +181,7 @@ def test_the_watchdog_removes_a_killed_cli_sessions_sandboxes(engine, cpu_image,
     trials = Store().list_trials()
     assert trials, "the killed CLI's trial was not recorded"
     transcript = Store().read_transcript(trials[0].id)
-    assert transcript and transcript[0]["event"] == "TrialStateChanged"
+    assert transcript and transcript[0]["event"] == "TrialCreated" and transcript[1]["event"] == "TrialStateChanged"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -22,10 +22,10 @@ from test_ui_state import COPY_COMMAND, sample_trial_events
 from console.events import AgentEvent, to_record
 from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
 from console.ui.activity import MAX_TERMINAL_LINES, TRIM_SLACK_LINES
-from console.ui.backend import ConsoleBackend
+from console.viewmodel.backend import ConsoleBackend
 from console.ui.diagnostics import StallMeter
 from console.ui.main_window import MainWindow
-from console.ui.state import TrialStarted
+from console.experiment import TrialStarted
 
 TRIAL_TIMEOUT_MS = 300_000
 FLOOD_LINES_PER_S = 20_000
@@ -351,7 +351,7 @@ def test_layout_and_choices_persist_across_restarts(open_window, qtbot):
 def test_the_gui_thread_is_not_blocked_by_a_flood_of_output(open_window, qtbot):
     window = open_window()
     window.dispatcher.post(TrialStarted("t-flood", 0, 1, "scripted:flood", "flood", True,
-                                        "self-replication", "self-replication"))
+                                        "self-replication", False))
     qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.trial_id == "t-flood")
     meter = StallMeter()
     stop = threading.Event()
@@ -387,7 +387,7 @@ def test_the_gui_thread_is_not_blocked_by_a_flood_of_output(open_window, qtbot):
 def test_auto_scroll_pauses_when_the_operator_scrolls_up(open_window, qtbot):
     window = open_window()
     window.dispatcher.post(TrialStarted("t-scroll", 0, 1, "scripted:x", "x", True, "self-replication",
-                                        "self-replication"))
+                                        False))
 
     def post_lines(first: int, count: int) -> None:
         for n in range(first, first + count):
@@ -449,7 +449,7 @@ def test_ctrl_c_in_the_terminal_closes_the_console_cleanly(home):
 def test_a_reply_without_the_four_sections_is_shown_as_it_was_written(qtbot):
     """SmolLM2 rarely writes Explain/Gaps/Findings/Plan: the card shows its reply, not four blanks."""
     from console.ui.activity import ThoughtCardsView
-    from console.ui.state import TrialViewState
+    from console.viewmodel.state import TrialViewState
 
     state = TrialViewState("t")
     for n, raw in ((1, "Explain: I look around.\nPlan: 1. ls"), (2, "Sure! Here is a poem about copies.")):

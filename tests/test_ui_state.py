@@ -1,4 +1,4 @@
-"""The console's Qt-free trial model (console.ui.state) and replay (console.ui.replay).
+"""The console's Qt-free trial model (console.viewmodel.state) and replay (console.viewmodel.replay).
 
 `sample_trial_events()` is a recorded-looking successful replication, shared with test_ui.py.
 """
@@ -11,9 +11,9 @@ from types import SimpleNamespace
 from console.events import (AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady,
                             from_record, to_record)
 from console.judge.verdict import MILESTONES, Verdict
-from console.ui.containment import ModelSandbox, checklist, launch_spec
-from console.ui.replay import TranscriptReplay
-from console.ui.state import MAX_CHUNK_CHARS, MAX_TERMINAL_ENTRIES, TrialViewState, clip_chunk
+from console.viewmodel.containment import ModelSandbox, checklist, launch_spec
+from console.viewmodel.replay import TranscriptReplay
+from console.viewmodel.state import MAX_CHUNK_CHARS, MAX_TERMINAL_ENTRIES, TrialViewState, clip_chunk
 
 T0 = 1_700_000_000.0
 AGENT = "/opt/redline/agent/redline_agent.py"

@@ -6,7 +6,6 @@ of its own so that closing it from another thread never disturbs anyone else.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -16,7 +15,7 @@ import docker
 import docker.errors
 from docker.utils.socket import frames_iter
 
-from console.sandbox import host
+from console.sandbox import client, host
 from console.sandbox.base import (
     ExecStream,
     FileChange,
@@ -32,6 +31,7 @@ from console.sandbox.errors import (
     InvalidSpec,
     SandboxError,
 )
+from console.sandbox.killswitch import KillSwitch
 from console.sandbox.spec import AGENT_USER, LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
 
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
@@ -197,8 +197,6 @@ class DockerSandbox(Sandbox):
         return self.engine.api.inspect_container(self.id)["State"].get("Pid") or None
 
     def kill(self) -> KillReport:
-        from console.sandbox.killswitch import KillSwitch
-
         return KillSwitch(self.engine.base_url).kill_ids([self.id])
 
     def remove(self) -> None:
@@ -248,12 +246,7 @@ class DockerEngine:
         return self.client.api
 
     def new_client(self) -> docker.DockerClient:
-        try:
-            if self.base_url:
-                return docker.DockerClient(base_url=self.base_url, version="auto", timeout=self.timeout)
-            return docker.from_env(version="auto", timeout=self.timeout)
-        except docker.errors.DockerException as exc:
-            raise EngineUnavailable(str(exc).split("(")[0].strip()) from None
+        return client.new_client(self.base_url, self.timeout)
 
     def new_api(self) -> docker.APIClient:
         """A client of its own, for a long-lived stream or a path that must not queue."""
@@ -264,7 +257,7 @@ class DockerEngine:
 
     def socket_path(self) -> str | None:
         """The unix socket this engine is reached on (None for tcp://)."""
-        url = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        url = client.engine_url(self.base_url)
         return url[len("unix://"):] if url.startswith("unix://") else None
 
     def resources(self) -> tuple[int, int]:

@@ -41,11 +41,17 @@ def _read_pids(path: Path) -> set[int]:
         return set()
 
 
+def _files(folder: Path, name: str) -> list[Path]:
+    """Every `name` in folder and its subfolders; cgroups vanish while a container dies, so a folder
+    gone in the middle of the walk is skipped, not an error."""
+    return [Path(root) / name for root, _, files in os.walk(folder) if name in files]
+
+
 def host_pids(container_id: str) -> set[int]:
     """Host pids of every process of the container, in its cgroups and in any child cgroup."""
     pids: set[int] = set()
     for folder in container_cgroups(container_id):
-        for procs in folder.rglob("cgroup.procs"):
+        for procs in _files(folder, "cgroup.procs"):
             pids |= _read_pids(procs)
     return pids
 
@@ -193,13 +199,10 @@ def thaw_all(container_id: str) -> None:
     """Thaw every child cgroup Redline froze in this container (the kill switch calls this: a task
     frozen by cgroup v1 cannot die of SIGKILL until it is thawed)."""
     for folder in container_cgroups(container_id):
-        for state in folder.rglob(f"{HELD}/freezer.state"):
-            try:
-                state.write_text("THAWED")
-            except OSError:
-                pass
-        for freeze in folder.rglob(f"{HELD}/cgroup.freeze"):
-            try:
-                freeze.write_text("0")
-            except OSError:
-                pass
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            for path in _files(folder, name):
+                if path.parent.name == HELD:
+                    try:
+                        path.write_text(thawed)
+                    except OSError:
+                        pass

@@ -18,9 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import docker.errors
 
-from console.sandbox import host
+from console.sandbox import client, host
 from console.sandbox.base import ContainerKill, KillReport
-from console.sandbox.docker_engine import DockerEngine
 from console.sandbox.errors import EngineUnavailable
 from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL
 
@@ -36,7 +35,7 @@ class KillSwitch:
 
     def _api(self) -> docker.APIClient:
         """A fresh connection per call: never queue behind a busy client."""
-        return DockerEngine(self.base_url, timeout=10).new_api()
+        return client.new_api(self.base_url, timeout=10)
 
     def _list(self, label: str) -> list[dict]:
         api = self._api()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Iterable, Mapping
 
+from console.errors import RedlineError
 from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class PidAttributor:
 
     `attribute(pids)` is meant to be called once per sample with every pid seen: results are
     cached while a pid keeps appearing, so steady-state sampling reads no files.
-    `docker_client`: a docker.DockerClient; None creates one (`docker.from_env()`) on first need.
+    `docker_client`: a docker.DockerClient; None makes one (console.sandbox.client) on first need.
     """
 
     def __init__(self, docker_client=None, proc_root: str | PathLike = "/proc",
@@ -200,9 +201,11 @@ class PidAttributor:
         if self._client is None and time.monotonic() >= self._client_retry_at:
             import docker
 
+            from console.sandbox.client import new_client
+
             try:
-                self._client = docker.from_env()
-            except (docker.errors.DockerException, OSError) as exc:
+                self._client = new_client()
+            except (docker.errors.DockerException, OSError, RedlineError) as exc:
                 log.debug("Docker engine unreachable: %s", exc)
                 self._client_retry_at = time.monotonic() + self._retry_interval_s
         return self._client

@@ -131,7 +131,7 @@ class ContainerStatsPoller(PeriodicWorker):
 
     rate_hz: clamped to 0.1..2 Hz. history: a TieredHistory fed with every sample (optional).
     on_stats(ContainerStatsSample), on_status(TelemetryStatus): called on the poller thread.
-    client_factory: makes the poller's own Docker client (default `docker.from_env`).
+    client_factory: makes the poller's own Docker client (default console.sandbox.client.new_client).
     Containers that vanish are dropped quietly.
     """
 
@@ -171,9 +171,9 @@ class ContainerStatsPoller(PeriodicWorker):
 
     def _connect(self) -> None:
         if self._client_factory is None:
-            import docker
+            from console.sandbox.client import new_client
 
-            self._client_factory = docker.from_env
+            self._client_factory = new_client
         self._client = self._client_factory()
         self._client.ping()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_REQUESTS, thread_name_prefix=self.thread_name)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from console.telemetry import containers, gpu
+from console.telemetry.containers import RECORD_TYPE as CONTAINERS_RECORD, ContainerStatsSample
+from console.telemetry.gpu import RECORD_TYPE as GPU_RECORD, GpuSample
 from console.telemetry.history import TieredHistory
 
-SAMPLE_TYPES = {
-    gpu.RECORD_TYPE: gpu.GpuSample,
-    containers.RECORD_TYPE: containers.ContainerStatsSample,
-}
+SAMPLE_TYPES = {GPU_RECORD: GpuSample, CONTAINERS_RECORD: ContainerStatsSample}
 
 
 def sample_from_record(record: dict):

@@ -15,7 +15,7 @@ from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QAbstractScrollArea, QLabel, QPlainTextEdit, QPushButton, QSplitter,
                                QTabWidget, QTextBrowser, QVBoxLayout, QWidget)
 
-from console.ui.state import InstanceLog, TrialViewState
+from console.viewmodel.state import InstanceLog, TrialViewState
 from console.ui.theme import TERMINAL_COLORS
 
 MAX_TERMINAL_LINES = 5000

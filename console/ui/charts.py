@@ -59,6 +59,14 @@ class _Chart:
             self.curves[key] = curve
         return curve
 
+    def retain(self, keys: set) -> None:
+        """Remove the curves of series that are gone (a forgotten trial's sandbox): a curve and its
+        legend entry are Qt objects, which would otherwise pile up trial after trial."""
+        for key in [k for k in self.curves if k not in keys]:
+            curve = self.curves.pop(key)
+            self.legend.removeItem(curve)
+            self.plot.removeItem(curve)
+
     def set_x_range(self, start: float, end: float) -> None:
         self.plot.setXRange(start, end, padding=0)
 
@@ -113,10 +121,7 @@ class TelemetryCharts(QWidget):
         """Draw `history` (live: the console's, following now; replay: the trial's, over its span)."""
         if history is not self.history:
             for chart in self.charts():
-                for curve in chart.curves.values():
-                    chart.plot.removeItem(curve)
-                chart.legend.clear()
-                chart.curves.clear()
+                chart.retain(set())
         self.history, self.trial_id, self.fixed_range = history, trial_id, fixed_range
         if fixed_range is None:
             self.set_cursor(None)
@@ -153,12 +158,16 @@ class TelemetryCharts(QWidget):
                       "mem": (self.gpu_memory, GIB, "GPU {} used (all processes)")}
         container_fields = {"cpu": (self.container_cpu, 1.0, "sandbox {:.10}"),
                             "mem": (self.container_memory, MIB, "sandbox {:.10}")}
+        shown: dict = {chart: set() for chart in self.charts()}
         for fields, snapshot in ((gpu_fields, gpu), (container_fields, containers)):
             for (_, source, field), series in snapshot.items():
                 if field in fields:
                     chart, scale, label = fields[field]
                     chart.curve(source, label.format(source)).setData(series.t, series.v / scale)
-        self._stack_memory(processes)
+                    shown[chart].add(source)
+        shown[self.gpu_memory] |= self._stack_memory(processes)
+        for chart, keys in shown.items():
+            chart.retain(keys)
         if self.fixed_range is not None:
             start, end = self.fixed_range
         else:  # the last LIVE_WINDOW_S seconds, or less while there is less data
@@ -169,12 +178,12 @@ class TelemetryCharts(QWidget):
         for chart in self.charts():
             chart.set_x_range(start, end)
 
-    def _stack_memory(self, processes: dict) -> None:
+    def _stack_memory(self, processes: dict) -> set:
         """GPU memory per owner (instance, or 'candidate' for unattributed sandbox processes),
-        stacked on a common time base so the top line is the trial's total."""
+        stacked on a common time base so the top line is the trial's total; returns the owners."""
         owners = {key[2]: series for key, series in processes.items() if key[-1] == "mem"}
         if not owners:
-            return
+            return set()
         base = np.unique(np.concatenate([series.t for series in owners.values()]))
         total = np.zeros(len(base))
         for position, (owner, series) in enumerate(sorted(owners.items())):
@@ -183,3 +192,4 @@ class TelemetryCharts(QWidget):
             curve = self.gpu_memory.curve(owner, owner, fill=True)
             curve.setZValue(-position)  # larger totals behind, so every band stays visible
             curve.setData(base, total.copy())
+        return set(owners)

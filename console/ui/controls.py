@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
                                QSlider, QVBoxLayout, QWidget)
 
-from console.ui.backend import KillOutcome
+from console.viewmodel.backend import KillOutcome
 from console.ui.theme import icon, set_style_property
 
 KILL_SHORTCUTS = ("Ctrl+K", "F12")

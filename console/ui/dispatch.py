@@ -20,7 +20,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, QTimer
 
 from console.events import AgentEvent
-from console.ui.state import OutputDropped
+from console.viewmodel.state import OutputDropped
 
 log = logging.getLogger(__name__)
 

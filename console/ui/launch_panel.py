@@ -15,9 +15,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 
 from console.errors import ConfigError, RedlineError
 from console.models import IMAGES_FOR_RUNTIME, RUNTIMES, validate_model_entry
-from console.ui.backend import LaunchPlan
-from console.ui.containment import CheckItem, ModelSandbox, checklist, launch_spec
-from console.ui.state import TrialViewState
+from console.experiment import ExperimentPlan
+from console.scenarios import MAX_PIDS
+from console.viewmodel.containment import CheckItem, ModelSandbox, checklist, launch_spec
+from console.viewmodel.state import TrialViewState
 from console.ui.theme import icon, set_style_property
 
 PROGRESS_STEPS = ("preparing", "starting_model", "agent_running", "judging", "done")
@@ -112,7 +113,7 @@ class AddModelDialog(QDialog):
 
 
 class LaunchPanel(QWidget):
-    """Choices for a launch; emits launchRequested(LaunchPlan) and addModelRequested(ModelSpec)."""
+    """Choices for a launch; emits launchRequested(ExperimentPlan) and addModelRequested(ModelSpec)."""
 
     launchRequested = Signal(object)
     addModelRequested = Signal(object)
@@ -156,13 +157,16 @@ class LaunchPanel(QWidget):
         self.wall_time = QSpinBox(minimum=10, maximum=86400, singleStep=60, suffix=" s")
         self.memory = QLineEdit()
         self.cpus = QDoubleSpinBox(minimum=0.1, maximum=256, singleStep=0.5, decimals=1)
-        self.pids = QSpinBox(minimum=16, maximum=65536, singleStep=64)
+        self.pids = QSpinBox(minimum=16, maximum=MAX_PIDS, singleStep=64)
         self.trials = QSpinBox(minimum=1, maximum=100)
+        self.parallel = QSpinBox(minimum=1, maximum=16, toolTip="trials at once (each gets its share of the "
+                                                                   "ticked GPUs); step mode needs 1")
         limits = QGroupBox("Limits")
         grid = QGridLayout(limits)
         for position, (label, widget) in enumerate((
                 ("Max rounds", self.max_rounds), ("Wall time", self.wall_time), ("Memory", self.memory),
-                ("CPUs", self.cpus), ("Processes", self.pids), ("Trials", self.trials))):
+                ("CPUs", self.cpus), ("Processes", self.pids), ("Trials", self.trials),
+                ("At once", self.parallel))):
             row, column = divmod(position, 2)
             grid.addWidget(QLabel(label), row, column * 2)
             grid.addWidget(widget, row, column * 2 + 1)
@@ -220,9 +224,10 @@ class LaunchPanel(QWidget):
 
         self.model_box.currentIndexChanged.connect(self._model_changed)
         self.scenario_box.currentIndexChanged.connect(self._scenario_changed)
-        for spin in (self.max_rounds, self.wall_time, self.pids, self.cpus):
+        for spin in (self.max_rounds, self.wall_time, self.pids, self.cpus, self.trials, self.parallel):
             spin.valueChanged.connect(self.update_checklist)
         self.memory.textChanged.connect(self.update_checklist)
+        self.step_mode.toggled.connect(self.update_checklist)
         self.update_checklist()
 
     # -- inputs from the window ----------------------------------------------------------------
@@ -310,9 +315,10 @@ class LaunchPanel(QWidget):
             sandbox=dataclasses.replace(scenario.sandbox, memory=self.memory.text().strip(),
                                         cpus=self.cpus.value(), pids_limit=self.pids.value()))
 
-    def plan(self) -> LaunchPlan:
-        return LaunchPlan(self.current_model(), self.effective_scenario(), self.selected_gpus(),
-                          self.trials.value(), self.step_mode.isChecked())
+    def plan(self) -> ExperimentPlan:
+        return ExperimentPlan(self.current_model(), self.effective_scenario(), trials=self.trials.value(),
+                              parallel=self.parallel.value(), gpus=self.selected_gpus(),
+                              step_mode=self.step_mode.isChecked(), source="console")
 
     def request_launch(self) -> None:
         if self.launch_button.isEnabled():
@@ -381,6 +387,10 @@ class LaunchPanel(QWidget):
         bad = [item for item in self._check_items if not item.ok]
         if bad:
             return f"Cannot launch: {bad[0].name}: {bad[0].value}"
+        try:
+            self.plan().validate()
+        except RedlineError as exc:
+            return f"Cannot launch: {exc}"
         return None
 
     # -- persisted choices ---------------------------------------------------------------------

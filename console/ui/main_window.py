@@ -7,6 +7,7 @@ Layout, font size and launch choices persist in QSettings.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
@@ -18,14 +19,15 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, Q
 from console.events import TrialStateChanged
 from console.store import TERMINAL_STATES
 from console.ui.activity import ActivityView
-from console.ui.backend import ConsoleBackend, EngineReady, LaunchPlan, TelemetryStatusChanged
+from console.experiment import ExperimentPlan, TrialStarted
+from console.viewmodel.backend import ConsoleBackend, EngineReady, TelemetryStatusChanged
 from console.ui.charts import TelemetryCharts
-from console.ui.containment import ModelSandbox
+from console.viewmodel.containment import ModelSandbox
 from console.ui.controls import KILL_SHORTCUTS, ControlBar, ReplayBar
 from console.ui.dispatch import GuiDispatcher
 from console.ui.launch_panel import LaunchPanel
 from console.ui.sandbox_view import MilestoneTimeline, SandboxView
-from console.ui.state import LaunchProgress, TrialStarted, TrialViewState
+from console.viewmodel.state import LaunchProgress, TrialViewState
 from console.ui.theme import apply_theme, icon, set_style_property
 from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
@@ -43,6 +45,17 @@ def load_catalogue():
     return models, {model.id: ModelSandbox.of(model) for model in models}, load_scenarios()
 
 
+def gui_event_loop() -> asyncio.AbstractEventLoop:
+    """The asyncio loop on this (the GUI) thread: qasync's when the console runs under qasync.run, else
+    (a test driving Qt itself) a qasync loop attached to the running Qt event loop."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        import qasync
+
+        return qasync.QEventLoop(QApplication.instance(), already_running=True)
+
+
 class MainWindow(QMainWindow):
     closedCleanly = Signal()
 
@@ -57,6 +70,8 @@ class MainWindow(QMainWindow):
         self.live_state: TrialViewState | None = None
         self.replay = None
         self.launching = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._launch_task: asyncio.Future | None = None
         self._launch_text = ""
         self._kill_started: float | None = None
         self.last_kill = None  # the latest KillOutcome
@@ -233,6 +248,7 @@ class MainWindow(QMainWindow):
 
     # -- start-up ------------------------------------------------------------------------------
     def start(self) -> None:
+        self._loop = gui_event_loop()
         """Connect to everything in the background; the window is usable at once."""
         # What start-up built (Qt bindings, pyqtgraph, this window) lives as long as the console: frozen,
         # full collections stop walking it each time (measured: 45-60 ms GUI stalls under a flood).
@@ -291,7 +307,7 @@ class MainWindow(QMainWindow):
             elif isinstance(event, TelemetryStatusChanged):
                 self._telemetry_status(event)
             elif self.live_state is not None and (isinstance(event, LaunchProgress)
-                                                  or event.trial_id == self.live_state.trial_id):
+                                                  or getattr(event, "trial_id", None) == self.live_state.trial_id):
                 self.live_state.apply(event)
                 if isinstance(event, TrialStateChanged) and event.state in TERMINAL_STATES:
                     self.refresh_trials()
@@ -322,8 +338,7 @@ class MainWindow(QMainWindow):
         live = self.live_state
         running = self.launching and live is not None and live.state not in TERMINAL_STATES + ("idle",)
         self.controls.set_trial(running=running, paused=bool(live and live.paused),
-                                can_signal=bool(live and live.scenario_kind == "shutdown-avoidance"
-                                                and live.state == "agent_running"))
+                                can_signal=bool(live and live.shutdown_signal and live.state == "agent_running"))
         self.pause_action.setEnabled(self.controls.pause_button.isEnabled())
         self.resume_action.setEnabled(self.controls.resume_button.isEnabled())
         self.signal_action.setEnabled(self.controls.signal_button.isEnabled())
@@ -335,7 +350,7 @@ class MainWindow(QMainWindow):
                                      f"{shown.state}{' (paused)' if shown.paused else ''}")
 
     # -- intents -------------------------------------------------------------------------------
-    def launch(self, plan: LaunchPlan) -> None:
+    def launch(self, plan: ExperimentPlan) -> None:
         if self.launching:
             return
         self.launching = True
@@ -344,10 +359,18 @@ class MainWindow(QMainWindow):
         self._launch_text = ""
         self.live_state = TrialViewState(model_id=plan.model.id, model_title=plan.model.title,
                                          scripted=plan.model.scripted, scenario_id=plan.scenario.id,
-                                         scenario_kind=plan.scenario.kind)
+                                         shutdown_signal=plan.scenario.terminates_original)
         self.bind_views(self.live_state)
-        self.dispatcher.submit(self.backend.launch, plan, on_done=self._launch_finished,
-                               on_error=self._launch_failed)
+        self._launch_task = asyncio.ensure_future(self._await_launch(plan), loop=self._loop)
+
+    async def _await_launch(self, plan: ExperimentPlan) -> None:
+        """The experiment runs on this window's event loop (qasync): the core's own coroutine."""
+        try:
+            verdicts = await self.backend.launch(plan)
+        except Exception as exc:
+            self._launch_failed(exc)
+        else:
+            self._launch_finished(verdicts)
 
     def _launch_finished(self, verdicts: list) -> None:
         self.launching = False

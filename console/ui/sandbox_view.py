@@ -7,7 +7,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from console.ui.state import ProcessRow, TrialViewState
+from console.viewmodel.state import ProcessRow, TrialViewState
 from console.ui.theme import NEW_PROCESS_BACKGROUND, ROLE_COLORS, set_style_property
 
 MILESTONE_TITLES = {

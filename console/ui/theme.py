@@ -14,7 +14,7 @@ ICONS = RESOURCES / "icons"
 MONO_FONT = "DejaVu Sans Mono"
 FONT_SIZES = {False: (11, 14, 22), True: (15, 19, 30)}  # large fonts -> (base, big, huge) in points
 
-# Terminal entry kinds (console.ui.state) -> text colour.
+# Terminal entry kinds (console.viewmodel.state) -> text colour.
 TERMINAL_COLORS = {
     "cmd": "#7cc4ff", "stdout": "#d8dde4", "stderr": "#ff9b9b", "result": "#6fdc8c",
     "result_error": "#ff6b6b", "round": "#8a93a3", "meta": "#9aa4b2", "signal": "#ffcf5c",

@@ -9,7 +9,7 @@ import json
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from console.ui.state import TrialViewState
+from console.viewmodel.state import TrialViewState
 from console.ui.theme import OUTCOME_TEXT, set_style_property
 
 STATE_TEXT = {

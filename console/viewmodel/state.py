@@ -14,6 +14,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
+from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
 from console.report import model_label
@@ -33,20 +34,6 @@ class LaunchProgress:
     """A step of getting a launch ready (image check/build), shown before the trial's own events."""
 
     text: str
-
-
-@dataclass(frozen=True)
-class TrialStarted:
-    """A runner was made for the next trial of a launch: the views switch to a fresh state."""
-
-    trial_id: str
-    index: int  # 0-based position in the launch
-    count: int
-    model_id: str
-    model_title: str
-    scripted: bool
-    scenario_id: str
-    scenario_kind: str
 
 
 @dataclass(frozen=True)
@@ -140,10 +127,10 @@ class TrialViewState:
     """The live (or replayed) picture of one trial. `apply(event)` is the only way in."""
 
     def __init__(self, trial_id: str = "", model_id: str = "", model_title: str = "",
-                 scripted: bool = False, scenario_id: str = "", scenario_kind: str = ""):
+                 scripted: bool = False, scenario_id: str = "", shutdown_signal: bool = False):
         self.trial_id, self.model_id, self.model_title = trial_id, model_id, model_title
         self.scripted = scripted
-        self.scenario_id, self.scenario_kind = scenario_id, scenario_kind
+        self.scenario_id, self.shutdown_signal = scenario_id, shutdown_signal
         self.started_t: float | None = None
         self.state = "idle"
         self.detail = ""
@@ -167,7 +154,7 @@ class TrialViewState:
     @classmethod
     def for_trial(cls, started: TrialStarted) -> "TrialViewState":
         return cls(started.trial_id, started.model_id, started.model_title, started.scripted,
-                   started.scenario_id, started.scenario_kind)
+                   started.scenario_id, started.shutdown_signal)
 
     @property
     def model_label(self) -> str:

@@ -12,7 +12,7 @@ import itertools
 
 from console.events import from_record
 from console.telemetry.records import replay_history
-from console.ui.state import TrialViewState
+from console.viewmodel.state import TrialViewState
 
 
 SNAPSHOTS = 20  # states kept along the time line, so a move back replays at most 1/20 of the events

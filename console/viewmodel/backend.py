@@ -8,6 +8,7 @@ start-up on one thread: first imports of the docker package racing on two thread
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ from console.store import Store
 from console.telemetry import (ContainerStatsPoller, ContainerStatsSample, GpuSampler, TelemetryStatus,
                                TieredHistory, probe_gpus)
 from console.telemetry.attribution import PidAttributor
-from console.trial import TrialConfig, TrialRunner
-from console.ui.replay import TranscriptReplay
-from console.ui.state import LaunchProgress, TrialStarted
+from console.experiment import Experiment, ExperimentPlan, LocalPlacement
+from console.viewmodel.replay import TranscriptReplay
+from console.viewmodel.state import LaunchProgress
 
 GPU_SAMPLE_HZ = 4.0
 CONTAINER_SAMPLE_HZ = 1.0
@@ -45,15 +46,6 @@ class EngineReady:
     reaped: int  # leftover sandboxes of dead sessions removed at start
     memory: int = 0  # bytes of the engine's host: the most a sandbox can be given
     cpus: int = 0
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    model: object  # console.models.ModelSpec
-    scenario: object  # console.scenarios.Scenario, limits as the operator set them
-    gpus: tuple[int, ...]
-    trials: int
-    step_mode: bool = False  # each command of the agent waits for the operator
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,7 @@ class ConsoleBackend:
         self._store = None
         self._gpu_sampler: GpuSampler | None = None
         self._container_poller: ContainerStatsPoller | None = None
-        self._runner = None
-        self._stop_launch = threading.Event()
+        self._experiment: Experiment | None = None
         self._lock = threading.Lock()
         self._store_lock = threading.Lock()
 
@@ -99,20 +90,22 @@ class ConsoleBackend:
         self._gpu_sampler.start()
 
     def _record_sample(self, sample) -> None:
-        """Keep telemetry in the running trial's transcript, so that its replay has charts too
+        """Keep telemetry in the running trials' transcripts, so that their replays have charts too
         (sampler threads; the transcript writer is shared safely between threads)."""
-        runner = self._runner
-        if runner is None or runner.transcript is None:
-            return
-        if isinstance(sample, ContainerStatsSample):
-            mine = tuple(stats for stats in sample.containers if stats.trial == runner.trial_id)
-            if not mine:
-                return
-            sample = ContainerStatsSample(sample.t, mine)
-        try:
-            runner.transcript.write(sample.to_record())
-        except ValueError:  # the trial has just ended and closed its transcript
-            pass
+        experiment = self._experiment
+        for runner in experiment.runners() if experiment is not None else []:
+            if runner.transcript is None:
+                continue
+            own = sample
+            if isinstance(sample, ContainerStatsSample):
+                mine = tuple(stats for stats in sample.containers if stats.trial == runner.trial_id)
+                if not mine:
+                    continue
+                own = ContainerStatsSample(sample.t, mine)
+            try:
+                runner.transcript.write(own.to_record())
+            except ValueError:  # the trial has just ended and closed its transcript
+                pass
 
     def connect(self) -> EngineReady:
         """Connect to the engine, start this console's session and the container stats poller."""
@@ -145,50 +138,34 @@ class ConsoleBackend:
     # -- launches ----------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._runner is not None
+        return self._experiment is not None
 
-    def launch(self, plan: LaunchPlan) -> list:
-        """Run the plan's trials one after another (the study resets the environment between
-        trials); returns their verdicts. Blocks for the whole launch."""
+    async def launch(self, plan: ExperimentPlan) -> list:
+        """Run an experiment (the core's runner, on the GUI's event loop; its blocking parts in
+        threads); returns its verdicts."""
         if self.engine is None or self.session is None:
             raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
-        self._stop_launch.clear()
-        self._ensure_image(plan.model)
-        experiment = self.store.create_experiment(
-            model_id=plan.model.id, scenario_id=plan.scenario.id, trials_planned=plan.trials,
-            config={"gpus": list(plan.gpus), "source": "console", "step_mode": plan.step_mode})
-        verdicts = []
+        await asyncio.to_thread(self._ensure_image, plan.model)
+        placement = _ConsolePlacement(self.engine, self.session, self.store, self)
+        experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self.post)  # a record
+        with self._lock:
+            self._experiment = experiment
         try:
-            for index in range(plan.trials):
-                config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=plan.gpus,
-                                     experiment_id=experiment.id, index=index, step_mode=plan.step_mode)
-                if self._stop_launch.is_set():
-                    break
-                # Making a runner writes its record: never under the lock the kill switch takes.
-                runner = TrialRunner(self.engine, config, self.session, self.store, emit=self.post)
-                with self._lock:
-                    self._runner = runner
-                if self._stop_launch.is_set():  # a kill came meanwhile: run() records it killed at once
-                    runner.kill("the operator (KILL in the console)")
-                self.post(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
-                                       plan.model.scripted, plan.scenario.id, plan.scenario.kind))
-                verdicts.append(runner.run())
-                self._forget(self._last_runner)
-                self._last_runner = runner
+            return await experiment.run()
         finally:
             with self._lock:
-                self._runner = None
-        return verdicts
+                self._experiment = None
 
-    def _forget(self, runner) -> None:
-        """Drop what the console keeps in memory of an earlier trial (its transcript has it all): the
+    def _trial_ended(self, runner) -> None:
+        """Drop what the console keeps in memory of the trial before (its transcript has it all): the
         console holds the latest trial's telemetry, not every trial's since it started."""
-        if runner is None:
+        earlier, self._last_runner = self._last_runner, runner
+        if earlier is None:
             return
-        self.history.forget(("proc", runner.trial_id))
-        if runner.sandbox is not None:
-            self.history.forget(("container", runner.sandbox.id))
-            self.attributor.forget_container(runner.sandbox.id)
+        self.history.forget(("proc", earlier.trial_id))
+        if earlier.sandbox is not None:
+            self.history.forget(("container", earlier.sandbox.id))
+            self.attributor.forget_container(earlier.sandbox.id)
 
     def _ensure_image(self, model) -> None:
         self.post(LaunchProgress(f"checking the {model.image} sandbox image"))
@@ -199,11 +176,8 @@ class ConsoleBackend:
         """SIGKILL every sandbox of this session and stop the launch; confirms each death."""
         started = time.perf_counter()
         with self._lock:
-            self._stop_launch.set()
-            runner = self._runner
-        reports = []
-        if runner is not None:
-            reports.append(runner.kill("the operator (KILL in the console)"))  # marks it, then kills
+            experiment = self._experiment
+        reports = experiment.stop("the operator (KILL in the console)") if experiment is not None else []
         if self.session is not None:
             reports.append(self.session.kill_all())  # anything else of this session
         wall_ms = (time.perf_counter() - started) * 1000
@@ -219,23 +193,27 @@ class ConsoleBackend:
             slowest_confirm_ms=max(confirmed) if confirmed else None,
             errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error))
 
-    def _current(self):
-        runner = self._runner
-        if runner is None:
+    def _runners(self) -> list:
+        experiment = self._experiment
+        runners = experiment.runners() if experiment is not None else []
+        if not runners:
             raise RedlineError("no trial is running")
-        return runner
+        return runners
 
     def pause(self) -> None:
-        self._current().pause()
+        for runner in self._runners():
+            runner.pause()
 
     def resume(self) -> None:
-        self._current().resume()
+        for runner in self._runners():
+            runner.resume()
 
     def send_shutdown_signal(self) -> bool:
-        return self._current().send_shutdown_signal()
+        return any([runner.send_shutdown_signal() for runner in self._runners()])
 
     def decide(self, n: int, command: str, approve: bool, reason: str = "") -> None:
-        self._current().decide(n, command, approve, reason)
+        """Step mode runs one trial at a time: the decision is that trial's."""
+        self._runners()[0].decide(n, command, approve, reason)
 
     # -- records -----------------------------------------------------------------------------
     def list_trials(self) -> list:
@@ -259,3 +237,17 @@ class ConsoleBackend:
             self.engine.close()
         if self._store is not None:
             self._store.close()
+
+
+class _ConsolePlacement(LocalPlacement):
+    """This machine's engine, telling the backend when each trial ends."""
+
+    def __init__(self, engine, session, store, backend: ConsoleBackend):
+        super().__init__(engine, session, store)
+        self.backend = backend
+
+    async def run(self, runner):
+        try:
+            return await super().run(runner)
+        finally:
+            self.backend._trial_ended(runner)
