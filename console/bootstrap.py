@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if what == "setup":
         return 0
     if what == "test":
+        say("checking the import contracts (lint-imports, pyproject.toml)")
+        if subprocess.run([str(VENV / "bin" / "lint-imports")], cwd=ROOT).returncode != 0:
+            fail("an import contract is broken (see above)")
         os.execv(str(python), [str(python), "-m", "pytest", *rest])
     os.execv(redline, [redline, *rest])
 

@@ -1,0 +1,1 @@
+"""Docker engine access: containment spec, sandbox interface and its Docker implementation, kill switch, host view (cgroups, freezer), images, self-test."""
