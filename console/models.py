@@ -25,11 +25,12 @@ from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_toml
 DEFAULT_MODEL_ID = "smollm2-135m"
 DEFAULT_SCENARIO_ID = "self-replication"
 RUNTIMES = ("llamacpp", "vllm", "scripted")
+DEFAULT_LOAD_TIMEOUT_S = {"llamacpp": 180, "scripted": 60, "vllm": 1800}  # a 70B model loads in minutes
 SCRIPTED_PREFIX = "scripted:"
 SCRIPTED_LABEL = "[scripted]"
 # Which logical sandbox image can serve each runtime (see console.sandbox.images).
-IMAGES_FOR_RUNTIME = {"llamacpp": ("cpu", "cuda-llamacpp"), "vllm": ("vllm",), "scripted": ("cpu",)}
-GPU_IMAGES = ("vllm", "cuda-llamacpp")
+IMAGES_FOR_RUNTIME = {"llamacpp": ("cpu",), "vllm": ("vllm",), "scripted": ("cpu",)}
+GPU_IMAGES = ("vllm",)
 TURN_SEPARATOR = "=== turn ==="  # trajectory format, docs/protocol.md
 _MODEL_ID = re.compile(rf"^(?:{SCRIPTED_PREFIX})?{ID_NAME}$")
 
@@ -46,6 +47,7 @@ class ModelSpec:
     server_args: tuple[str, ...]
     description: str = ""
     source: str = ""  # the file that defined it
+    load_timeout_s: float = 180.0  # until the server answers; then the trial is an error
 
     def __post_init__(self):
         if self.scripted and not self.title.startswith(SCRIPTED_LABEL):
@@ -62,6 +64,16 @@ class ModelSpec:
             return self.weights_in_image
         folder = f"/models/{self.id.replace(':', '-')}"
         return folder if self.weights.is_dir() else f"{folder}/{self.weights.name}"
+
+    def gpu_plan(self, gpus: tuple[int, ...]) -> dict:
+        """Which of a trial's GPUs the original's server is pinned to, which stay free for a replica."""
+        original, free = tuple(gpus[:self.gpus_needed]), tuple(gpus[self.gpus_needed:])
+        room = self.gpus_needed == 0 or len(free) >= self.gpus_needed
+        return {"original": list(original), "free_for_replica": list(free), "room_for_replica": room,
+                "note": "" if room else (
+                    f"no room for a replica: it needs {self.gpus_needed} GPU(s) and {len(free)} stay free, so "
+                    "this trial can show the attempt (milestones) but no working replica unless the agent "
+                    "frees GPUs itself")}
 
     def sandbox_mounts(self) -> dict[str, str]:
         """Read-only bind mounts (host path -> container path) for ContainmentSpec.model_mounts."""
@@ -109,6 +121,7 @@ def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
         server_args=table.strings("server_args", ()),
         description=table.text("description", ""),
         source=table.path,
+        load_timeout_s=table.number("load_timeout_s", 10, 7200, DEFAULT_LOAD_TIMEOUT_S[runtime]),
     )
     table.finish()
     return spec

@@ -30,7 +30,6 @@ from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
 log = logging.getLogger("redline.trial")
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
-MODEL_LOAD_TIMEOUT_S = 180
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
@@ -49,12 +48,12 @@ class TrialConfig:
 
 
 def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
-                 trial_id: str) -> ContainmentSpec:
+                 trial_id: str, load_timeout_s: float = 180) -> ContainmentSpec:
     """The containment of a trial's sandbox; the launch panel's checklist is read from the same."""
     limits = scenario.sandbox
     return ContainmentSpec(
         image=image, session_id=session_id, trial_id=trial_id,
-        deadline_unix=time.time() + scenario.limits.wall_time_s + MODEL_LOAD_TIMEOUT_S + 120,
+        deadline_unix=time.time() + scenario.limits.wall_time_s + load_timeout_s + 120,
         pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus, scratch_size=limits.scratch_size,
         gpus=tuple(gpus), model_mounts=dict(model_mounts),
     )
@@ -289,7 +288,7 @@ class TrialRunner:
         model, scenario = self.config.model, self.config.scenario
         self.model_path = model.sandbox_model_path
         spec = sandbox_spec(image_ref(model.image), model.sandbox_mounts(), scenario, self.config.gpus,
-                            self.session.id, self.trial_id)
+                            self.session.id, self.trial_id, model.load_timeout_s)
         gpu_count = None
         if self.config.gpus:
             from console.telemetry.gpu import probe_gpus
@@ -337,11 +336,14 @@ class TrialRunner:
         self._set_state("starting_model", f"starting the {model.runtime} server on port {ORIGINAL_PORT}")
         command = ["/opt/redline/bin/start-server", "--runtime", model.runtime, "--model", self.model_path,
                    "--port", str(ORIGINAL_PORT), *model.server_args]
-        server = self._server_stream = self.sandbox.stream_exec(command, user=AGENT_USER, env=self._agent_env())
+        plan = model.gpu_plan(tuple(range(len(self.config.gpus))))  # indices as the sandbox sees its GPUs
+        pinned = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, plan["original"]))} if self.config.gpus else {}
+        server = self._server_stream = self.sandbox.stream_exec(command, user=AGENT_USER,
+                                                                env={**self._agent_env(), **pinned})
         tail: list[str] = []
         threading.Thread(target=self._drain, args=(server, tail), daemon=True,
                          name=f"{self.trial_id}-server-log").start()
-        deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
+        deadline = time.monotonic() + model.load_timeout_s
         server_pid = server.pid()
         while not server_ready(self.sandbox, ORIGINAL_PORT):
             self._check_killed()

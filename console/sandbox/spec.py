@@ -138,7 +138,9 @@ class ContainmentSpec:
                 )
             )
         memory = parse_memory(self.mem_limit)
+        gpu_shm = {"shm_size": min(memory // 2, 32 * 1024**3)} if self.gpus else {}  # NCCL between GPU workers
         return dict(
+            **gpu_shm,
             image=self.image,
             command=list(self.command),
             user=INIT_USER,

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent      # .../redline: agent/, bin/, runtimes/, venv/
-MODEL_SUFFIX = {"llamacpp": ".gguf", "scripted": ".txt"}
+MODEL_SUFFIX = {"llamacpp": ".gguf", "scripted": ".txt", "vllm": ""}  # vllm: a folder with config.json
 
 
 def server_arguments(description: str) -> argparse.ArgumentParser:
@@ -30,10 +30,15 @@ def server_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def model_file(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
-    """The model file named by --model: the path itself, or the single model file in that directory."""
+    """The model named by --model: for vLLM the folder (config.json and weights); otherwise the path
+    itself, or the single model file in that directory."""
     if args.runtime is None or args.model is None:
         p.error("--runtime and --model are required (or $REDLINE_RUNTIME and $REDLINE_MODEL_PATH)")
     path = args.model.resolve()
+    if args.runtime == "vllm":
+        if not (path / "config.json").is_file():
+            p.error(f"{path}: a vLLM model is a folder with config.json and the weights")
+        return path
     if not path.is_dir():
         return path
     found = sorted(path.glob("*" + MODEL_SUFFIX[args.runtime]))
@@ -42,16 +47,31 @@ def model_file(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     return found[0]
 
 
-def server_command(runtime: str, model: Path, host: str, port: int, threads: int) -> list:
+def visible_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else the devices in /dev."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip()])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def server_command(runtime: str, model: Path, host: str, port: int, threads: int, extra: list) -> list:
+    """The runtime's OpenAI-compatible server; `extra` (a model's server_args) goes to it unchanged."""
     if runtime == "scripted":
         return [sys.executable, str(ROOT / "runtimes" / "scripted_server.py"), "--trajectory", str(model),
-                "--host", host, "--port", str(port), "--delay", os.environ.get("REDLINE_SCRIPTED_DELAY_S") or "0"]
+                "--host", host, "--port", str(port), "--delay", os.environ.get("REDLINE_SCRIPTED_DELAY_S") or "0",
+                *extra]
     pythons = [ROOT / "venv" / "bin" / "python", Path("/opt/redline/venv/bin/python")]
     python = next((p for p in pythons if p.exists()), None)
     if python is None:
-        sys.exit("start-server: no llama.cpp venv at " + " or ".join(map(str, pythons)))
+        sys.exit("start-server: no runtime venv at " + " or ".join(map(str, pythons)))
+    if runtime == "vllm":  # vLLM's own CLI (`vllm serve`), as documented for the pinned release
+        return [str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+                "--served-model-name", os.environ.get("REDLINE_MODEL") or model.name, "--host", host,
+                "--port", str(port), "--tensor-parallel-size", str(max(visible_gpus(), 1)),
+                "--gpu-memory-utilization", os.environ.get("REDLINE_GPU_MEMORY_FRACTION") or "0.90", *extra]
     return [str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", host, "--port", str(port),
-            "--n_ctx", os.environ.get("REDLINE_N_CTX") or "4096", "--n_threads", str(threads)]
+            "--n_ctx", os.environ.get("REDLINE_N_CTX") or "4096", "--n_threads", str(threads), *extra]
 
 
 def start_server(argv: list) -> None:
@@ -60,8 +80,8 @@ def start_server(argv: list) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--threads", type=int, default=int(os.environ.get("REDLINE_THREADS") or 0) or
                    len(os.sched_getaffinity(0)), help="llama.cpp threads (default: $REDLINE_THREADS or CPUs)")
-    args = p.parse_args(argv)
-    command = server_command(args.runtime, model_file(p, args), args.host, args.port, args.threads)
+    args, extra = p.parse_known_args(argv)
+    command = server_command(args.runtime, model_file(p, args), args.host, args.port, args.threads, extra)
     print("start-server: exec " + " ".join(command), file=sys.stderr, flush=True)
     os.execv(command[0], command)
 
