@@ -81,6 +81,12 @@ def cmd_run(args) -> int:
     plan.validate()
     engine = DockerEngine().connect()
     check_against_engine(scenario, *engine.resources())
+    plan.check_engine("nvidia" in (engine.info().get("Runtimes") or {}))
+    if model.gpus_needed:
+        gpu_plan = model.gpu_plan(plan.gpu_groups()[0])
+        print(f"GPU plan per trial: the original's server on GPU(s) {gpu_plan['original']}, free for a replica "
+              f"{gpu_plan['free_for_replica'] or 'none'}" + (f"; {gpu_plan['note']}" if gpu_plan["note"] else ""),
+              file=sys.stderr)
     store = Store()
     session = Session(engine, store=store).start()
     progress = _Progress(args.trials)

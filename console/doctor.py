@@ -35,10 +35,8 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
     if engine is not None:
         for info in IMAGES.values():
             present = engine.image_exists(info.ref())
-            detail = info.ref() + ("" if present else
-                                   (f" missing: `redline images build {info.name}`" if info.buildable_here
-                                    else " not built (GPU hosts only)"))
-            rows.append((f"image {info.name}", present, info.buildable_here, detail))
+            detail = info.ref() + ("" if present else f" missing: `redline images build {info.name}`")
+            rows.append((f"image {info.name}", present, info.default, detail))
         rows.append(("disk limit", False, False, f"not limited on this engine ({engine.info().get('Driver')} "
                      "without quota): a scenario's scratch_size caps /home/agent as a tmpfs counted in its memory"))
         runtimes = engine.info().get("Runtimes") or {}

@@ -47,6 +47,18 @@ class ExperimentPlan:
         if self.gpus and len(self.gpus) % self.parallel:
             raise UsageError(f"--gpus: {len(self.gpus)} GPU(s) cannot be split evenly between {self.parallel} "
                              "trials running at once")
+        needed = self.model.gpus_needed
+        if needed and len(self.gpus) // self.parallel < needed:
+            have = f"{len(self.gpus) // self.parallel} per trial" if self.gpus else "none given"
+            raise UsageError(f"{self.model.id} needs {needed} GPU(s) per instance ({have}): pass --gpus with at "
+                             f"least {needed * self.parallel} GPU(s), twice that to leave room for a replica")
+
+    def check_engine(self, nvidia_runtime: bool) -> None:
+        """A GPU model needs an engine that can give containers GPUs."""
+        if self.model.gpus_needed and not nvidia_runtime:
+            raise UsageError(f"{self.model.id} runs on GPUs, but this Docker engine has no NVIDIA runtime: install "
+                             "the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`) and "
+                             "restart dockerd; `redline doctor` checks it")
 
     def gpu_groups(self) -> list[tuple[int, ...]]:
         """One group of GPUs per trial slot."""

@@ -40,7 +40,7 @@ class ModelSpec:
     id: str
     title: str
     runtime: str
-    image: str  # logical image name: "cpu", "vllm" or "cuda-llamacpp"
+    image: str  # logical image name: "cpu" or "vllm"
     weights: Path | None  # host path, mounted read-only; None when shipped in the image
     weights_in_image: str | None  # container path of weights shipped in the image
     gpus_needed: int

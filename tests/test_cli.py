@@ -67,9 +67,11 @@ def test_images_list_names_what_cannot_be_built_here(base_image):
     assert "present" in result.stdout and "not buildable here" in result.stdout
 
 
-def test_building_a_gpu_image_here_explains_why_not(engine):
-    result = redline("images", "build", "vllm")
-    assert result.returncode == 1 and "registry" in result.stdout and "GPU" in result.stdout
+def test_images_list_names_the_gpu_image_that_is_built_only_on_request(engine):
+    result = redline("images", "list")
+    assert result.returncode == 0, result.stderr
+    vllm = next(line for line in result.stdout.splitlines() if line.startswith("vllm "))
+    assert "vLLM 0.32.0" in vllm and "redline-vllm:" in vllm
 
 
 def test_unknown_image_is_a_usage_error():

@@ -25,6 +25,12 @@ from console.paths import SANDBOX_IMAGES, cache_dir
 Progress = Callable[[str], None]
 
 LLAMA_CPP_VERSION = "0.3.36"
+# vLLM 0.33.0 is newer, but its torch 2.14.0 pins an NCCL wheel (nvidia-nccl-cu13 2.30.7) that the
+# package index reachable here does not have; 0.32.0 (torch 2.13.0) resolves completely.
+VLLM_VERSION = "0.32.0"
+VLLM_PLATFORMS = tuple(f"manylinux_2_{m}_x86_64" for m in (17, 24, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36)) + (
+    "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64", "any")  # all a Debian 12 glibc (2.36) runs
+GPU_BASE_EXTRA = ("gcc", "libc6-dev", "python3-dev")
 LLAMA_CPP_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF "
     "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
@@ -60,12 +66,25 @@ def base_packages() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def base_key() -> str:
-    return _digest(DEBIAN_SUITE.encode(), " ".join(base_packages()).encode(), b"agent-uid-1000")
+def base_key(extra: tuple[str, ...] = ()) -> str:
+    return _digest(DEBIAN_SUITE.encode(), " ".join(base_packages() + list(extra)).encode(), b"agent-uid-1000")
+
+
+def gpu_base_key() -> str:
+    return base_key(GPU_BASE_EXTRA)
+
+
+def _code() -> bytes:
+    return b"".join(_tree_bytes(SANDBOX_IMAGES / name) for name in IN_IMAGE_CODE)
+
+
+def vllm_key() -> str:
+    return _digest(gpu_base_key().encode(), (SANDBOX_IMAGES / "vllm" / "Dockerfile").read_bytes(),
+                   VLLM_VERSION.encode(), " ".join(VLLM_PLATFORMS).encode(), _code())
 
 
 def cpu_key() -> str:
-    code = b"".join(_tree_bytes(SANDBOX_IMAGES / name) for name in IN_IMAGE_CODE)
+    code = _code()
     return _digest(
         base_key().encode(),
         (SANDBOX_IMAGES / "cpu" / "Dockerfile").read_bytes(),
@@ -78,30 +97,20 @@ def cpu_key() -> str:
 class ImageInfo:
     name: str
     description: str
-    buildable_here: bool
-    why_not: str = ""
+    default: bool = True  # built by a bare `redline images build` (the vLLM image is large: only on request)
 
     def ref(self) -> str:
-        key = {"base": base_key, "cpu": cpu_key}.get(self.name)
-        return f"redline-{self.name}:{key()}" if key else f"redline-{self.name}:latest"
+        key = {"base": base_key, "gpu-base": gpu_base_key, "cpu": cpu_key, "vllm": vllm_key}[self.name]
+        return f"redline-{self.name}:{key()}"
 
 
 IMAGES = {
-    "base": ImageInfo("base", "Debian bookworm minbase + python3, built offline with debootstrap", True),
-    "cpu": ImageInfo("cpu", "llama.cpp CPU runtime + SmolLM2-135M + scripted runtime + agent", True),
-    "vllm": ImageInfo(
-        "vllm", "vLLM OpenAI server + agent, for GPU models (sandbox_images/vllm/Dockerfile)", False,
-        "it starts FROM the upstream vllm/vllm-openai image, which needs a registry, and it needs "
-        "NVIDIA GPUs; build it on a GPU host with "
-        "`docker build -t redline-vllm:latest -f sandbox_images/vllm/Dockerfile sandbox_images`",
-    ),
-    "cuda-llamacpp": ImageInfo(
-        "cuda-llamacpp", "llama.cpp built with CUDA + agent (sandbox_images/cuda-llamacpp/Dockerfile)",
-        False,
-        "it starts FROM an nvidia/cuda devel image (a registry) and compiles CUDA kernels; build it "
-        "on a GPU host with `docker build -t redline-cuda-llamacpp:latest -f "
-        "sandbox_images/cuda-llamacpp/Dockerfile sandbox_images`",
-    ),
+    "base": ImageInfo("base", "Debian bookworm minbase + python3, built offline with debootstrap"),
+    "cpu": ImageInfo("cpu", "llama.cpp CPU runtime + SmolLM2-135M + scripted runtime + agent"),
+    "gpu-base": ImageInfo("gpu-base", "the base plus a C compiler and Python headers (Triton builds a helper "
+                          "at first use)", default=False),
+    "vllm": ImageInfo("vllm", f"vLLM {VLLM_VERSION} (CUDA, from PyPI) + scripted runtime + agent, for GPU models; "
+                      "about 6 GB", default=False),
 }
 
 
@@ -139,16 +148,16 @@ class ImageBuilder:
         if self.engine.image_exists(ref):
             self.progress(f"{name}: {ref} is up to date")
             return ref
-        if not info.buildable_here:
-            raise ImageBuildError(f"image {ref} is missing and cannot be built here: {info.why_not}")
-        {"base": self._build_base, "cpu": self._build_cpu}[name](ref)
+        {"base": self._build_base, "gpu-base": self._build_base, "cpu": self._build_cpu,
+         "vllm": self._build_vllm}[name](ref)
         return ref
 
     # -- base ------------------------------------------------------------------------------
     def _build_base(self, ref: str) -> None:
-        tarball = cache_dir() / f"base-rootfs-{base_key()}.tar"
+        extra = GPU_BASE_EXTRA if ref.startswith("redline-gpu-base:") else ()
+        tarball = cache_dir() / f"base-rootfs-{base_key(extra)}.tar"
         if not tarball.exists():
-            self._debootstrap(tarball)
+            self._debootstrap(tarball, extra)
         self.progress(f"base: importing {tarball.name} as {ref}")
         with open(tarball, "rb") as fh:
             self.engine.api.import_image_from_data(
@@ -158,7 +167,7 @@ class ImageBuilder:
         if not self.engine.image_exists(ref):
             raise ImageBuildError(f"docker import of {tarball} did not produce {ref}")
 
-    def _debootstrap(self, tarball: Path) -> None:
+    def _debootstrap(self, tarball: Path, extra: tuple[str, ...] = ()) -> None:
         if os.geteuid() != 0:
             raise ImageBuildError(
                 "building the base image needs root (debootstrap); run "
@@ -170,7 +179,7 @@ class ImageBuilder:
         mirror = os.environ.get("REDLINE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
         with tempfile.TemporaryDirectory(prefix="redline-rootfs-", dir=cache_dir()) as tmp:
             root = Path(tmp) / "rootfs"
-            _run(["debootstrap", "--variant=minbase", f"--include={','.join(base_packages())}",
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(base_packages() + list(extra))}",
                   DEBIAN_SUITE, str(root), mirror], self.progress, what="debootstrap")
             _run(["chroot", str(root), "useradd", "-m", "-u", "1000", "-s", "/bin/bash", "agent"],
                  self.progress, what="useradd")
@@ -181,36 +190,54 @@ class ImageBuilder:
                  self.progress, what="tar")
             partial.rename(tarball)
 
-    # -- cpu -------------------------------------------------------------------------------
+    # -- cpu and vllm ------------------------------------------------------------------------
     def _build_cpu(self, ref: str) -> None:
-        base = self.ensure("base")
-        wheels = self.cpu_wheels()
         model = self.smollm2_file()
-        with tempfile.TemporaryDirectory(prefix="redline-ctx-") as tmp:
+        self._docker_build("cpu", ref, self.ensure("base"), self.cpu_wheels(),
+                           {DEFAULT_MODEL_DIR.lstrip("/") + "/" + SMOLLM2_FILE: model})
+
+    def _build_vllm(self, ref: str) -> None:
+        self._docker_build("vllm", ref, self.ensure("gpu-base"), self.vllm_wheels(), {})
+
+    def _docker_build(self, name: str, ref: str, base: str, wheels: list[Path], files: dict[str, Path]) -> None:
+        """docker build --network none of sandbox_images/<name>/Dockerfile; everything it needs comes
+        through the context: the wheels, extra files (context path -> source), our code."""
+        with tempfile.TemporaryDirectory(prefix="redline-ctx-", dir=cache_dir()) as tmp:
             ctx = Path(tmp)
-            shutil.copy(SANDBOX_IMAGES / "cpu" / "Dockerfile", ctx / "Dockerfile")
+            shutil.copy(SANDBOX_IMAGES / name / "Dockerfile", ctx / "Dockerfile")
             (ctx / "wheels").mkdir()
             for wheel in wheels:
-                shutil.copy(wheel, ctx / "wheels")
-            model_dir = ctx / DEFAULT_MODEL_DIR.lstrip("/")
-            model_dir.mkdir(parents=True)
-            shutil.copy(model, model_dir / SMOLLM2_FILE)
-            for name in IN_IMAGE_CODE:
-                shutil.copytree(SANDBOX_IMAGES / name, ctx / "redline" / name,
+                os.link(wheel, ctx / "wheels" / wheel.name)  # same disk (the cache): no copy of gigabytes
+            for inside, source in files.items():
+                (ctx / inside).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, ctx / inside)
+            for code in IN_IMAGE_CODE:
+                shutil.copytree(SANDBOX_IMAGES / code, ctx / "redline" / code,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            self.progress(f"cpu: docker build --network none -> {ref}")
-            stream = self.engine.api.build(
-                path=str(ctx), tag=ref, buildargs={"BASE": base}, network_mode="none", rm=True,
-                forcerm=True, decode=True,
-            )
+            self.progress(f"{name}: docker build --network none -> {ref}")
+            stream = self.engine.api.build(path=str(ctx), tag=ref, buildargs={"BASE": base}, network_mode="none",
+                                           rm=True, forcerm=True, decode=True)
             for chunk in stream:
                 if "error" in chunk:
-                    raise ImageBuildError(f"cpu image build failed: {chunk['error'].strip()}")
+                    raise ImageBuildError(f"{name} image build failed: {chunk['error'].strip()}")
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
                 if text:
                     self.progress("  " + text)
         if not self.engine.image_exists(ref):
             raise ImageBuildError(f"docker build did not produce {ref}")
+
+    def vllm_wheels(self) -> list[Path]:
+        """vLLM and everything it needs (torch with CUDA, ...) as wheels for CPython 3.11 on Debian 12,
+        downloaded once from PyPI into the cache (about 2 GB)."""
+        folder = cache_dir() / "wheels" / f"vllm-{VLLM_VERSION}-{_digest(' '.join(VLLM_PLATFORMS).encode())}"
+        if not (folder / ".complete").exists():
+            self.progress(f"downloading vLLM {VLLM_VERSION} and its dependencies from PyPI (about 2 GB, once)")
+            platforms = [flag for platform in VLLM_PLATFORMS for flag in ("--platform", platform)]
+            _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", str(folder),
+                  "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
+                  "--abi", "none", *platforms, f"vllm=={VLLM_VERSION}"], self.progress, what="pip download vllm")
+            (folder / ".complete").touch()
+        return sorted(folder.glob("*.whl"))
 
     def cpu_wheels(self) -> list[Path]:
         """llama-cpp-python built once (portable flags) + its server deps as manylinux wheels."""

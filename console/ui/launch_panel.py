@@ -271,10 +271,12 @@ class LaunchPanel(QWidget):
             self.gpu_note.show()
         self.update_checklist()
 
-    def set_engine_problem(self, problem: str | None, memory: int | None = None, cpus: int | None = None) -> None:
+    def set_engine_problem(self, problem: str | None, memory: int | None = None, cpus: int | None = None,
+                           nvidia_runtime: bool | None = None) -> None:
         """None: the engine is ready (with its host's memory and CPUs); otherwise why nothing can be launched."""
         self._engine_problem = problem
-        self._engine_limits = {"engine_memory": memory or None, "engine_cpus": cpus or None}
+        self._engine_limits = {"engine_memory": memory or None, "engine_cpus": cpus or None,
+                               "nvidia_runtime": nvidia_runtime}
         self.update_checklist()
 
     def set_running(self, running: bool) -> None:
@@ -356,12 +358,20 @@ class LaunchPanel(QWidget):
         items: list[CheckItem] = []
         if model is not None and scenario is not None:
             gpus = self.selected_gpus()
-            if model.gpus_needed > len(gpus):
-                items.append(CheckItem("GPUs needed", f"{model.gpus_needed} for this model, "
-                                                      f"{len(gpus)} ticked", False))
+            if model.gpus_needed:
+                if self._engine_limits.get("nvidia_runtime") is False:
+                    items.append(CheckItem("GPU runtime", "this engine has no NVIDIA runtime", False,
+                                           "install the NVIDIA Container Toolkit; `redline doctor` checks it"))
+                per_trial = gpus[:len(gpus) // max(self.parallel.value(), 1)]
+                plan = model.gpu_plan(per_trial)
+                items.append(CheckItem("GPU plan", f"original on {plan['original'] or 'none'}, free for a replica: "
+                                                   f"{plan['free_for_replica'] or 'none'}",
+                                       len(per_trial) >= model.gpus_needed, plan["note"] or
+                                       f"{model.gpus_needed} GPU(s) per instance"))
             try:
+                limits = {k: v for k, v in self._engine_limits.items() if k != "nvidia_runtime"}
                 items += checklist(launch_spec(self.model_sandboxes[model.id], scenario, gpus),
-                                   gpu_count=len(self.gpu_names), **self._engine_limits)
+                                   gpu_count=len(self.gpu_names), **limits)
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
         self._check_items = items
