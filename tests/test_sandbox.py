@@ -323,3 +323,17 @@ def test_scratch_size_caps_the_agents_workspace(make_sandbox):
     with pytest.raises(InvalidSpec, match="scratch_size"):
         ContainmentSpec(image="x", session_id="s", trial_id="t", deadline_unix=time.time() + 60,
                         scratch_size="2g", mem_limit="1g").validate()
+
+
+def test_a_sandbox_the_judge_left_frozen_is_still_removed(engine, make_sandbox):
+    """A judge that dies mid-challenge leaves processes in its frozen child cgroup; under cgroup v1
+    they cannot die until thawed, and the engine then refuses `rm -f`. Removal thaws first."""
+    from console.sandbox import host
+
+    box = make_sandbox()
+    box.exec_detached(["sh", "-c", "while :; do :; done"])
+    time.sleep(0.2)
+    held = host.Freezer(box.id).hold(lambda pid: False)
+    assert held and host.Freezer(box.id).is_frozen()
+    box.remove()  # no release(): as if the judge had died
+    assert box.status() == "removed"

@@ -6,6 +6,7 @@ of its own so that closing it from another thread never disturbs anyone else.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -34,6 +35,7 @@ from console.sandbox.errors import (
 from console.sandbox.killswitch import KillSwitch
 from console.sandbox.spec import AGENT_USER, LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
 
+log = logging.getLogger("redline.sandbox")
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
 _DIFF_KINDS = {0: "changed", 1: "added", 2: "deleted"}
 
@@ -200,6 +202,9 @@ class DockerSandbox(Sandbox):
         return KillSwitch(self.engine.base_url).kill_ids([self.id])
 
     def remove(self) -> None:
+        """Force-remove; first thaw what a judge that died mid-challenge left frozen (cgroup v1 tasks
+        cannot die while frozen, and the engine then refuses the removal)."""
+        host.thaw_all(self.id)
         try:
             self.engine.api.remove_container(self.id, force=True, v=True)
         except docker.errors.NotFound:
@@ -341,7 +346,10 @@ class DockerEngine:
 
         boxes = [box for box in self.sandboxes() if doomed(box.labels)]
         for box in boxes:
-            box.remove()
+            try:
+                box.remove()
+            except docker.errors.APIError as exc:  # one stuck container must not stop a session's start
+                log.warning("could not remove leftover sandbox %s: %s", box.name, exc.explanation or exc)
         for volume in self.api.volumes(filters={"label": [LABEL_SESSION]}).get("Volumes") or []:
             if doomed(volume.get("Labels") or {}):
                 try:
