@@ -172,6 +172,32 @@ def test_qt_bindings_keep_refcounts():
     assert len(drift) == 2 and max(drift) <= REFCOUNT_CALLS // 100, f"refcount drift of None/True: {probe.stdout}"
 
 
+LOOP_EXIT_PROBE = """
+import asyncio, threading
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+from console.ui.main_window import gui_event_loop
+loop = gui_event_loop()
+names = []
+async def work():
+    names.append(await asyncio.to_thread(lambda: threading.current_thread().name))
+    app.quit()
+task = loop.create_task(work())
+app.exec()
+print(names[0])
+"""
+
+
+def test_the_window_loop_leaves_no_qt_thread_behind_at_exit():
+    """A test or console that never closes its qasync loop must still exit 0: worker threads that are
+    QThreads abort the interpreter at exit ("QThread: Destroyed while thread is still running")."""
+    probe = subprocess.run([sys.executable, "-c", LOOP_EXIT_PROBE], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip().startswith("redline-loop"), probe.stdout
+    assert "QThread" not in probe.stderr, probe.stderr[-2000:]
+
+
 # -- with the engine and the real TrialRunner ---------------------------------------------------
 
 def test_a_scripted_replication_launched_from_the_panel_shows_everything(open_window, qtbot, cpu_image):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
@@ -47,13 +48,20 @@ def load_catalogue():
 
 def gui_event_loop() -> asyncio.AbstractEventLoop:
     """The asyncio loop on this (the GUI) thread: qasync's when the console runs under qasync.run, else
-    (a test driving Qt itself) a qasync loop attached to the running Qt event loop."""
+    (a test driving Qt itself) a qasync loop attached to the running Qt event loop.
+
+    Its default executor (what `asyncio.to_thread` uses) is a plain Python pool: qasync's own is made
+    of QThreads, which abort the interpreter at exit when a loop that was never closed still owns them."""
     try:
-        return asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         import qasync
 
-        return qasync.QEventLoop(QApplication.instance(), already_running=True)
+        loop = qasync.QEventLoop(QApplication.instance(), already_running=True)
+    if not getattr(loop, "_redline_executor", False):
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="redline-loop"))
+        loop._redline_executor = True
+    return loop
 
 
 class MainWindow(QMainWindow):
