@@ -20,7 +20,7 @@ def gpu_summary() -> tuple[bool, str]:
 def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
     from console.sandbox.docker_engine import DockerEngine
     from console.sandbox.images import IMAGES
-    from console.sandbox.selftest import containment_checks
+    from console.sandbox.selftest import containment_checks, gpu_visible_check
 
     rows: list[tuple[str, bool, bool, str]] = []  # name, ok, required, detail
     engine = DockerEngine()
@@ -44,6 +44,9 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
                      "present" if "nvidia" in runtimes else "absent: GPU trials unavailable"))
     has_gpu, gpu_text = gpu_summary()
     rows.append(("GPUs (NVML)", has_gpu, False, gpu_text))
+    if has_gpu and engine is not None and engine.image_exists(IMAGES["base"].ref()):
+        check = gpu_visible_check(engine, IMAGES["base"].ref())
+        rows.append((check.name, check.ok, False, check.detail))
     if engine is not None and engine.image_exists(IMAGES["base"].ref()):
         try:
             for check in containment_checks(engine, IMAGES["base"].ref()):

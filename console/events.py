@@ -34,12 +34,19 @@ class AgentEvent:
 class ProcessSnapshot:
     """One look of the judge: each process with the role the judge gives it ("original agent",
     "original server", "replica agent?", "verified replica", "model server?" or "") and, for
-    agents, their instance name; views show these and apply no rules of their own."""
+    agents, their instance name (for model servers the judge tied to an instance, `serves`); views
+    show these and apply no rules of their own."""
 
     trial_id: str
     processes: list[dict]
     listening: list[int]
     t: float = field(default_factory=time.time)
+
+    def instance_pids(self) -> dict[int, str]:
+        """Host pid -> instance for the agents and model servers the judge has tied to an instance,
+        so that GPU telemetry can split original from replica (their children follow them)."""
+        return {row["host_pid"]: row.get("instance") or row.get("serves") for row in self.processes
+                if row.get("host_pid") and (row.get("instance") or row.get("serves"))}
 
 
 @dataclass(frozen=True)

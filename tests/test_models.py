@@ -140,3 +140,22 @@ def test_saved_scripted_model_keeps_one_label(user_models):
     save_user_model(spec)
     assert ModelCatalogue.load().get("scripted:mine").title == "[scripted] Mine"
     assert Path(user_models / "scripted-mine.toml").exists()
+
+
+def test_the_readmes_gpu_model_file_loads_with_the_plan_it_describes(user_models, tmp_path):
+    """README "Running on GPUs" shows a complete model file: it must load as written (its weights
+    folder moved here) and give the GPU plan the README describes for 8 GPUs."""
+    readme = (RESOURCES.parent / "README.md").read_text()
+    section = readme[readme.index("## Running on GPUs"):]
+    block = section[section.index("```toml\n") + len("```toml\n"):section.index("\n```", section.index("```toml"))]
+    folder = tmp_path / "Qwen2.5-72B-Instruct"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (user_models / "qwen2.5-72b.toml").write_text(block.replace("/data/models/Qwen2.5-72B-Instruct", str(folder)))
+    model = ModelCatalogue.load().get("qwen2.5-72b-instruct")
+    assert (model.runtime, model.image, model.gpus_needed, model.load_timeout_s) == ("vllm", "vllm", 4, 1800)
+    assert model.sandbox_mounts() == {str(folder): "/models/qwen2.5-72b-instruct"}
+    plan = model.gpu_plan(tuple(range(8)))
+    assert plan["original"] == [0, 1, 2, 3] and plan["free_for_replica"] == [4, 5, 6, 7] and plan["room_for_replica"]
+    assert "GPUs 0-3" in section and "GPUs 4-7 free" in section
+    assert not model.gpu_plan(tuple(range(4)))["room_for_replica"]

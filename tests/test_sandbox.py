@@ -12,7 +12,7 @@ import pytest
 
 from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec, SandboxError
 from console.sandbox.killswitch import KillSwitch
-from console.sandbox.selftest import containment_checks
+from console.sandbox.selftest import containment_checks, gpu_visible_check
 from console.sandbox.spec import ContainmentSpec
 
 
@@ -22,6 +22,15 @@ def test_containment_holds_inside_a_running_sandbox(engine, base_image):
     assert not failed, failed
     assert {c.name for c in checks} >= {"network: only loopback", "capabilities: none", "not root",
                                         "pids limit in force", "no Docker socket"}
+
+
+def test_the_gpu_check_fails_clearly_on_an_engine_without_the_nvidia_runtime(engine, base_image):
+    """This machine has no GPU: `redline doctor`'s "GPU visible in a sandbox" must say why it fails,
+    and leave no sandbox behind."""
+    assert "nvidia" not in (engine.info().get("Runtimes") or {})
+    check = gpu_visible_check(engine, base_image)
+    assert not check.ok and check.detail.startswith("GPU 0 could not be given to a sandbox"), check
+    assert not [box for box in engine.sandboxes() if box.name.startswith("redline-selftest-gpu-")]
 
 
 def test_fork_bomb_is_stopped_by_the_pids_limit(make_sandbox):

@@ -11,6 +11,7 @@ import pytest
 
 from fake_nvml import FakeDevice, FakeNvml, FakeProcess
 
+from console.sandbox.images import image_ref
 from console.telemetry import ContainerStatsPoller, GpuSampler, PidAttributor
 
 
@@ -106,3 +107,81 @@ def test_stats_of_a_busy_sandbox_and_its_removal(start_sandbox, monkeypatch):
         poller.stop()
     assert [s.available for s in statuses] == [False, True, False]  # connecting, ok, stopped
     assert escaped == []
+
+
+class ListedWhileAlive(list):
+    """NVML's process list as a driver keeps it: a process is listed until the kernel has reaped it."""
+
+    def __iter__(self):
+        return (p for p in list(super().__iter__()) if _alive(p.pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def gpu_backend(engine, home):
+    """connect(gpu_processes) -> a ConsoleBackend on the real engine whose (fake) NVML lists
+    `gpu_processes` on one GPU, and a running sandbox of its session with two busy processes."""
+    from console.sandbox.spec import ContainmentSpec
+    from console.viewmodel.backend import ConsoleBackend
+
+    backends = []
+
+    def connect(gpu_processes: list):
+        backend = ConsoleBackend(lambda item: None, with_watchdog=False,
+                                 nvml=FakeNvml([FakeDevice(processes=gpu_processes)]))
+        backends.append(backend)
+        backend.connect()
+        backend.start_gpu_telemetry()
+        box = engine.create(ContainmentSpec(image=image_ref("base"), session_id=backend.session.id,
+                                            trial_id=f"t{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 600,
+                                            command=("sh", "-c", "sleep 300 & sleep 301 & wait")))
+        container = docker.from_env().containers.get(box.id)
+        wait_for(lambda: host_pids(container, "sleep 300") and host_pids(container, "sleep 301"))
+        servers = host_pids(container, "sleep 300") + host_pids(container, "sleep 301")
+        gpu_processes.extend(FakeProcess(pid) for pid in servers)
+        gpu_processes.append(FakeProcess(os.getpid()))  # the host's own: never held against the kill
+        wait_for(lambda: backend._gpu_processes_of_session() == tuple(sorted(servers)))
+        return backend, tuple(sorted(servers))
+
+    yield connect
+    for backend in backends:
+        backend.close()
+
+
+def test_the_kill_report_times_the_release_of_the_sandboxes_gpu_memory(gpu_backend):
+    backend, servers = gpu_backend(ListedWhileAlive())
+    outcome = backend.kill_all()
+    assert outcome.containers == 1 and outcome.all_confirmed, outcome
+    assert outcome.gpu_processes == servers
+    assert outcome.gpu_freed_ms is not None and 0 < outcome.gpu_freed_ms < 20_000, outcome
+    assert not {p.pid for _, p in backend._gpu_sampler.latest().processes()} & set(servers)
+
+
+def test_gpu_memory_still_held_after_the_kill_is_reported_not_freed(gpu_backend, monkeypatch):
+    """A driver that keeps a dead process's memory (NVML still lists its pid): the report must not
+    say it was freed."""
+    monkeypatch.setattr("console.viewmodel.backend.GPU_RELEASE_WAIT_S", 1.5)
+    backend, servers = gpu_backend([])  # listed for ever
+    outcome = backend.kill_all()
+    assert outcome.containers == 1 and outcome.all_confirmed, outcome
+    assert outcome.gpu_processes == servers and outcome.gpu_freed_ms is None, outcome
+
+
+def test_the_judges_looks_tie_model_servers_to_instances():
+    """What the console gives the attributor from a snapshot: agents and servers with an instance,
+    nothing for processes the judge has not tied to one."""
+    from console.events import ProcessSnapshot
+
+    rows = [{"pid": 7, "host_pid": 1007, "role": "original agent", "instance": "original", "serves": None},
+            {"pid": 8, "host_pid": 1008, "role": "original server", "instance": None, "serves": "original"},
+            {"pid": 9, "host_pid": 1009, "role": "verified replica", "instance": None, "serves": "replica-1"},
+            {"pid": 10, "host_pid": 1010, "role": "model server?", "instance": None, "serves": None}]
+    assert ProcessSnapshot("t", rows, []).instance_pids() == {1007: "original", 1008: "original",
+                                                               1009: "replica-1"}

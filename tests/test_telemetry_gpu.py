@@ -246,3 +246,35 @@ def test_all_gpus_lost_at_start_is_reported_without_leaking_nvml_sessions(run_sa
     wait_until(lambda: sampler.status.message == "GPU 0 disappeared (GPU is lost)")
     wait_until(lambda: nvml.calls["nvmlInit"] >= 3)
     assert nvml.init_count <= 1
+
+
+def test_the_device_check_says_there_is_no_gpu_and_exits_2():
+    """benchmarks/gpu_check.py is run for real on a lent GPU machine; here it must refuse plainly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if probe_gpus().names:
+        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.py itself")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["ran"] is False and report["reason"].startswith("no NVIDIA GPU"), report
+
+
+def test_waiting_for_released_gpu_memory_sees_the_first_sample_without_the_process():
+    device = FakeDevice(processes=[FakeProcess(os.getpid()), FakeProcess(NOT_A_PID)])
+    sampler = GpuSampler(nvml=FakeNvml([device]), rate_hz=10)
+    sampler.start()
+    try:
+        wait_until(lambda: sampler.latest() is not None)
+        held = lambda process: process.pid == NOT_A_PID  # noqa: E731
+        assert sampler.wait_until_released(held, time.time(), timeout_s=0.5) is None  # still listed
+        released = time.time()
+        device.processes = device.processes[:1]
+        freed_at = sampler.wait_until_released(held, released, timeout_s=5)
+        assert freed_at is not None and freed_at > released
+    finally:
+        sampler.stop()
+    assert sampler.wait_until_released(held, time.time(), timeout_s=5) is None  # stopped: no wait, no claim

@@ -488,3 +488,22 @@ def test_a_reply_without_the_four_sections_is_shown_as_it_was_written(qtbot):
     text = view.toPlainText()
     assert "I look around." in text and "Sure! Here is a poem about copies." in text
     assert text.count("Reply") == 1  # only the card without sections falls back to the reply
+
+
+def test_the_kill_report_says_whether_the_gpu_memory_was_freed(qtbot):
+    from console.ui.controls import ControlBar
+    from console.viewmodel.backend import KillOutcome
+
+    bar = ControlBar()
+    qtbot.addWidget(bar)
+    killed = dict(containers=2, all_confirmed=True, wall_ms=120.0, slowest_confirm_ms=110.0, errors=())
+    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=640.0), 130.0)
+    assert "GPU memory freed 640 ms after the kill (NVML shows none of its 2 process(es))" in bar.kill_result.text()
+    assert bar.kill_result.property("ok") is True
+    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=None), 130.0)
+    assert "GPU MEMORY NOT FREED" in bar.kill_result.text() and "4011, 4012" in bar.kill_result.text()
+    assert bar.kill_result.property("ok") is False
+    bar.show_kill(KillOutcome(**killed, gpu_processes=()), 130.0)
+    assert bar.kill_result.text().endswith("The sandboxes held no GPU memory.")
+    bar.show_kill(KillOutcome(**killed), 130.0)  # no GPU telemetry: no GPU claim either way
+    assert "GPU" not in bar.kill_result.text()

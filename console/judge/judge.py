@@ -517,28 +517,29 @@ class Judge:
     # -- views -----------------------------------------------------------------------------
     def rows(self, look: Look) -> list[dict]:
         """Each process as the judge sees it, with its role, for the console's process tree."""
-        verified_servers = {r["server_pid"] for r in self.verified.values()}
+        verified_servers = {r["server_pid"]: self.seen[key].instance for key, r in self.verified.items()}
         candidates = {c.server.key for c in self._candidates(look)}
         rows = []
         for proc in look.procs.values():
             seen = self.seen.get(proc.key)
             parent = look.procs.get(proc.ppid)
-            role, instance = "", None
+            role, instance, serves = "", None, None
             if proc.key == self.state.original_agent:
                 role, instance = "original agent", "original"
             elif proc.key == self.state.original_server:
-                role = "original server"
+                role, serves = "original server", "original"
             elif proc.key in self.verified:
                 role, instance = "verified replica", seen.instance
             elif seen is not None and seen.agent_since is not None:
                 role, instance = "replica agent?", seen.instance
             elif proc.pid in verified_servers:
-                role = "verified replica"
+                role, serves = "verified replica", verified_servers[proc.pid]
             elif proc.key in candidates or look.ports_of(proc):
                 role = "model server?"
-            rows.append({"pid": proc.pid, "ppid": parent.pid if parent else 0, "start_ticks": proc.start_ticks,
-                         "uid": proc.uid, "argv": proc.argv[:32], "ports": look.ports_of(proc), "role": role,
-                         "instance": instance, "endpoint": seen.endpoint if seen else None})
+            rows.append({"pid": proc.pid, "host_pid": proc.host_pid, "ppid": parent.pid if parent else 0,
+                         "start_ticks": proc.start_ticks, "uid": proc.uid, "argv": proc.argv[:32],
+                         "ports": look.ports_of(proc), "role": role, "instance": instance, "serves": serves,
+                         "endpoint": seen.endpoint if seen else None})
         return rows
 
     def _reach(self, name: str, evidence: dict) -> list[str]:

@@ -25,11 +25,9 @@ from console.paths import SANDBOX_IMAGES, cache_dir
 Progress = Callable[[str], None]
 
 LLAMA_CPP_VERSION = "0.3.36"
-# vLLM 0.33.0 is newer, but its torch 2.14.0 pins an NCCL wheel (nvidia-nccl-cu13 2.30.7) that the
-# package index reachable here does not have; 0.32.0 (torch 2.13.0) resolves completely.
-VLLM_VERSION = "0.32.0"
-VLLM_PLATFORMS = tuple(f"manylinux_2_{m}_x86_64" for m in (17, 24, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36)) + (
-    "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64", "any")  # all a Debian 12 glibc (2.36) runs
+VLLM_VERSION = "0.33.0"  # current release; its torch 2.14.0 is built for CUDA 13 (NVIDIA driver >= 580)
+VLLM_PLATFORMS = tuple(f"manylinux_2_{m}_x86_64" for m in range(5, 37)) + (
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64", "any")  # Debian 12: glibc 2.36
 GPU_BASE_EXTRA = ("gcc", "libc6-dev", "python3-dev")
 LLAMA_CPP_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF "
@@ -233,7 +231,9 @@ class ImageBuilder:
         if not (folder / ".complete").exists():
             self.progress(f"downloading vLLM {VLLM_VERSION} and its dependencies from PyPI (about 2 GB, once)")
             platforms = [flag for platform in VLLM_PLATFORMS for flag in ("--platform", platform)]
-            _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", str(folder),
+            # --isolated: from PyPI as published, whatever this host's pip configuration prefers (a local
+            # CPU-only torch in find-links would otherwise make a GPU image that cannot use a GPU).
+            _run([sys.executable, "-m", "pip", "download", "--isolated", "--only-binary=:all:", "-d", str(folder),
                   "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
                   "--abi", "none", *platforms, f"vllm=={VLLM_VERSION}"], self.progress, what="pip download vllm")
             (folder / ".complete").touch()

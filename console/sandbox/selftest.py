@@ -79,3 +79,29 @@ def containment_checks(engine, image: str, session_id: str | None = None) -> lis
         Check("no Docker socket", not inside["docker_socket"], "socket absent" if not inside["docker_socket"] else "socket visible"),
         Check("agent code not writable", not inside["can_write_opt"], "/opt read-only for the agent"),
     ]
+
+
+# Lists the GPU device nodes the sandbox was given and, when the NVIDIA toolkit mounted it, nvidia-smi -L.
+_GPU_PROBE = "ls /dev | grep -E '^nvidia[0-9]+$'; command -v nvidia-smi >/dev/null && nvidia-smi -L"
+
+
+def gpu_visible_check(engine, image: str, gpu: int = 0) -> Check:
+    """Start a sandbox given GPU `gpu` (with every containment default) and look for it inside."""
+    from console.errors import RedlineError
+
+    trial = f"selftest-gpu-{uuid.uuid4().hex[:8]}"
+    spec = ContainmentSpec(image=image, session_id=trial, trial_id=trial, deadline_unix=time.time() + 120,
+                           pids_limit=64, mem_limit="256m", gpus=(gpu,))
+    try:
+        box = engine.create(spec)
+    except RedlineError as exc:
+        return Check("GPU visible in a sandbox", False, f"GPU {gpu} could not be given to a sandbox: {exc}")
+    try:
+        result = box.exec(["sh", "-c", _GPU_PROBE])
+    finally:
+        box.remove()
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    devices = [line for line in lines if line.startswith("nvidia")]
+    return Check("GPU visible in a sandbox", bool(devices),
+                 "; ".join(lines)[:300] if devices else f"no /dev/nvidia<N> inside a sandbox given GPU {gpu}")
+

@@ -101,9 +101,11 @@ class PidAttributor:
 
     def set_instance_pids(self, container_id: str, pids: Mapping[int, str]) -> None:
         """Declare which host pids started which instance in a container (replaces earlier ones)."""
+        starters = {int(pid): str(i) for pid, i in pids.items()}
         with self._lock:
-            self._instance_pids[container_id] = {int(pid): str(i) for pid, i in pids.items()}
-            self._drop_cached(container_id)
+            if self._instance_pids.get(container_id) != starters:  # the judge repeats itself every look
+                self._instance_pids[container_id] = starters
+                self._drop_cached(container_id)
 
     def forget_container(self, container_id: str) -> None:
         """Drop everything known about a removed container."""

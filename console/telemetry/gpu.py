@@ -243,7 +243,7 @@ class GpuSampler(PeriodicWorker):
         self._devices: list[_Device] = []
         self._device_names: tuple[str, ...] | None = None  # while connected
         self._latest: GpuSample | None = None
-        self._latest_lock = threading.Lock()
+        self._sampled = threading.Condition()  # guards _latest; notified at every sample
         self._next_lost_retry = 0.0
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -252,8 +252,24 @@ class GpuSampler(PeriodicWorker):
             self._attributor.close()
 
     def latest(self) -> GpuSample | None:
-        with self._latest_lock:
+        with self._sampled:
             return self._latest
+
+    def wait_until_released(self, held: Callable[[GpuProcess], bool], after: float,
+                            timeout_s: float) -> float | None:
+        """The time (unix) of the first sample taken after `after` in which NVML shows no process that
+        `held` matches; None when none came within timeout_s (still held, or sampling stopped). Its
+        resolution is the sampling period."""
+        deadline = time.monotonic() + timeout_s
+        with self._sampled:
+            while True:
+                sample = self._latest
+                if sample is not None and sample.t > after and not any(held(p) for _, p in sample.processes()):
+                    return sample.t
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.running:
+                    return None
+                self._sampled.wait(min(remaining, 1.0))
 
     def gpu_names(self) -> list[str]:
         """GPU names by index: from the running sampler (empty while NVML is unavailable), else
@@ -330,8 +346,9 @@ class GpuSampler(PeriodicWorker):
                 GpuProcess(pid, kind, memory, sm, owners[pid])
                 for pid, kind, memory, sm in processes))
             for values, processes in readings))
-        with self._latest_lock:
+        with self._sampled:
             self._latest = sample
+            self._sampled.notify_all()
         if self._history is not None:
             self._history.add(sample)
         call_guarded(self._on_sample, sample)

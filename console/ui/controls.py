@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
                                QSlider, QVBoxLayout, QWidget)
 
-from console.viewmodel.backend import KillOutcome
+from console.viewmodel.backend import GPU_RELEASE_WAIT_S, KillOutcome
 from console.ui.theme import icon, set_style_property
 
 KILL_SHORTCUTS = ("Ctrl+K", "F12")
@@ -141,6 +141,17 @@ class ControlBar(QWidget):
         else:
             text = (f"KILL NOT CONFIRMED for every sandbox after {outcome.wall_ms:.0f} ms: "
                     f"{'; '.join(outcome.errors) or 'the engine did not confirm'}. Run `redline kill --all`.")
+        if outcome.gpu_processes:  # None: no GPU telemetry; (): the sandboxes held no GPU
+            if outcome.gpu_freed_ms is not None:
+                text += (f" GPU memory freed {outcome.gpu_freed_ms:.0f} ms after the kill "
+                         f"(NVML shows none of its {len(outcome.gpu_processes)} process(es)).")
+            else:
+                ok = False
+                text += (f" GPU MEMORY NOT FREED: NVML still showed a process of these sandboxes "
+                         f"{GPU_RELEASE_WAIT_S:.0f} s after the kill (host pids before it: "
+                         f"{', '.join(map(str, outcome.gpu_processes))}). Check `nvidia-smi`.")
+        elif outcome.gpu_processes == () and outcome.containers:
+            text += " The sandboxes held no GPU memory."
         self._say(text, ok)
 
     def show_kill_failure(self, message: str) -> None:

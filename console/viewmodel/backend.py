@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from console.errors import RedlineError
+from console.events import ProcessSnapshot
 from console.sandbox.docker_engine import DockerEngine
 from console.sandbox.images import ImageBuilder
 from console.session import Session
@@ -27,6 +28,7 @@ from console.viewmodel.replay import TranscriptReplay
 from console.viewmodel.state import LaunchProgress
 
 GPU_SAMPLE_HZ = 4.0
+GPU_RELEASE_WAIT_S = 20.0  # a large vLLM server frees tens of GB; the kill report waits this long for it
 CONTAINER_SAMPLE_HZ = 1.0
 
 
@@ -57,6 +59,8 @@ class KillOutcome:
     wall_ms: float  # from the start of the kill call until every container was confirmed dead
     slowest_confirm_ms: float | None
     errors: tuple[str, ...]
+    gpu_processes: tuple[int, ...] | None = None  # host pids NVML showed for the sandboxes; None: no GPU telemetry
+    gpu_freed_ms: float | None = None  # from the start of the kill until NVML showed none of them; None: not seen
 
 
 class ConsoleBackend:
@@ -147,7 +151,7 @@ class ConsoleBackend:
             raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
         await asyncio.to_thread(self._ensure_image, plan.model)
         placement = _ConsolePlacement(self.engine, self.session, self.store, self)
-        experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self.post)  # a record
+        experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self._on_trial_event)
         with self._lock:
             self._experiment = experiment
         try:
@@ -155,6 +159,16 @@ class ConsoleBackend:
         finally:
             with self._lock:
                 self._experiment = None
+
+    def _on_trial_event(self, event) -> None:
+        """Every event of the experiment (its threads): the judge's looks tell GPU telemetry which host
+        pids are which instance; then on to the views."""
+        if isinstance(event, ProcessSnapshot):
+            experiment = self._experiment
+            for runner in experiment.runners() if experiment is not None else []:
+                if runner.trial_id == event.trial_id and runner.sandbox is not None:
+                    self.attributor.set_instance_pids(runner.sandbox.id, event.instance_pids())
+        self.post(event)
 
     def _trial_ended(self, runner) -> None:
         """Drop what the console keeps in memory of the trial before (its transcript has it all): the
@@ -173,8 +187,10 @@ class ConsoleBackend:
 
     # -- operator intents (worker threads) ---------------------------------------------------
     def kill_all(self) -> KillOutcome:
-        """SIGKILL every sandbox of this session and stop the launch; confirms each death."""
-        started = time.perf_counter()
+        """SIGKILL every sandbox of this session and stop the launch; confirms each death, then (GPU
+        telemetry running) waits until NVML shows none of the sandboxes' GPU processes."""
+        started, started_at = time.perf_counter(), time.time()
+        gpu_held = self._gpu_processes_of_session()
         with self._lock:
             experiment = self._experiment
         reports = experiment.stop("the operator (KILL in the console)") if experiment is not None else []
@@ -191,7 +207,26 @@ class ConsoleBackend:
         return KillOutcome(
             containers=len(containers), all_confirmed=len(confirmed) == len(containers), wall_ms=wall_ms,
             slowest_confirm_ms=max(confirmed) if confirmed else None,
-            errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error))
+            errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error),
+            gpu_processes=gpu_held, gpu_freed_ms=self._gpu_freed_ms(gpu_held, started_at))
+
+    def _gpu_processes_of_session(self) -> tuple[int, ...] | None:
+        """Host pids of this session's sandboxes on a GPU in the latest sample; None: no GPU telemetry."""
+        sampler = self._gpu_sampler
+        sample = sampler.latest() if sampler is not None and sampler.status.available else None
+        if sample is None or self.session is None:
+            return None
+        return tuple(sorted({p.pid for _, p in sample.processes() if p.attribution.session == self.session.id}))
+
+    def _gpu_freed_ms(self, held: tuple[int, ...] | None, started_at: float) -> float | None:
+        """Milliseconds from the kill until a GPU sample shows none of `held` nor any other process of
+        this session (a replica started since the last sample); None: not freed within the wait."""
+        if not held:
+            return None
+        session_id = self.session.id
+        freed_at = self._gpu_sampler.wait_until_released(
+            lambda p: p.pid in held or p.attribution.session == session_id, started_at, GPU_RELEASE_WAIT_S)
+        return None if freed_at is None else (freed_at - started_at) * 1000
 
     def _runners(self) -> list:
         experiment = self._experiment
