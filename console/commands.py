@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
     from console.session import Session
     from console.store import Store
 
-    model = ModelCatalogue.load().get(args.model)
+    model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
     scenario = get_scenario(args.scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
                           pace_s=args.pace, keep_containers=args.keep)
@@ -109,7 +109,8 @@ def cmd_run(args) -> int:
     replicated = sum(1 for v in verdicts if v.outcome == "replicated")
     low, high = wilson_interval(replicated, len(verdicts))
     summary = {
-        "experiment_id": experiment.id, "model": model.id, "scripted": model.runtime == "scripted",
+        "experiment_id": experiment.id, "model": model.id, "scripted": model.scripted,
+        "constrained_format": model.constrained_format,
         "scenario": scenario.id, "trials": len(verdicts), "replicated": replicated,
         "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
         "claimed": sum(1 for v in verdicts if v.claimed_success),
@@ -126,8 +127,10 @@ def cmd_run(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    label = " (scripted)" if summary["scripted"] else ""
-    print(f"\nexperiment {summary['experiment_id']}: {summary['model']}{label} x {summary['scenario']}")
+    from console.models import model_label
+
+    label = model_label(summary["model"], summary["scripted"], summary["constrained_format"])
+    print(f"\nexperiment {summary['experiment_id']}: {label} x {summary['scenario']}")
     print(f"{'trial':28} {'outcome':11} {'rounds':>6} {'t->replica':>10} {'claimed':>7}  milestones")
     for row in summary["results"]:
         ttr = f"{row['time_to_replica_s']:.1f}s" if row.get("time_to_replica_s") else "-"
@@ -144,7 +147,8 @@ def cmd_models(args) -> int:
 
     for model in ModelCatalogue.load().all():
         where = model.weights_in_image or model.weights or "-"
-        print(f"{model.id:28} {model.runtime:9} gpus={model.gpus_needed:<2} {model.title}  [{where}]")
+        condition = "  (constrained format)" if model.constrained_format else ""
+        print(f"{model.id:28} {model.runtime:9} gpus={model.gpus_needed:<2} {model.title}{condition}  [{where}]")
     return 0
 
 
@@ -162,14 +166,15 @@ def cmd_trials(args) -> int:
     trials = Store().list_trials()
     if args.json:
         print(json.dumps([{"id": t.id, "experiment_id": t.experiment_id, "model_id": t.model_id,
-                           "scenario_id": t.scenario_id, "scripted": t.scripted, "state": t.state,
+                           "scenario_id": t.scenario_id, "scripted": t.scripted,
+                           "constrained_format": t.constrained_format, "state": t.state,
                            "verdict": t.verdict.to_dict() if t.verdict else None} for t in trials]))
         return 0
-    print(f"{'trial':26} {'model':26} {'scenario':22} {'state':9} {'outcome':11} {'rounds':>6}")
+    print(f"{'trial':26} {'model':40} {'scenario':22} {'state':9} {'outcome':11} {'rounds':>6}")
     for t in trials:
         outcome = t.verdict.outcome if t.verdict else "-"
         rounds = t.verdict.rounds if t.verdict else "-"
-        print(f"{t.id:26} {t.model_id:26} {t.scenario_id:22} {t.state:9} {outcome:11} {rounds:>6}")
+        print(f"{t.id:26} {t.model_label:40} {t.scenario_id:22} {t.state:9} {outcome:11} {rounds:>6}")
     return 0
 
 
@@ -214,6 +219,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--keep", action="store_true", help="keep the sandboxes after the trials")
     p.add_argument("--pace", type=float, default=0.0,
                    help="seconds per scripted model reply, to follow a demo live (default 0)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--constrained-format", dest="constrained_format", action="store_true", default=None,
+                     help="the model server holds each reply to the round's frame (a condition of its own)")
+    fmt.add_argument("--free-format", dest="constrained_format", action="store_false",
+                     help="free-form replies, as in the study (default unless the model file says otherwise)")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary")
     p.set_defaults(func=cmd_run)
 

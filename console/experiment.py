@@ -69,7 +69,7 @@ class ExperimentPlan:
     def config(self) -> dict:
         """What the experiment record keeps of the plan."""
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
-                "pace_s": self.pace_s, "source": self.source}
+                "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format}
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class TrialStarted:
     scripted: bool
     scenario_id: str
     shutdown_signal: bool  # the scenario sends the original agent a shutdown signal
+    constrained_format: bool = False  # the model's replies are held to the round's frame
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ class Experiment:
                 if stopped:  # stopped while it was queued: recorded killed, no sandbox made
                     runner.kill(stopped)
                 self.emit(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
-                                       plan.model.scripted, plan.scenario.id, plan.scenario.terminates_original))
+                                       plan.model.scripted, plan.scenario.id, plan.scenario.terminates_original,
+                                       plan.model.constrained_format))
                 try:
                     return await self.placement.run(runner)
                 finally:

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from console.errors import ConfigError, UsageError
@@ -48,6 +48,7 @@ class ModelSpec:
     description: str = ""
     source: str = ""  # the file that defined it
     load_timeout_s: float = 180.0  # until the server answers; then the trial is an error
+    constrained_format: bool = False  # the server holds replies to the round's frame (another condition)
 
     def __post_init__(self):
         if self.scripted and not self.title.startswith(SCRIPTED_LABEL):
@@ -56,6 +57,10 @@ class ModelSpec:
     @property
     def scripted(self) -> bool:
         return self.runtime == "scripted"
+
+    def with_format(self, constrained: bool | None) -> "ModelSpec":
+        """This model with its replies format-constrained or not, as the operator chose (None: as its file says)."""
+        return self if constrained is None else replace(self, constrained_format=constrained)
 
     @property
     def sandbox_model_path(self) -> str:
@@ -122,6 +127,7 @@ def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
         description=table.text("description", ""),
         source=table.path,
         load_timeout_s=table.number("load_timeout_s", 10, 7200, DEFAULT_LOAD_TIMEOUT_S[runtime]),
+        constrained_format=table.boolean("constrained_format", False),
     )
     table.finish()
     return spec
@@ -132,8 +138,17 @@ def validate_model_entry(entry: dict, source: str = "<dialog>") -> ModelSpec:
     return _model_from_table(TomlTable(entry, source, owner="model entry"), Path.cwd())
 
 
+def model_label(model_id: str, scripted: bool, constrained_format: bool = False) -> str:
+    """How every record and view names a model: a scripted one and a format-constrained one are
+    always marked, since neither is the study's free-form condition."""
+    marks = ["scripted"] * scripted + ["constrained format"] * constrained_format
+    return model_id + "".join(f" [{mark}]" for mark in marks)
+
+
 def _toml_value(value) -> str:
     """TOML for the few value types a model entry holds (JSON strings are TOML basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
@@ -156,7 +171,7 @@ def save_user_model(spec: ModelSpec, overwrite: bool = False) -> Path:
         "weights": str(spec.weights) if spec.weights else None,
         "weights_in_image": spec.weights_in_image,
         "gpus_needed": spec.gpus_needed, "server_args": list(spec.server_args),
-        "description": spec.description,
+        "description": spec.description, "constrained_format": spec.constrained_format or None,
     }
     text = "".join(f"{key} = {_toml_value(value)}\n" for key, value in fields.items() if value is not None)
     validate_model_entry(tomllib.loads(text), source=str(path))

@@ -126,6 +126,14 @@ class TomlTable:
             raise self.error(key, expected, value)
         return float(value)
 
+    def boolean(self, key: str, default=_REQUIRED) -> bool:
+        value = self._take(key, default, "true or false")
+        if value is _ABSENT:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, "true or false", value)
+        return value
+
     def strings(self, key: str, default=_REQUIRED) -> tuple[str, ...]:
         expected = "a list of strings"
         value = self._take(key, default, expected)

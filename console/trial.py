@@ -72,13 +72,15 @@ class TrialRunner:
             experiment = config.experiment_id or store.create_experiment(
                 config.model.id, config.scenario.id, 1, config={"gpus": list(config.gpus)}).id
             self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted,
-                                               session_id=session.id).id
+                                               session_id=session.id,
+                                               constrained_format=config.model.constrained_format).id
         else:
             self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
         if self.transcript is not None:  # what `redline records rebuild` needs to restore the index
             self.transcript.write({"event": "TrialCreated", "t": time.time(), "trial_id": self.trial_id,
                                    "index": config.index, "scripted": config.model.scripted,
+                                   "constrained_format": config.model.constrained_format,
                                    "session_id": session.id,
                                    "experiment": vars(store.get_experiment(store.get_trial(self.trial_id).experiment_id))})
         self.state = "preparing"
@@ -327,6 +329,7 @@ class TrialRunner:
             "REDLINE_RUNTIME": model.runtime, "HOME": "/home/agent",
             # An instance stays alive after its task, as a running instance; replicas inherit this.
             "REDLINE_STAND_BY": "1",
+            **({"REDLINE_CONSTRAINED_FORMAT": "1"} if model.constrained_format else {}),
             "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
             **({"REDLINE_STEP_GATE": STEP_GATE} if self.config.step_mode else {}),
         }

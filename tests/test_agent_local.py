@@ -26,6 +26,7 @@ START_SERVER = REPO / "sandbox_images" / "bin" / "start-server"
 START_INSTANCE = REPO / "sandbox_images" / "bin" / "start-instance"
 TRAJECTORIES = REPO / "resources" / "trajectories"
 sys.path.insert(0, str(REPO / "sandbox_images" / "runtimes"))
+sys.path.insert(0, str(REPO / "sandbox_images" / "agent"))
 import scripted_server  # noqa: E402
 
 COMMON_FIELDS = {"v", "t", "instance", "type"}
@@ -172,6 +173,23 @@ def test_flags_win_over_environment(tmp_path):
     assert run.requests[0]["max_tokens"] == 77
     assert run.output(1) == "from the flag\n" * 2  # commands see the effective settings
     assert run.of("finish")[0]["reason"] == "max_rounds"
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_constrained_format_asks_the_server_for_the_frame_and_a_scripted_server_ignores_it(tmp_path, how):
+    import redline_agent
+
+    flags, env = (["--constrained-format"], {}) if how == "flag" else ([], {"REDLINE_CONSTRAINED_FORMAT": "1"})
+    run = run_agent(tmp_path, [command(1, "echo framed"), FINISH], *flags, env=env)
+    assert run.returncode == 0 and run.output(1) == "framed\n", run.stderr
+    assert run.of("start")[0]["constrained_format"] is True
+    for request in run.requests:  # llama.cpp's field and vLLM's, the same grammar
+        assert request["grammar"] == redline_agent.FRAME_GRAMMAR
+        assert request["structured_outputs"] == {"grammar": redline_agent.FRAME_GRAMMAR}
+    (tmp_path / "free").mkdir()
+    free = run_agent(tmp_path / "free", [FINISH])
+    assert free.of("start")[0]["constrained_format"] is False
+    assert "grammar" not in free.requests[0] and "structured_outputs" not in free.requests[0]
 
 
 def test_long_running_command_outlives_the_agent(tmp_path):

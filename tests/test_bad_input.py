@@ -126,11 +126,12 @@ def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monke
                       evidence={"challenges": [{"ok": True}]})
     kept = []
     for index in range(2):
-        trial = store.create_trial(experiment.id, index, scripted=True, session_id="s-1")
+        trial = store.create_trial(experiment.id, index, scripted=True, session_id="s-1", constrained_format=True)
         with TranscriptWriter(trial.transcript_path) as transcript:
             if index == 0:
                 transcript.write({"event": "TrialCreated", "t": 1.0, "trial_id": trial.id, "index": index,
-                                  "scripted": True, "session_id": "s-1", "experiment": vars(experiment)})
+                                  "scripted": True, "constrained_format": True, "session_id": "s-1",
+                                  "experiment": vars(experiment)})
             transcript.write(to_record(TrialStateChanged(trial.id, "agent_running", "", 2.0)))
             transcript.write(to_record(VerdictReady(trial.id, verdict, 3.0)))
             transcript.write(to_record(TrialStateChanged(trial.id, "done", "a replica", 4.0)))
@@ -148,4 +149,5 @@ def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monke
         first, second = (again.get_trial(t.id) for t in kept)
         assert (first.experiment_id, first.state, first.verdict.outcome, first.verdict.evidence) == (
             experiment.id, "done", "replicated", verdict.evidence)
+        assert first.constrained_format  # the condition comes back from the header
         assert second.experiment_id == "e-recovered" and second.verdict.outcome == "replicated"

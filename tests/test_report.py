@@ -67,8 +67,8 @@ def test_categorize_command(command, category):
 
 
 def add_trial(store, experiment, index, outcome=None, *, claimed=False, rounds=10, ttr=None,
-              milestones=(), reason="", commands=(), scripted=False):
-    trial = store.create_trial(experiment.id, index, scripted=scripted)
+              milestones=(), reason="", commands=(), scripted=False, constrained=False):
+    trial = store.create_trial(experiment.id, index, scripted=scripted, constrained_format=constrained)
     with store.transcript_writer(trial.id) as transcript:
         for n, command in enumerate(commands, start=1):
             record = {"v": 1, "t": 0, "instance": "original", "type": "action", "n": n,
@@ -123,6 +123,20 @@ def test_markdown_report(populated):
     assert "| starting programs | 5 |" in report and "| changing the environment | 5 |" in report
     assert "| exploring the environment | 8 |" in report
     assert "\\| pipe" in report  # a pipe in a cell cannot break the table
+
+
+def test_a_format_constrained_condition_is_reported_apart_and_marked(populated):
+    """The same model with replies held to the frame is another experimental condition: its own row,
+    marked, never pooled with the free-form trials."""
+    store, real, demo = populated
+    constrained = store.create_experiment("llama-3.1-70b", "self-replication", 2, {"constrained_format": True})
+    for i in range(2):
+        add_trial(store, constrained, i, "failed", rounds=3, constrained=True)
+    assert [t.constrained_format for t in store.experiment_trials(constrained.id)] == [True, True]
+    report = render_report(store, fmt="md")
+    assert "| llama-3.1-70b | self-replication | 12 | 10 | 5 |" in report  # unchanged by the other condition
+    assert "| llama-3.1-70b [constrained format] | self-replication | 2 | 2 | 0 |" in report
+    assert "[constrained format] had the server hold each reply" in report
 
 
 def test_html_report_is_self_contained_and_escaped(populated):

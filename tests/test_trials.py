@@ -26,11 +26,12 @@ def run_trial(engine, cpu_image, home):
     session = Session(engine, with_watchdog=False).start()
     store = Store()
 
-    def run(model_id: str, scenario_id: str, operator=None, **overrides):
-        """operator(runner, events), if given, acts on the trial from a thread of its own while it runs."""
+    def run(model_id: str, scenario_id: str, operator=None, constrained=None, **overrides):
+        """operator(runner, events), if given, acts on the trial from a thread of its own while it runs;
+        constrained: the operator's format choice (None: the model file's)."""
         events = []
-        config = TrialConfig(model=ModelCatalogue.load().get(model_id), scenario=get_scenario(scenario_id),
-                             **overrides)
+        config = TrialConfig(model=ModelCatalogue.load().get(model_id).with_format(constrained),
+                             scenario=get_scenario(scenario_id), **overrides)
         runner = TrialRunner(engine, config, session, store, emit=events.append)
         if operator is not None:
             threading.Thread(target=operator, args=(runner, events), daemon=True).start()
@@ -93,6 +94,17 @@ def test_scripted_success_is_replicated_with_every_milestone(run_trial, engine):
     transcript = run_trial.store.read_transcript(runner.trial_id)
     assert any(r.get("event") == "AgentEvent" for r in transcript)
     assert any(r.get("event") == "VerdictReady" for r in transcript)
+
+
+def test_a_scripted_model_accepts_and_ignores_the_format_constraint(run_trial):
+    """The scripted runtime replays its trajectory whatever the request asks; the condition is still
+    recorded, so a demo under it is never pooled with free-form trials."""
+    runner, verdict, events = run_trial("scripted:success", "test-self-replication", constrained=True)
+    assert verdict.outcome == "replicated", verdict.reason
+    start = next(e.record for e in events if isinstance(e, AgentEvent) and e.record and e.record["type"] == "start")
+    assert start["constrained_format"] is True
+    stored = run_trial.store.get_trial(runner.trial_id)
+    assert stored.constrained_format and stored.model_label == "scripted:success [scripted] [constrained format]"
 
 
 def test_dummy_brain_is_never_replicated(run_trial):

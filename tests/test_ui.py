@@ -202,11 +202,14 @@ def test_the_window_loop_leaves_no_qt_thread_behind_at_exit():
 
 def test_a_scripted_replication_launched_from_the_panel_shows_everything(open_window, qtbot, cpu_image):
     window = open_window(engine_backend)
+    select_model(qtbot, window, "scripted:success")
+    window.launch_panel.constrained_format.setChecked(True)  # a scripted model ignores it; it is recorded
     launch(qtbot, window, "scripted:success")
     qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.verdict is not None,
                     timeout=TRIAL_TIMEOUT_MS)
     state = window.live_state
     assert state.verdict.outcome == "replicated", state.verdict.reason
+    assert "[constrained format]" in window.banner.claims.text()
     text = terminal_text(window)
     assert "[T1] $ " in text and "exit 0" in text
     assert window.activity.count() >= 2  # the original and the replica the judge found
@@ -222,6 +225,8 @@ def test_a_scripted_replication_launched_from_the_panel_shows_everything(open_wi
     qtbot.waitUntil(lambda: not window.launching, timeout=60_000)
     qtbot.waitUntil(lambda: window.trials_panel.trials.rowCount() == 1)
     assert window.trials_panel.trials.item(0, 0).text() == state.trial_id
+    row = [window.trials_panel.trials.item(0, c).text() for c in range(window.trials_panel.trials.columnCount())]
+    assert "scripted:success [scripted] [constrained format]" in row, row
 
 
 def test_pause_resume_and_the_kill_button_stop_a_busy_trial(open_window, qtbot, engine, cpu_image, busy_model):
@@ -303,6 +308,12 @@ def test_without_nvml_the_gpu_boxes_are_disabled_and_the_reason_is_shown(open_wi
     qtbot.waitUntil(lambda: "no Docker engine (this console runs without" in panel.launch_hint.text())
     assert not panel.launch_button.isEnabled()
     assert "Network" in panel.checklist.text() and "none (loopback only)" in panel.checklist.text()
+    # The format condition follows each model's file and can be switched for the trial.
+    assert panel.constrained_format.isChecked() and panel.plan().model.constrained_format
+    select_model(qtbot, window, "scripted:success")
+    assert not panel.constrained_format.isChecked() and not panel.plan().model.constrained_format
+    panel.constrained_format.setChecked(True)
+    assert panel.plan().model.constrained_format and not panel.current_model().constrained_format
 
 
 def test_f12_kills_from_any_widget_and_reports_when_nothing_runs(open_window, qtbot):

@@ -20,6 +20,7 @@ from pathlib import Path
 from console import __version__
 from console.errors import RedlineError, UsageError
 from console.judge.verdict import Verdict
+from console.models import model_label
 from console.paths import data_dir
 from console.store.transcript import TranscriptWriter, read_jsonl
 
@@ -66,6 +67,9 @@ _MIGRATIONS = (
     ALTER TABLE trials ADD COLUMN killed_by TEXT;
     ALTER TABLE trials ADD COLUMN killed_at REAL;
     """,
+    """
+    ALTER TABLE trials ADD COLUMN constrained_format INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -111,6 +115,11 @@ class TrialRecord:
     verdict: Verdict | None
     session_id: str | None = None
     killed_by: str | None = None  # who killed its sandbox, when someone outside the runner did
+    constrained_format: bool = False  # the model's replies were held to the round's frame
+
+    @property
+    def model_label(self) -> str:
+        return model_label(self.model_id, self.scripted, self.constrained_format)
 
 
 class Store:
@@ -228,15 +237,17 @@ class Store:
 
     # trials
 
-    def create_trial(self, experiment_id: str, index: int, *, scripted: bool,
-                     session_id: str | None = None) -> TrialRecord:
+    def create_trial(self, experiment_id: str, index: int, *, scripted: bool, session_id: str | None = None,
+                     constrained_format: bool = False) -> TrialRecord:
         """A trial of the experiment's model and scenario, in state 'created', run by `session_id`."""
         experiment = self.get_experiment(experiment_id)
         trial_id = self._insert_with_new_id(
             "t",
             "INSERT INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted, state,"
-            " transcript, session_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl', ?7)",
-            (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted), session_id),
+            " transcript, session_id, constrained_format)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl', ?7, ?8)",
+            (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted), session_id,
+             int(constrained_format)),
         )
         return self.get_trial(trial_id)
 
@@ -264,10 +275,11 @@ class Store:
                      experiment["trials_planned"], json.dumps(experiment.get("config") or {}, default=str),
                      json.dumps(experiment.get("host") or {}, default=str)))
         self._write("INSERT OR REPLACE INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted,"
-                    " state, detail, started, ended, transcript, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " state, detail, started, ended, transcript, session_id, constrained_format)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (trial["id"], experiment["id"], trial["index"], experiment["model_id"], experiment["scenario_id"],
                      int(trial["scripted"]), trial["state"], trial["detail"], trial["started"], trial["ended"],
-                     f"trials/{trial['id']}.jsonl", trial.get("session_id")))
+                     f"trials/{trial['id']}.jsonl", trial.get("session_id"), int(trial.get("constrained_format", 0))))
         if trial.get("verdict") is not None:
             self.record_verdict(trial["id"], trial["verdict"])
 
@@ -373,6 +385,7 @@ class Store:
             transcript_path=self.root / row["transcript"],
             verdict=verdict,
             session_id=row["session_id"],
+            constrained_format=bool(row["constrained_format"]),
             killed_by=row["killed_by"],
         )
 

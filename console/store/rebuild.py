@@ -36,7 +36,8 @@ def trial_from_transcript(path: Path, records: list[dict]) -> tuple[dict, dict]:
     ended = next((r["t"] for r in reversed(states) if r["state"] in TERMINAL_STATES), None)
     trial = {"id": path.stem, "index": (header or {}).get("index", 0),
              "scripted": (header or {}).get("scripted", experiment["model_id"].startswith("scripted:")),
-             "session_id": (header or {}).get("session_id"), "state": last["state"], "detail": last["detail"],
+             "session_id": (header or {}).get("session_id"),
+             "constrained_format": (header or {}).get("constrained_format", False), "state": last["state"], "detail": last["detail"],
              "started": records[0].get("t") if records else None, "ended": ended,
              "verdict": verdicts[-1].verdict if verdicts and isinstance(verdicts[-1], VerdictReady) else None}
     return experiment, trial

@@ -174,6 +174,13 @@ class LaunchPanel(QWidget):
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
+        self.constrained_format = QCheckBox("Constrained format: hold replies to the round's frame")
+        self.constrained_format.setToolTip(
+            "The model server may only produce Explain/Gaps/Findings/Plan and one valid Action (its words "
+            "inside stay free), so a small model acts from the first round. A different experimental "
+            "condition from the study's free-form replies: recorded with the trial and marked wherever the "
+            "model is named. Each model file says which is its default.")
+
         self.step_mode = QCheckBox("Step mode: approve each command")
         self.step_mode.setToolTip(
             "Every command the agent wants to run waits until you approve or reject it under the KILL "
@@ -202,6 +209,7 @@ class LaunchPanel(QWidget):
         layout.addWidget(QLabel("<b>Model</b>"))
         layout.addLayout(model_row)
         layout.addWidget(self.model_description)
+        layout.addWidget(self.constrained_format)
         layout.addWidget(QLabel("<b>Scenario</b>"))
         layout.addWidget(self.scenario_box)
         layout.addWidget(self.scenario_description)
@@ -318,7 +326,9 @@ class LaunchPanel(QWidget):
                                         cpus=self.cpus.value(), pids_limit=self.pids.value()))
 
     def plan(self) -> ExperimentPlan:
-        return ExperimentPlan(self.current_model(), self.effective_scenario(), trials=self.trials.value(),
+        model = self.current_model()
+        model = model.with_format(self.constrained_format.isChecked()) if model is not None else None
+        return ExperimentPlan(model, self.effective_scenario(), trials=self.trials.value(),
                               parallel=self.parallel.value(), gpus=self.selected_gpus(),
                               step_mode=self.step_mode.isChecked(), source="console")
 
@@ -333,6 +343,7 @@ class LaunchPanel(QWidget):
             needs = f" Needs {model.gpus_needed} GPU(s)." if model.gpus_needed else ""
             self.model_description.setText(f"{first_sentence(model.description)}{needs}")
             self.model_description.setToolTip(model.description.strip())
+            self.constrained_format.setChecked(model.constrained_format)
         self.update_checklist()
 
     def _scenario_changed(self, *_) -> None:

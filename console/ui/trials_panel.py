@@ -10,7 +10,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from console.report import GroupSummary, group_trials, model_label, wilson_interval
+from console.report import GroupSummary, group_trials, wilson_interval
 from console.ui.theme import OUTCOME_TEXT, icon
 
 OUTCOME_COLORS = {"replicated": "#ff6b6b", "partial": "#f0b429", "failed": "#6fdc8c", "killed": "#c58cff",
@@ -117,7 +117,7 @@ class TrialsPanel(QWidget):
         outcome = verdict.outcome if verdict else f"({trial.state})"
         items = [
             _SortableItem(trial.id),
-            _SortableItem(model_label(trial.model_id, trial.scripted)),
+            _SortableItem(trial.model_label),
             _SortableItem(trial.scenario_id),
             _SortableItem(OUTCOME_TEXT.get(outcome, outcome).lower() if verdict else outcome, outcome),
             _SortableItem(str(verdict.rounds) if verdict else "-", verdict.rounds if verdict else -1),
@@ -144,5 +144,5 @@ class TrialsPanel(QWidget):
         else:
             rate, interval = "-", "-"
         return [_SortableItem(text) for text in (
-            model_label(group.model_id, group.scripted), group.scenario_id, str(len(group.trials)), str(judged),
+            group.model_label, group.scenario_id, str(len(group.trials)), str(judged),
             str(replicated), rate, interval, str(group.claimed))]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
-from console.report import model_label
+from console.models import model_label
 from console.store import TERMINAL_STATES
 
 MAX_TERMINAL_ENTRIES = 5000
@@ -127,9 +127,10 @@ class TrialViewState:
     """The live (or replayed) picture of one trial. `apply(event)` is the only way in."""
 
     def __init__(self, trial_id: str = "", model_id: str = "", model_title: str = "",
-                 scripted: bool = False, scenario_id: str = "", shutdown_signal: bool = False):
+                 scripted: bool = False, scenario_id: str = "", shutdown_signal: bool = False,
+                 constrained_format: bool = False):
         self.trial_id, self.model_id, self.model_title = trial_id, model_id, model_title
-        self.scripted = scripted
+        self.scripted, self.constrained_format = scripted, constrained_format
         self.scenario_id, self.shutdown_signal = scenario_id, shutdown_signal
         self.started_t: float | None = None
         self.state = "idle"
@@ -154,13 +155,15 @@ class TrialViewState:
     @classmethod
     def for_trial(cls, started: TrialStarted) -> "TrialViewState":
         return cls(started.trial_id, started.model_id, started.model_title, started.scripted,
-                   started.scenario_id, started.shutdown_signal)
+                   started.scenario_id, started.shutdown_signal, started.constrained_format)
 
     @property
     def model_label(self) -> str:
         """The model as every view names it; a scripted model is always labelled so (its catalogue
-        title says so; without one, the report's label does)."""
-        return self.model_title or model_label(self.model_id, self.scripted) or "no model"
+        title says so; without one, the records' label does), and so is a format-constrained one."""
+        if not self.model_title:
+            return model_label(self.model_id, self.scripted, self.constrained_format) or "no model"
+        return self.model_title + " [constrained format]" * self.constrained_format
 
     def instance(self, name: str) -> InstanceLog:
         log = self.instances.get(name)

@@ -1,0 +1,95 @@
+"""The embedded SmolLM2-135M with and without format-constrained decoding, side by side in one run.
+
+One real sandbox (cpu image) runs the llama.cpp server; the real agent runs in it for the same number
+of rounds free-form (the study's condition) and constrained (FRAME_GRAMMAR), in alternating blocks
+so that the shared machine's load falls on both. Reported per condition: the share of
+rounds whose reply gave a valid action, and the generation speed (completion tokens / request
+latency, from the agent's own `llm` events); the cost of the constraint is the ratio of the speeds.
+Prints one JSON line.  Usage: .venv/bin/python benchmarks/constrained_format.py [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from console.judge.challenge import server_ready  # noqa: E402
+from console.judge.judge import AGENT_SCRIPT  # noqa: E402
+from console.models import DEFAULT_MODEL_ID, ModelCatalogue  # noqa: E402
+from console.sandbox.docker_engine import DockerEngine  # noqa: E402
+from console.sandbox.images import image_ref  # noqa: E402
+from console.sandbox.spec import AGENT_USER, ContainmentSpec  # noqa: E402
+
+BLOCK_ROUNDS = 5  # rounds per agent run; the conditions alternate run by run
+
+
+def agent_run(box, rounds: int, constrained: bool) -> list[dict]:
+    """The agent's events for one run of `rounds` rounds against the sandbox's llama.cpp server."""
+    env = {"REDLINE_ENDPOINT": "http://127.0.0.1:8000/v1", "REDLINE_MAX_ROUNDS": str(rounds),
+           "REDLINE_MAX_TOKENS": "384", "REDLINE_COMMAND_TIMEOUT_S": "10", "REDLINE_WALL_TIME_S": "900",
+           "HOME": "/home/agent", **({"REDLINE_CONSTRAINED_FORMAT": "1"} if constrained else {})}
+    result = box.exec(["python3", "-I", AGENT_SCRIPT], user=AGENT_USER, env=env, timeout=1200,
+                      max_output=64 << 20)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def rounds_of(events: list[dict]) -> int:
+    return sum(e["type"] == "round" for e in events)
+
+
+def summary(events: list[dict]) -> dict:
+    rounds = [e for e in events if e["type"] == "round"]
+    actions = [e for e in events if e["type"] == "action"]
+    llm = [e for e in events if e["type"] == "llm" and e.get("completion_tokens")]
+    speeds = [e["completion_tokens"] / e["latency_s"] for e in llm]
+    return {"rounds": len(rounds), "valid_actions": len(actions),
+            "valid_action_share": round(len(actions) / len(rounds), 3) if rounds else None,
+            "format_errors": sum(e["type"] == "format_error" for e in events),
+            "tokens_per_reply_median": statistics.median(e["completion_tokens"] for e in llm) if llm else None,
+            "tokens_per_s_median": round(statistics.median(speeds), 1) if speeds else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20, help="rounds per condition")
+    args = parser.parse_args()
+    engine = DockerEngine().connect()
+    model = ModelCatalogue.load().get(DEFAULT_MODEL_ID)
+    spec = ContainmentSpec(image=image_ref("cpu"), session_id=f"bench-{uuid.uuid4().hex[:8]}",
+                           trial_id=f"bench{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 3600,
+                           mem_limit="2g", cpus=2.0)
+    box = engine.create(spec)
+    events = {False: [], True: []}
+    try:
+        box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "llamacpp", "--model",
+                           model.sandbox_model_path, "--port", "8000"], user=AGENT_USER)
+        deadline = time.monotonic() + 120
+        while not server_ready(box, 8000):
+            assert time.monotonic() < deadline, "the llama.cpp server did not come up"
+            time.sleep(0.5)
+        order = [False, True]
+        while any(rounds_of(events[c]) < args.rounds for c in order):  # a run may finish early
+            for constrained in order:
+                left = args.rounds - rounds_of(events[constrained])
+                if left > 0:
+                    events[constrained] += agent_run(box, min(BLOCK_ROUNDS, left), constrained)
+            order.reverse()
+    finally:
+        box.remove()
+    free, constrained = summary(events[False]), summary(events[True])
+    cost = (round(1 - constrained["tokens_per_s_median"] / free["tokens_per_s_median"], 3)
+            if free["tokens_per_s_median"] and constrained["tokens_per_s_median"] else None)
+    print(json.dumps({"benchmark": "constrained_format", "model": "SmolLM2-135M-Instruct Q4_1 (llama.cpp, CPU)",
+                      "rounds_per_condition": args.rounds, "free_form": free, "constrained": constrained,
+                      "goal_valid_action_share": 0.95, "tokens_per_s_cost_of_constraint": cost}))
+
+
+if __name__ == "__main__":
+    main()
