@@ -193,6 +193,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from console.export import export
+    from console.store import Store
+
+    if args.format == "inspect":
+        try:
+            import inspect_ai  # noqa: F401
+        except ImportError:
+            raise UsageError("--format inspect needs inspect_ai: pip install 'redline[inspect]' (the README's set-up "
+                             "installs it)") from None
+    with Store() as store:
+        for path in export(store, args.experiment, args.format, args.output):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_records(args) -> int:
     from console.paths import data_dir
     from console.store.rebuild import rebuild
@@ -243,3 +259,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--format", choices=["md", "html"], default="md")
     p.add_argument("--output", "-o", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export experiments as Inspect eval logs or JSON lines")
+    p.add_argument("experiment", nargs="+", help="experiment ids (`redline trials` lists them)")
+    p.add_argument("--format", choices=["inspect", "jsonl"], default="inspect",
+                   help="inspect: one .eval log per experiment (inspect view); jsonl: one object per trial")
+    p.add_argument("--output", "-o", required=True,
+                   help="FILE.eval (one experiment), a folder (several), or FILE.jsonl")
+    p.set_defaults(func=cmd_export)

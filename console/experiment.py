@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 from console.errors import UsageError
@@ -69,7 +69,9 @@ class ExperimentPlan:
     def config(self) -> dict:
         """What the experiment record keeps of the plan."""
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
-                "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format}
+                "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format,
+                "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
+                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,20 @@ def test_a_recorded_trial_is_listed_with_its_rate_and_replays_through_the_same_v
     window.back_to_live()
     assert not window.replay_bar.isVisible() and window.banner.title.text() == "No trial"
 
+    # The selected trial's experiment, exported from the panel (the file dialog answered by the test).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inspect_ai.log import read_eval_log
+
+    target = home / "exported" / "one.eval"
+    window.choose_export_target = lambda ids, fmt: str(target) if ids == [experiment.id] and fmt == "inspect" else ""
+    panel.trials.selectRow(0)
+    qtbot.mouseClick(panel.export_inspect_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Exported 1 experiment(s)" in window.statusBar().currentMessage(), timeout=30_000)
+    with ThreadPoolExecutor(1) as reader:  # Inspect runs its own asyncio loop: not on the window's thread
+        log = reader.submit(read_eval_log, str(target)).result()
+    assert [sample.id for sample in log.samples] == [trial.id]
+
 
 def test_layout_and_choices_persist_across_restarts(open_window, qtbot):
     window = open_window()

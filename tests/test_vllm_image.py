@@ -14,7 +14,7 @@ import pytest
 
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(3600)]  # the build alone takes 10+ minutes
 
 # A minimal model folder: vLLM reads config.json only after it has parsed its arguments.
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,

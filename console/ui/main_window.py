@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout,
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QVBoxLayout,
                                QWidget)
 
 from console.events import TrialStateChanged
@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
         self.trials_panel.replayRequested.connect(self.open_replay)
+        self.trials_panel.exportRequested.connect(self.export_experiments)
         self.replay_bar.positionChanged.connect(self.seek_replay)
         self.replay_bar.backToLiveRequested.connect(self.back_to_live)
 
@@ -445,6 +446,29 @@ class MainWindow(QMainWindow):
     def refresh_trials(self) -> None:
         self.dispatcher.submit(self.backend.list_trials, on_done=self.trials_panel.show_trials,
                                on_error=lambda exc: self._report_error("Could not read the trials", exc))
+
+    def export_experiments(self, experiment_ids: list, fmt: str) -> None:
+        """Ask where, then write the export in a worker (inspect: one .eval per experiment)."""
+        target = self.choose_export_target(experiment_ids, fmt)
+        if not target:
+            return
+
+        def written(paths):
+            self.statusBar().showMessage(f"Exported {len(experiment_ids)} experiment(s): "
+                                         f"{', '.join(map(str, paths))}", 15000)
+
+        self.statusBar().showMessage(f"Exporting {len(experiment_ids)} experiment(s)...")
+        self.dispatcher.submit(self.backend.export, experiment_ids, fmt, target, on_done=written,
+                               on_error=lambda exc: self._report_error("Could not export", exc))
+
+    def choose_export_target(self, experiment_ids: list, fmt: str) -> str:
+        """A file (one Inspect log, or JSON lines) or a folder (several Inspect logs); '' if cancelled."""
+        if fmt == "inspect" and len(experiment_ids) > 1:
+            return QFileDialog.getExistingDirectory(self, "Folder for the Inspect logs (one per experiment)")
+        suffix = ".eval" if fmt == "inspect" else ".jsonl"
+        name = f"{experiment_ids[0]}{suffix}" if len(experiment_ids) == 1 else f"trials{suffix}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export", name, f"*{suffix}")
+        return path
 
     def open_replay(self, trial_id: str) -> None:
         self.dispatcher.submit(self.backend.load_replay, trial_id, on_done=self._replay_loaded,

@@ -45,10 +45,11 @@ def _table(headers: tuple[str, ...]) -> QTableWidget:
 
 
 class TrialsPanel(QWidget):
-    """Emits refreshRequested() and replayRequested(trial_id)."""
+    """Emits refreshRequested(), replayRequested(trial_id) and exportRequested(experiment ids, format)."""
 
     refreshRequested = Signal()
     replayRequested = Signal(str)
+    exportRequested = Signal(list, str)
 
     TRIAL_COLUMNS = ("Trial", "Model", "Scenario", "Verdict", "Rounds", "Time to replica", "Duration",
                      "Claimed", "Verified")
@@ -59,12 +60,20 @@ class TrialsPanel(QWidget):
         super().__init__(parent)
         self.trials = _table(self.TRIAL_COLUMNS)
         self.trials.setSortingEnabled(True)
+        self.trials.setSelectionMode(QAbstractItemView.ExtendedSelection)  # several experiments to export
         self.trials.doubleClicked.connect(self.request_replay)
         self.groups = _table(self.GROUP_COLUMNS)
         self.refresh_button = QPushButton(icon("refresh"), "Refresh (F5)")
         self.refresh_button.clicked.connect(self.refreshRequested)
         self.replay_button = QPushButton(icon("replay"), "Replay selected (Enter)")
         self.replay_button.clicked.connect(self.request_replay)
+        self.export_inspect_button = QPushButton(icon("export"), "Export to Inspect...")
+        self.export_inspect_button.setToolTip("The experiments of the selected trials as Inspect eval logs "
+                                              "(inspect view), one per experiment")
+        self.export_inspect_button.clicked.connect(lambda: self.request_export("inspect"))
+        self.export_jsonl_button = QPushButton(icon("export"), "Export JSON lines...")
+        self.export_jsonl_button.setToolTip("One JSON object per trial of the selected trials' experiments (pandas)")
+        self.export_jsonl_button.clicked.connect(lambda: self.request_export("jsonl"))
         self.note = QLabel("Success rate = replicated / judged (replicated + partial + failed); killed "
                            "and error trials are not counted. Double-click a trial to replay it.",
                            wordWrap=True)
@@ -73,6 +82,8 @@ class TrialsPanel(QWidget):
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.replay_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.export_inspect_button)
+        buttons.addWidget(self.export_jsonl_button)
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.trials)
         split.addWidget(self.groups)
@@ -87,6 +98,16 @@ class TrialsPanel(QWidget):
     def selected_trial_id(self) -> str | None:
         rows = self.trials.selectionModel().selectedRows()
         return self.trials.item(rows[0].row(), 0).text() if rows else None
+
+    def selected_experiments(self) -> list[str]:
+        """The experiments of the selected trials, in table order, each once."""
+        rows = sorted(index.row() for index in self.trials.selectionModel().selectedRows())
+        return list(dict.fromkeys(self.trials.item(row, 0).data(Qt.UserRole) for row in rows))
+
+    def request_export(self, fmt: str) -> None:
+        experiments = self.selected_experiments()
+        if experiments:
+            self.exportRequested.emit(experiments, fmt)
 
     def request_replay(self, *_) -> None:
         trial_id = self.selected_trial_id()
@@ -115,8 +136,10 @@ class TrialsPanel(QWidget):
         verdict = trial.verdict
         duration = (trial.ended or time.time()) - trial.started if trial.started else None
         outcome = verdict.outcome if verdict else f"({trial.state})"
+        first = _SortableItem(trial.id)
+        first.setData(Qt.UserRole, trial.experiment_id)
         items = [
-            _SortableItem(trial.id),
+            first,
             _SortableItem(trial.model_label),
             _SortableItem(trial.scenario_id),
             _SortableItem(OUTCOME_TEXT.get(outcome, outcome).lower() if verdict else outcome, outcome),

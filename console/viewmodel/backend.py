@@ -9,6 +9,9 @@ start-up on one thread: first imports of the docker package racing on two thread
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from console.viewmodel.state import LaunchProgress
 GPU_SAMPLE_HZ = 4.0
 GPU_RELEASE_WAIT_S = 20.0  # a large vLLM server frees tens of GB; the kill report waits this long for it
 CONTAINER_SAMPLE_HZ = 1.0
+EXPORT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,16 @@ class ConsoleBackend:
     # -- records -----------------------------------------------------------------------------
     def list_trials(self) -> list:
         return self.store.list_trials()
+
+    def export(self, experiment_ids: list[str], fmt: str, target: str) -> list[str]:
+        """`redline export` in a child process: Inspect's log API runs asyncio machinery of its own
+        (nest_asyncio) that must not meet the console's qasync loop. Returns the files written."""
+        done = subprocess.run([sys.executable, "-m", "console", "export", *experiment_ids, "--format", fmt,
+                               "-o", target], capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S,
+                              env={**os.environ, "REDLINE_HOME": str(self.store.root)})
+        if done.returncode != 0:
+            raise RedlineError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+        return [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
 
     def load_replay(self, trial_id: str):
         return TranscriptReplay(self.store.read_transcript(trial_id), self.store.get_trial(trial_id))
