@@ -56,6 +56,7 @@ def take(home: Path) -> int:
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
+    from console.models import DEFAULT_MODEL_ID
     from console.ui.main_window import MainWindow
     from console.ui.theme import apply_theme
 
@@ -127,6 +128,22 @@ def take(home: Path) -> int:
         if n < 3:
             controls.approve_button.click()
     save("step_mode")
+    window.kill_everything()
+    wait_until(lambda: window.last_kill is not None and not window.launching, "the kill")
+
+    # The README's default run: the embedded SmolLM2 (format-constrained) running real commands.
+    panel.step_mode.setChecked(False)
+    panel.model_box.setCurrentIndex(panel.model_box.findData(DEFAULT_MODEL_ID))
+    wait_until(panel.launch_button.isEnabled, "the launch panel")
+    window.last_kill = None
+    panel.launch_button.click()
+
+    def commands_shown(count: int) -> bool:
+        terminal = window.activity.terminal("original")
+        return terminal is not None and terminal.text.toPlainText().count("$ ") >= count
+
+    wait_until(lambda: commands_shown(3), "three commands of the default model")
+    save("default_run")
     window.kill_everything()
     wait_until(lambda: window.last_kill is not None and not window.launching, "the kill")
 

@@ -49,7 +49,9 @@ class _Chart:
     def curve(self, key, label: str, fill: bool = False) -> pg.PlotDataItem:
         curve = self.curves.get(key)
         if curve is None:
-            color = QColor(SERIES_COLORS[len(self.curves) % len(SERIES_COLORS)])
+            used = {c.opts["pen"].color().name() for c in self.curves.values()}
+            free = [c for c in SERIES_COLORS if QColor(c).name() not in used]  # curves come and go
+            color = QColor(free[0] if free else SERIES_COLORS[len(self.curves) % len(SERIES_COLORS)])
             curve = self.plot.plot(name=label, pen=pg.mkPen(color, width=1))
             if fill:
                 fill_color = QColor(color)

@@ -174,7 +174,7 @@ class LaunchPanel(QWidget):
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
-        self.constrained_format = QCheckBox("Constrained format: hold replies to the round's frame")
+        self.constrained_format = QCheckBox("Constrained reply format")
         self.constrained_format.setToolTip(
             "The model server may only produce Explain/Gaps/Findings/Plan and one valid Action (its words "
             "inside stay free), so a small model acts from the first round. A different experimental "

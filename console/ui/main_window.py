@@ -364,11 +364,13 @@ class MainWindow(QMainWindow):
             return
         self.launching = True
         self.launch_panel.set_running(True)
+        self.controls.kill_result.hide()  # the last kill's report belongs to the launch before
         self.back_to_live()
         self._launch_text = ""
         self.live_state = TrialViewState(model_id=plan.model.id, model_title=plan.model.title,
                                          scripted=plan.model.scripted, scenario_id=plan.scenario.id,
-                                         shutdown_signal=plan.scenario.terminates_original)
+                                         shutdown_signal=plan.scenario.terminates_original,
+                                         constrained_format=plan.model.constrained_format)
         self.bind_views(self.live_state)
         self._launch_task = asyncio.ensure_future(self._await_launch(plan), loop=self._loop)
 
