@@ -31,6 +31,7 @@ class _Chart:
     """One plot and its curves by series key."""
 
     def __init__(self, layout: pg.GraphicsLayoutWidget, title: str, unit: str, row: int, col: int):
+        self.view = layout
         self.plot = layout.addPlot(row=row, col=col, title=title,
                                    axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
         self.plot.setLabel("left", unit)
@@ -105,9 +106,12 @@ class TelemetryCharts(QWidget):
         self.trial_id: str | None = None
         self.fixed_range: tuple[float, float] | None = None  # replay: the trial's span; live: None
         self._gpu_status: TelemetryStatus | None = None
+        # One chart per tick, in turn: each still refreshes every REFRESH_MS, but the GUI thread never
+        # redraws all six at once (that took over 100 ms on 2 cores, a visible stall).
+        self._turn = 0
         self._timer = QTimer(self)
-        self._timer.setInterval(REFRESH_MS)
-        self._timer.timeout.connect(self.refresh)
+        self._timer.setInterval(REFRESH_MS // len(self.charts()))
+        self._timer.timeout.connect(self._refresh_next)
         self._timer.start()
 
     def charts(self) -> list[_Chart]:
@@ -148,7 +152,14 @@ class TelemetryCharts(QWidget):
             self.note.setText(f"No GPU telemetry: {status.message}. Showing the sandbox's CPU and memory only.")
         self.note.setVisible(no_gpu)
 
-    def refresh(self) -> None:
+    def _refresh_next(self) -> None:
+        charts = self.charts()
+        self._turn = (self._turn + 1) % len(charts)
+        if charts[self._turn].view.isVisible():
+            self.refresh(only=charts[self._turn])
+
+    def refresh(self, only: _Chart | None = None) -> None:
+        """Redraw every chart from the history, or just `only`."""
         if self.history is None or not self.isVisible():
             return
         gpu = self.history.snapshot(("gpu",))
@@ -165,11 +176,14 @@ class TelemetryCharts(QWidget):
             for (_, source, field), series in snapshot.items():
                 if field in fields:
                     chart, scale, label = fields[field]
-                    chart.curve(source, label.format(source)).setData(series.t, series.v / scale)
                     shown[chart].add(source)
-        shown[self.gpu_memory] |= self._stack_memory(processes)
+                    if only in (None, chart):
+                        chart.curve(source, label.format(source)).setData(series.t, series.v / scale)
+        if only in (None, self.gpu_memory):
+            shown[self.gpu_memory] |= self._stack_memory(processes)
         for chart, keys in shown.items():
-            chart.retain(keys)
+            if only in (None, chart):
+                chart.retain(keys)
         if self.fixed_range is not None:
             start, end = self.fixed_range
         else:  # the last LIVE_WINDOW_S seconds, or less while there is less data
@@ -178,7 +192,8 @@ class TelemetryCharts(QWidget):
                           for series in snapshot.values() if len(series.t)), default=end)
             start = max(end - LIVE_WINDOW_S, min(oldest, end - MIN_LIVE_WINDOW_S))
         for chart in self.charts():
-            chart.set_x_range(start, end)
+            if only in (None, chart):
+                chart.set_x_range(start, end)
 
     def _stack_memory(self, processes: dict) -> set:
         """GPU memory per owner (instance, or 'candidate' for unattributed sandbox processes),
