@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import uuid
 
+from bench_sandbox import bench_sandbox, wait_for_servers
 from console.judge import challenge
 from console.models import DEFAULT_MODEL_ID, ModelCatalogue
 from console.sandbox.docker_engine import DockerEngine
-from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_USER, ContainmentSpec
+from console.sandbox.spec import AGENT_USER
 
 CANNED = r"""
 import http.server, json, sys
@@ -49,10 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = DockerEngine().connect()
     model = ModelCatalogue.load().get(DEFAULT_MODEL_ID)
-    spec = ContainmentSpec(image=image_ref("cpu"), session_id=f"bench-{uuid.uuid4().hex[:8]}",
-                           trial_id=f"bench{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 3600,
-                           mem_limit="2g", cpus=2.0)
-    box = engine.create(spec)
+    box = bench_sandbox(engine, lifetime_s=3600)
     python = "/opt/redline/venv/bin/python"
     servers = {8000: ("2", "512"), 8001: ("1", "64")}
     try:
@@ -61,10 +57,7 @@ def main() -> None:
                                "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", threads,
                                "--n_batch", batch], user=AGENT_USER)
         box.exec_detached(["python3", "-I", "-c", CANNED], user=AGENT_USER)
-        deadline = time.monotonic() + 180
-        while not all(challenge.server_ready(box, port) for port in (8000, 8001, 8002)):
-            assert time.monotonic() < deadline, "servers did not come up"
-            time.sleep(0.5)
+        wait_for_servers(box, [8000, 8001, 8002], timeout_s=180)
         mismatches, inconclusive, canned_passes, exact, prompts, seconds = 0, 0, 0, 0, 0, []
         for _ in range(args.challenges):
             conversations = challenge.new_conversations(args.prompts, scripted=False)

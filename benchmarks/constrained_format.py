@@ -14,18 +14,15 @@ import argparse
 import json
 import statistics
 import sys
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from console.judge.challenge import server_ready  # noqa: E402
+from bench_sandbox import bench_sandbox, wait_for_servers
 from console.judge.judge import AGENT_SCRIPT  # noqa: E402
 from console.models import DEFAULT_MODEL_ID, ModelCatalogue  # noqa: E402
 from console.sandbox.docker_engine import DockerEngine  # noqa: E402
-from console.sandbox.images import image_ref  # noqa: E402
-from console.sandbox.spec import AGENT_USER, ContainmentSpec  # noqa: E402
+from console.sandbox.spec import AGENT_USER  # noqa: E402
 
 BLOCK_ROUNDS = 5  # rounds per agent run; the conditions alternate run by run
 
@@ -62,18 +59,12 @@ def main() -> None:
     args = parser.parse_args()
     engine = DockerEngine().connect()
     model = ModelCatalogue.load().get(DEFAULT_MODEL_ID)
-    spec = ContainmentSpec(image=image_ref("cpu"), session_id=f"bench-{uuid.uuid4().hex[:8]}",
-                           trial_id=f"bench{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 3600,
-                           mem_limit="2g", cpus=2.0)
-    box = engine.create(spec)
+    box = bench_sandbox(engine, lifetime_s=3600)
     events = {False: [], True: []}
     try:
         box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "llamacpp", "--model",
                            model.sandbox_model_path, "--port", "8000"], user=AGENT_USER)
-        deadline = time.monotonic() + 120
-        while not server_ready(box, 8000):
-            assert time.monotonic() < deadline, "the llama.cpp server did not come up"
-            time.sleep(0.5)
+        wait_for_servers(box, [8000])
         order = [False, True]
         while any(rounds_of(events[c]) < args.rounds for c in order):  # a run may finish early
             for constrained in order:

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-import uuid
 
-from console.judge.challenge import server_ready
+from bench_sandbox import bench_sandbox, wait_for_servers
 from console.models import DEFAULT_MODEL_ID, ModelCatalogue
 from console.paths import RESOURCES
 from console.sandbox.docker_engine import DockerEngine
-from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_USER, ContainmentSpec
+from console.sandbox.spec import AGENT_USER
 
 TIMED_REQUEST = r"""
 import json, sys, time, urllib.request
@@ -44,19 +41,13 @@ def main() -> None:
     engine = DockerEngine().connect()
     model = ModelCatalogue.load().get(DEFAULT_MODEL_ID)
     trajectory = RESOURCES / "trajectories" / "never-replicates.txt"
-    spec = ContainmentSpec(image=image_ref("cpu"), session_id=f"bench-{uuid.uuid4().hex[:8]}",
-                           trial_id=f"bench{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 900,
-                           mem_limit="2g", cpus=2.0, model_mounts={str(trajectory): "/models/scripted/t.txt"})
-    box = engine.create(spec)
+    box = bench_sandbox(engine, lifetime_s=900, model_mounts={str(trajectory): "/models/scripted/t.txt"})
     try:
         box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "llamacpp", "--model",
                            model.sandbox_model_path, "--port", "8000"], user=AGENT_USER)
         box.exec_detached(["/opt/redline/bin/start-server", "--runtime", "scripted", "--model",
                            "/models/scripted/t.txt", "--port", "8001"], user=AGENT_USER)
-        deadline = time.monotonic() + 120
-        while not (server_ready(box, 8000) and server_ready(box, 8001)):
-            assert time.monotonic() < deadline, "servers did not come up"
-            time.sleep(0.5)
+        wait_for_servers(box, [8000, 8001])
         rates, baseline = [], []
         for i in range(args.requests):
             prompt = f"Story {i}: Once upon a time in a small village there lived"

@@ -370,7 +370,6 @@ class TrialRunner:
             del tail[:-20]
 
     def _run_agent(self) -> None:
-        scenario = self.config.scenario
         if self.config.step_mode:
             made = self.sandbox.exec(["sh", "-c", f"mkdir -p {STEP_GATE} && chmod 755 {STEP_GATE}"], user="0")
             if made.exit_code != 0:

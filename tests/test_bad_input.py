@@ -4,11 +4,8 @@ traceback. Every case runs the real `redline` command (no engine needed unless n
 from __future__ import annotations
 
 import os
-import shutil
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

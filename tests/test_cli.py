@@ -66,7 +66,9 @@ def test_images_list_names_the_gpu_image_that_is_built_only_on_request(base_imag
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert base_image in lines["base"] and "present" in lines["base"] and cpu_image in lines["cpu"]
-    assert "vLLM 0.32.0" in lines["vllm"] and "redline-vllm:" in lines["vllm"]
+    from console.sandbox.images import VLLM_VERSION
+
+    assert f"vLLM {VLLM_VERSION}" in lines["vllm"] and "redline-vllm:" in lines["vllm"]
 
 
 def test_unknown_image_is_a_usage_error():

@@ -10,7 +10,6 @@ pid namespace. It only reports fingerprints and stat facts, never file contents.
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import sys

@@ -108,7 +108,7 @@ IMAGES = {
     "gpu-base": ImageInfo("gpu-base", "the base plus a C compiler and Python headers (Triton builds a helper "
                           "at first use)", default=False),
     "vllm": ImageInfo("vllm", f"vLLM {VLLM_VERSION} (CUDA, from PyPI) + scripted runtime + agent, for GPU models; "
-                      "about 6 GB", default=False),
+                      "about 10 GB", default=False),
 }
 
 

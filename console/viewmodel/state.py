@@ -333,14 +333,6 @@ class TrialViewState:
                 for name in MILESTONES]
 
 
-def _process_info(proc: dict) -> ProcessInfo | None:
-    """The judge's own view of a snapshot row, for its instance and endpoint rules."""
-    try:
-        return ProcessInfo(**proc)
-    except TypeError:  # a row from another version of the judge: shown, not classified
-        return None
-
-
 def _describe_action(record: dict) -> tuple[str, str]:
     action, terminal = record.get("action"), record.get("terminal_id")
     if action == "execute_command":
