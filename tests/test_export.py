@@ -6,10 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from console.store import Store
+
+
+def inspect_reads(function, *args):
+    """Call an inspect_ai log function on a thread of its own: it runs an asyncio loop, and a Qt test
+    earlier in this process may have left a qasync loop as this thread's."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(function, *args).result()
 
 
 def redline(*args, timeout=600):
@@ -40,7 +48,7 @@ def test_an_experiment_opens_in_inspect_with_its_trials_scores_and_metadata(expe
     target = home / "logs" / "run.eval"
     done = redline("export", experiment_id, "--format", "inspect", "-o", str(target))
     assert done.returncode == 0, done.stderr[-2000:]
-    log = read_eval_log(str(target))
+    log = inspect_reads(read_eval_log, str(target))
     with Store() as store:
         trials = store.experiment_trials(experiment_id)
         transcripts = {t.id: store.read_transcript(t.id) for t in trials}
@@ -65,7 +73,7 @@ def test_an_experiment_opens_in_inspect_with_its_trials_scores_and_metadata(expe
         assert {c.id for c in calls if c.function == "execute_command"} <= answered
         assert sample.messages[0].role == "system" and "execute_command" in sample.messages[0].text
     # What `inspect view` lists: Inspect's own listing of the folder.
-    assert [info.name.endswith("run.eval") for info in list_eval_logs(str(target.parent))] == [True]
+    assert [info.name.endswith("run.eval") for info in inspect_reads(list_eval_logs, str(target.parent))] == [True]
 
 
 def test_json_lines_have_one_row_per_trial_as_recorded(experiment):

@@ -30,7 +30,9 @@ from console.experiment import TrialStarted
 TRIAL_TIMEOUT_MS = 300_000
 FLOOD_LINES_PER_S = 20_000
 FLOOD_S = 3.0
-STALL_LIMIT_MS = 250  # the goal is 50 ms; this shared 2-core machine needs a margin
+# Behaviour, not speed: a GUI thread that waits on the flood (or on Docker) stalls for seconds. The
+# 50 ms goal is benchmarks/ui_latency.py's; here other tests share the 2 cores.
+STALL_LIMIT_MS = 1000
 BUSY_TRAJECTORY = """# name: busy
 # description: a busy trial to pause and kill: terminal 1 streams output while terminal 2 sleeps.
 === turn ===
