@@ -157,10 +157,11 @@ def gpu_backend(engine, home):
 
 def test_the_kill_report_times_the_release_of_the_sandboxes_gpu_memory(gpu_backend):
     backend, servers = gpu_backend(ListedWhileAlive())
-    outcome = backend.kill_all()
-    assert outcome.containers == 1 and outcome.all_confirmed, outcome
-    assert outcome.gpu_processes == servers
-    assert outcome.gpu_freed_ms is not None and 0 < outcome.gpu_freed_ms < 20_000, outcome
+    killed = backend.kill_all()  # the report does not wait for the GPU
+    assert killed.containers == 1 and killed.all_confirmed, killed
+    assert killed.gpu_processes == servers and not killed.gpu_checked
+    outcome = backend.gpu_release(killed)
+    assert outcome.gpu_checked and outcome.gpu_freed_ms is not None and 0 < outcome.gpu_freed_ms < 20_000, outcome
     assert not {p.pid for _, p in backend._gpu_sampler.latest().processes()} & set(servers)
 
 
@@ -169,9 +170,10 @@ def test_gpu_memory_still_held_after_the_kill_is_reported_not_freed(gpu_backend,
     say it was freed."""
     monkeypatch.setattr("console.viewmodel.backend.GPU_RELEASE_WAIT_S", 1.5)
     backend, servers = gpu_backend([])  # listed for ever
-    outcome = backend.kill_all()
-    assert outcome.containers == 1 and outcome.all_confirmed, outcome
-    assert outcome.gpu_processes == servers and outcome.gpu_freed_ms is None, outcome
+    killed = backend.kill_all()
+    assert killed.containers == 1 and killed.all_confirmed, killed
+    outcome = backend.gpu_release(killed)
+    assert outcome.gpu_processes == servers and outcome.gpu_checked and outcome.gpu_freed_ms is None, outcome
 
 
 def test_the_judges_looks_tie_model_servers_to_instances():

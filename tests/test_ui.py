@@ -524,10 +524,13 @@ def test_the_kill_report_says_whether_the_gpu_memory_was_freed(qtbot):
     bar = ControlBar()
     qtbot.addWidget(bar)
     killed = dict(containers=2, all_confirmed=True, wall_ms=120.0, slowest_confirm_ms=110.0, errors=())
-    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=640.0), 130.0)
+    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012)), 130.0)  # confirmed: at once
+    assert bar.kill_result.text().startswith("KILLED: 2 sandbox(es) confirmed dead in 120 ms")
+    assert "Waiting for NVML to show the GPU memory of 2 process(es) freed" in bar.kill_result.text()
+    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=640.0, gpu_checked=True), 130.0)
     assert "GPU memory freed 640 ms after the kill (NVML shows none of its 2 process(es))" in bar.kill_result.text()
     assert bar.kill_result.property("ok") is True
-    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=None), 130.0)
+    bar.show_kill(KillOutcome(**killed, gpu_processes=(4011, 4012), gpu_freed_ms=None, gpu_checked=True), 130.0)
     assert "GPU MEMORY NOT FREED" in bar.kill_result.text() and "4011, 4012" in bar.kill_result.text()
     assert bar.kill_result.property("ok") is False
     bar.show_kill(KillOutcome(**killed, gpu_processes=()), 130.0)

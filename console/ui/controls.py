@@ -142,7 +142,10 @@ class ControlBar(QWidget):
             text = (f"KILL NOT CONFIRMED for every sandbox after {outcome.wall_ms:.0f} ms: "
                     f"{'; '.join(outcome.errors) or 'the engine did not confirm'}. Run `redline kill --all`.")
         if outcome.gpu_processes:  # None: no GPU telemetry; (): the sandboxes held no GPU
-            if outcome.gpu_freed_ms is not None:
+            if not outcome.gpu_checked:
+                text += (f" Waiting for NVML to show the GPU memory of {len(outcome.gpu_processes)} "
+                         f"process(es) freed...")
+            elif outcome.gpu_freed_ms is not None:
                 text += (f" GPU memory freed {outcome.gpu_freed_ms:.0f} ms after the kill "
                          f"(NVML shows none of its {len(outcome.gpu_processes)} process(es)).")
             else:

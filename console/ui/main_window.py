@@ -411,6 +411,15 @@ class MainWindow(QMainWindow):
         self._kill_started = None
         self.last_kill = outcome
         self.controls.show_kill(outcome, elapsed_ms)
+        if outcome.gpu_processes:  # then, when NVML shows the GPU memory freed (or not), say so
+
+            def released(checked):
+                if self.last_kill is outcome:
+                    self.last_kill = checked
+                    self.controls.show_kill(checked, elapsed_ms)
+
+            self.dispatcher.submit(self.backend.gpu_release, outcome, on_done=released,
+                                   on_error=lambda exc: self._report_error("GPU memory check failed", exc))
 
     def _kill_failed(self, exc: BaseException) -> None:
         self._kill_started = None

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from console.errors import RedlineError
@@ -64,7 +64,9 @@ class KillOutcome:
     slowest_confirm_ms: float | None
     errors: tuple[str, ...]
     gpu_processes: tuple[int, ...] | None = None  # host pids NVML showed for the sandboxes; None: no GPU telemetry
-    gpu_freed_ms: float | None = None  # from the start of the kill until NVML showed none of them; None: not seen
+    gpu_freed_ms: float | None = None  # from the start of the kill until NVML showed none of them
+    gpu_checked: bool = False  # gpu_release() has waited: gpu_freed_ms None then means "not freed"
+    started_at: float = 0.0  # unix time the kill started
 
 
 class ConsoleBackend:
@@ -191,8 +193,8 @@ class ConsoleBackend:
 
     # -- operator intents (worker threads) ---------------------------------------------------
     def kill_all(self) -> KillOutcome:
-        """SIGKILL every sandbox of this session and stop the launch; confirms each death, then (GPU
-        telemetry running) waits until NVML shows none of the sandboxes' GPU processes."""
+        """SIGKILL every sandbox of this session and stop the launch; confirms each death. Whether
+        their GPU memory was freed is `gpu_release`'s to say, afterwards: the report never waits on it."""
         started, started_at = time.perf_counter(), time.time()
         gpu_held = self._gpu_processes_of_session()
         with self._lock:
@@ -212,7 +214,7 @@ class ConsoleBackend:
             containers=len(containers), all_confirmed=len(confirmed) == len(containers), wall_ms=wall_ms,
             slowest_confirm_ms=max(confirmed) if confirmed else None,
             errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error),
-            gpu_processes=gpu_held, gpu_freed_ms=self._gpu_freed_ms(gpu_held, started_at))
+            gpu_processes=gpu_held, started_at=started_at)
 
     def _gpu_processes_of_session(self) -> tuple[int, ...] | None:
         """Host pids of this session's sandboxes on a GPU in the latest sample; None: no GPU telemetry."""
@@ -222,15 +224,16 @@ class ConsoleBackend:
             return None
         return tuple(sorted({p.pid for _, p in sample.processes() if p.attribution.session == self.session.id}))
 
-    def _gpu_freed_ms(self, held: tuple[int, ...] | None, started_at: float) -> float | None:
-        """Milliseconds from the kill until a GPU sample shows none of `held` nor any other process of
-        this session (a replica started since the last sample); None: not freed within the wait."""
-        if not held:
-            return None
-        session_id = self.session.id
+    def gpu_release(self, outcome: KillOutcome) -> KillOutcome:
+        """The kill's outcome once a GPU sample shows none of the GPU processes its sandboxes held nor
+        any other process of this session (a replica started since the last sample), with the time
+        from the kill; or after GPU_RELEASE_WAIT_S without one (not freed). A worker thread."""
+        held, session_id = outcome.gpu_processes, self.session.id
         freed_at = self._gpu_sampler.wait_until_released(
-            lambda p: p.pid in held or p.attribution.session == session_id, started_at, GPU_RELEASE_WAIT_S)
-        return None if freed_at is None else (freed_at - started_at) * 1000
+            lambda p: p.pid in held or p.attribution.session == session_id, outcome.started_at,
+            GPU_RELEASE_WAIT_S) if held else None
+        return replace(outcome, gpu_checked=True,
+                       gpu_freed_ms=None if freed_at is None else (freed_at - outcome.started_at) * 1000)
 
     def _runners(self) -> list:
         experiment = self._experiment
