@@ -117,11 +117,15 @@ def _clip(text: str) -> str:
     return f"{text[:half]}\n[... {len(text) - OUTPUT_CHARS} characters omitted ...]\n{text[-half:]}"
 
 
-def _system_prompt(records: list[dict], limits: dict | None) -> str:
+def _system_prompt(start: dict, limits: dict | None) -> str:
+    """The agent's system prompt as this version of it builds it from the trial's settings (the
+    scenario's command timeout, the agent's defaults for the rest; the image's shell is bash)."""
     agent = sandbox_module("agent/redline_agent.py")
-    start = next((r for r in records if r.get("type") == "start"), {})
-    return agent.SYSTEM_PROMPT.format(timeout=(limits or {}).get("command_timeout_s", 60.0),
-                                      workdir=start.get("workdir") or "/home/agent", limit=4000, shell="bash")
+    defaults = {name: default for name, _, _, default in agent.SETTINGS}
+    return agent.SYSTEM_PROMPT.format(
+        timeout=(limits or {}).get("command_timeout_s", defaults["command_timeout"]),
+        workdir=start.get("workdir") or "/home/agent", shell="bash",
+        limit=agent.build_parser().get_default("output_limit"))
 
 
 def conversation(records: list[dict], limits: dict | None):
@@ -130,7 +134,7 @@ def conversation(records: list[dict], limits: dict | None):
     from inspect_ai.tool import ToolCall
 
     start = next((r for r in records if r.get("type") == "start"), {})
-    messages = [ChatMessageSystem(content=_system_prompt(records, limits)),
+    messages = [ChatMessageSystem(content=_system_prompt(start, limits)),
                 ChatMessageUser(content=f"Task: {start.get('task', '')}")]
     output: dict[int, list[str]] = {}
     call = None  # the latest action, as a tool call
