@@ -47,6 +47,9 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
     if has_gpu and engine is not None and engine.image_exists(IMAGES["base"].ref()):
         check = gpu_visible_check(engine, IMAGES["base"].ref())
         rows.append((check.name, check.ok, False, check.detail))
+    else:
+        rows.append(("GPU visible in a sandbox", False, False,
+                     "not checked: " + ("no GPU" if not has_gpu else "needs the engine and the base image")))
     if engine is not None and engine.image_exists(IMAGES["base"].ref()):
         try:
             for check in containment_checks(engine, IMAGES["base"].ref()):

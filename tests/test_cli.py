@@ -22,6 +22,10 @@ def test_doctor_passes_every_required_check_on_this_machine(base_image, cpu_imag
             "containment: pids limit in force", "containment: no Docker socket"} <= names
     gpu = next(c for c in report["checks"] if c["name"] == "GPUs (NVML)")
     assert gpu["required"] is False and gpu["detail"]  # "No NVIDIA driver: ..." is a normal answer
+    in_sandbox = next(c for c in report["checks"] if c["name"] == "GPU visible in a sandbox")
+    assert in_sandbox["required"] is False
+    if not gpu["ok"]:  # here: said, not skipped silently
+        assert not in_sandbox["ok"] and in_sandbox["detail"] == "not checked: no GPU"
 
 
 def test_doctor_prints_a_checklist(engine):
