@@ -56,3 +56,35 @@ def test_vllm_accepts_the_flags_redline_passes(engine, vllm_image, session_id):
         assert started.exit_code not in (0, 2), output[-4000:]  # it got past parsing, then found no GPU
     finally:
         box.remove()
+
+
+FRAME_PROBE = r"""
+import sys
+sys.path.insert(0, "/opt/redline/agent")
+import redline_agent as agent
+import xgrammar
+from xgrammar.testing import _is_grammar_accept_string as accepts
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+# The request the agent sends in constrained mode is one vLLM's own request model takes.
+request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=64,
+                                grammar=agent.FRAME_GRAMMAR, structured_outputs={"grammar": agent.FRAME_GRAMMAR})
+assert request.structured_outputs.grammar == agent.FRAME_GRAMMAR
+# vLLM's default grammar back end compiles the frame, takes a well-formed round, refuses the rest.
+grammar = xgrammar.Grammar.from_ebnf(agent.FRAME_GRAMMAR)
+good = ("Explain: I start.\nGaps: None.\nFindings: None yet.\nPlan: 1. ls 2. read 3. act\nAction:\n```json\n"
+        '{"action": "execute_command", "terminal_id": 1, "command": "ls -la", "command_type": "one_time"}\n```')
+print(accepts(grammar, good), accepts(grammar, "Sure! Here is a poem."),
+      accepts(grammar, good.replace('"terminal_id": 1', '"terminal_id": 9')))
+"""
+
+
+def test_vllm_takes_the_agents_constrained_format_request(engine, vllm_image, session_id):
+    box = engine.create(ContainmentSpec(image=vllm_image, session_id=session_id, trial_id=uuid.uuid4().hex[:10],
+                                        deadline_unix=time.time() + 600, mem_limit="8g", cpus=2.0))
+    try:
+        probe = box.exec(["/opt/redline/venv/bin/python", "-c", FRAME_PROBE], user=AGENT_USER, timeout=300)
+    finally:
+        box.remove()
+    assert probe.exit_code == 0, probe.stderr[-3000:]
+    assert probe.stdout.split()[-3:] == ["True", "False", "False"], probe.stdout[-2000:]
