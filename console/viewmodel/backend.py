@@ -31,7 +31,7 @@ from console.viewmodel.replay import TranscriptReplay
 from console.viewmodel.state import LaunchProgress
 
 GPU_SAMPLE_HZ = 4.0
-GPU_RELEASE_WAIT_S = 20.0  # a large vLLM server frees tens of GB; the kill report waits this long for it
+GPU_RELEASE_WAIT_S = 20.0  # a large vLLM server frees tens of GB: how long the GPU line of a kill report waits
 CONTAINER_SAMPLE_HZ = 1.0
 EXPORT_TIMEOUT_S = 600
 
