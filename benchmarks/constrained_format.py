@@ -3,8 +3,12 @@
 One real sandbox (cpu image) runs the llama.cpp server; the real agent runs in it for the same number
 of rounds free-form (the study's condition) and constrained (FRAME_GRAMMAR), in alternating blocks
 so that the shared machine's load falls on both. Reported per condition: the share of
-rounds whose reply gave a valid action, and the generation speed (completion tokens / request
-latency, from the agent's own `llm` events); the cost of the constraint is the ratio of the speeds.
+rounds whose reply gave a valid action, and completion tokens / request latency from the agent's own
+`llm` events (prompt processing included, so short free-form replies look slower per token).
+The cost of the constraint itself is measured apart on equal work: the agent's first request,
+constrained, then the same request free-form forced to the same number of tokens (`min_tokens` =
+`max_tokens`), in alternating order with the prompt already cached; the cost is the median ratio of
+their latencies, minus one.
 Prints one JSON line.  Usage: .venv/bin/python benchmarks/constrained_format.py [--rounds 20]
 """
 
@@ -25,6 +29,36 @@ from console.sandbox.docker_engine import DockerEngine  # noqa: E402
 from console.sandbox.spec import AGENT_USER  # noqa: E402
 
 BLOCK_ROUNDS = 5  # rounds per agent run; the conditions alternate run by run
+COST_PAIRS = 5  # equal-work request pairs for the cost of the grammar
+
+# The agent's own first request (its module builds it): once constrained to learn the reply's length
+# (which also leaves the prompt in llama.cpp's cache, so that neither timed request processes it), then
+# timed constrained and free-form with that many tokens, in the order given; prints JSON.
+PAIR_PROBE = r"""
+import json, sys, time, urllib.request
+sys.path.insert(0, "/opt/redline/agent")
+import redline_agent as agent
+config = agent.build_parser().parse_args([]); agent.apply_environment(config, {})
+config.workdir, config.instance_id = "/home/agent", "bench"
+messages = agent.Agent(config).request_messages()
+
+def ask(extra):
+    body = {"model": "m", "messages": messages, "temperature": 0.0, **extra}
+    request = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    reply = json.load(urllib.request.urlopen(request, timeout=600))
+    return time.monotonic() - started, reply["usage"]["completion_tokens"]
+
+_, tokens = ask({"max_tokens": 384, "grammar": agent.FRAME_GRAMMAR})
+timed = {}
+for kind in sys.argv[1].split(","):
+    extra = {"max_tokens": 384, "grammar": agent.FRAME_GRAMMAR} if kind == "constrained" else \
+        {"max_tokens": tokens, "min_tokens": tokens}
+    timed[kind] = ask(extra)
+print(json.dumps({"constrained_s": timed["constrained"][0], "free_s": timed["free"][0], "tokens": tokens,
+                  "constrained_tokens": timed["constrained"][1], "free_tokens": timed["free"][1]}))
+"""
 
 
 def agent_run(box, rounds: int, constrained: bool) -> list[dict]:
@@ -35,6 +69,19 @@ def agent_run(box, rounds: int, constrained: bool) -> list[dict]:
     result = box.exec(["python3", "-I", AGENT_SCRIPT], user=AGENT_USER, env=env, timeout=1200,
                       max_output=64 << 20)
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def grammar_cost(box) -> dict:
+    pairs = []
+    for n in range(COST_PAIRS):
+        order = "constrained,free" if n % 2 == 0 else "free,constrained"
+        done = box.exec(["python3", "-I", "-c", PAIR_PROBE, order], user=AGENT_USER, timeout=1200)
+        pairs.append(json.loads(done.stdout))
+    assert all(p["tokens"] == p["free_tokens"] == p["constrained_tokens"] for p in pairs), pairs  # equal work
+    return {"pairs": len(pairs), "tokens_per_reply": pairs[0]["tokens"],
+            "constrained_s_median": round(statistics.median(p["constrained_s"] for p in pairs), 2),
+            "free_same_tokens_s_median": round(statistics.median(p["free_s"] for p in pairs), 2),
+            "cost": round(statistics.median(p["constrained_s"] / p["free_s"] for p in pairs) - 1, 3)}
 
 
 def rounds_of(events: list[dict]) -> int:
@@ -72,14 +119,13 @@ def main() -> None:
                 if left > 0:
                     events[constrained] += agent_run(box, min(BLOCK_ROUNDS, left), constrained)
             order.reverse()
+        cost = grammar_cost(box)
     finally:
         box.remove()
     free, constrained = summary(events[False]), summary(events[True])
-    cost = (round(1 - constrained["tokens_per_s_median"] / free["tokens_per_s_median"], 3)
-            if free["tokens_per_s_median"] and constrained["tokens_per_s_median"] else None)
     print(json.dumps({"benchmark": "constrained_format", "model": "SmolLM2-135M-Instruct Q4_1 (llama.cpp, CPU)",
                       "rounds_per_condition": args.rounds, "free_form": free, "constrained": constrained,
-                      "goal_valid_action_share": 0.95, "tokens_per_s_cost_of_constraint": cost}))
+                      "goal_valid_action_share": 0.95, "cost_of_constraint_on_equal_work": cost}))
 
 
 if __name__ == "__main__":
