@@ -72,6 +72,7 @@ _MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+WAL_WAIT_S = 30.0  # as long as the connection's own busy timeout
 
 
 def new_id(prefix: str) -> str:
@@ -134,7 +135,7 @@ class Store:
             (self.root / "trials").mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.root / DB_NAME, timeout=30, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
-            self.journal_mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self.journal_mode = self._wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -150,6 +151,19 @@ class Store:
                                  "writable or set REDLINE_HOME to another folder") from None
             raise UsageError(f"the records index {self.root / DB_NAME} is damaged ({exc}); `redline records "
                              "rebuild` moves it aside and rebuilds it from the trial transcripts") from None
+
+    def _wal(self) -> str:
+        """Switch to WAL, waiting for other connections doing the same: a journal-mode change on a new
+        file can fail at once with "database is locked" (SQLite skips the busy timeout there to avoid a
+        deadlock), which is no damage."""
+        deadline = time.monotonic() + WAL_WAIT_S
+        while True:
+            try:
+                return self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         """Bring the schema up to date. The version is read again under the write lock, so two
