@@ -131,7 +131,7 @@ def gpu_backend(engine, home):
     from console.sandbox.spec import ContainmentSpec
     from console.viewmodel.backend import ConsoleBackend
 
-    backends = []
+    backends, boxes = [], []
 
     def connect(gpu_processes: list):
         backend = ConsoleBackend(lambda item: None, with_watchdog=False,
@@ -142,6 +142,7 @@ def gpu_backend(engine, home):
         box = engine.create(ContainmentSpec(image=image_ref("base"), session_id=backend.session.id,
                                             trial_id=f"t{uuid.uuid4().hex[:8]}", deadline_unix=time.time() + 600,
                                             command=("sh", "-c", "sleep 300 & sleep 301 & wait")))
+        boxes.append(box)
         container = docker.from_env().containers.get(box.id)
         wait_for(lambda: host_pids(container, "sleep 300") and host_pids(container, "sleep 301"))
         servers = host_pids(container, "sleep 300") + host_pids(container, "sleep 301")
@@ -153,6 +154,8 @@ def gpu_backend(engine, home):
     yield connect
     for backend in backends:
         backend.close()
+    for box in boxes:  # killed by the test, removed here
+        box.remove()
 
 
 def test_the_kill_report_times_the_release_of_the_sandboxes_gpu_memory(gpu_backend):
