@@ -82,7 +82,7 @@ class TrialRunner:
                                    "index": config.index, "scripted": config.model.scripted,
                                    "constrained_format": config.model.constrained_format,
                                    "session_id": session.id,
-                                   "experiment": vars(store.get_experiment(store.get_trial(self.trial_id).experiment_id))})
+                                   "experiment": vars(store.get_experiment(experiment))})
         self.state = "preparing"
         self.sandbox = None
         self.judge: Judge | None = None

@@ -16,7 +16,7 @@ def run_console(argv: list[str] | None = None) -> int:
     until it is closed; returns the exit status."""
     import qasync
 
-    from console.ui.main_window import APPLICATION, ORGANIZATION, MainWindow
+    from console.ui.main_window import APPLICATION, ORGANIZATION, MainWindow, with_python_executor
     from console.ui.theme import apply_theme, icon
 
     app = QApplication.instance() or QApplication(sys.argv[:1] + list(argv or []))
@@ -27,6 +27,7 @@ def run_console(argv: list[str] | None = None) -> int:
     apply_theme(app)
 
     async def main() -> int:
+        with_python_executor(asyncio.get_running_loop())
         window = MainWindow(QSettings(ORGANIZATION, APPLICATION))
         closed = asyncio.Event()
         window.closedCleanly.connect(closed.set)

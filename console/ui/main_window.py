@@ -48,19 +48,20 @@ def load_catalogue():
 
 def gui_event_loop() -> asyncio.AbstractEventLoop:
     """The asyncio loop on this (the GUI) thread: qasync's when the console runs under qasync.run, else
-    (a test driving Qt itself) a qasync loop attached to the running Qt event loop.
-
-    Its default executor (what `asyncio.to_thread` uses) is a plain Python pool: qasync's own is made
-    of QThreads, which abort the interpreter at exit when a loop that was never closed still owns them."""
+    (a test driving Qt itself) a qasync loop attached to the running Qt event loop."""
     try:
-        loop = asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
         import qasync
 
-        loop = qasync.QEventLoop(QApplication.instance(), already_running=True)
-    if not getattr(loop, "_redline_executor", False):
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="redline-loop"))
-        loop._redline_executor = True
+        return with_python_executor(qasync.QEventLoop(QApplication.instance(), already_running=True))
+
+
+def with_python_executor(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    """A qasync loop whose default executor (what `asyncio.to_thread` uses) is a plain Python pool:
+    qasync's own is made of QThreads, which abort the interpreter at exit when a loop that was never
+    closed still owns them."""
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="redline-loop"))
     return loop
 
 
