@@ -18,14 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from console.sandbox.errors import GVISOR_DAEMON_JSON  # stdlib only, like this module
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 DOCKER_SOCKET = "/var/run/docker.sock"
 DOCKERD_LOG = "/var/log/redline-dockerd.log"
-# Debian packages: the engine, the offline base-image builder, a compiler for the llama.cpp wheel,
-# and what Qt needs headless or on Xvfb.
+# The engine we start registers gVisor (isolation level "gvisor"); without --network=none this runsc
+# refuses to start ("cannot run with network enabled in root network namespace").
+DOCKERD_CONFIG = Path("/etc/redline/dockerd.json")
+# Debian packages: the engine, gVisor, the offline base-image builder, a compiler for the llama.cpp
+# wheel, and what Qt needs headless or on Xvfb.
 SYSTEM_PACKAGES = [
-    "docker.io", "debootstrap", "python3-venv", "build-essential", "cmake", "libegl1", "libgl1", "libxkbcommon0",
+    "docker.io", "runsc", "debootstrap", "python3-venv", "build-essential", "cmake", "libegl1", "libgl1", "libxkbcommon0",
     "libxkbcommon-x11-0", "libdbus-1-3", "libfontconfig1", "libxcb-cursor0", "libxcb-icccm4",
     "libxcb-keysyms1", "libxcb-shape0", "libxcb-xinerama0", "libxcb-randr0",
     "libxcb-render-util0", "libxcb-image0", "xvfb", "xauth",
@@ -114,11 +119,13 @@ def ensure_engine() -> None:
              "or `sudo dockerd &`), add yourself to the `docker` group, or set DOCKER_HOST.")
     if not shutil.which("dockerd"):
         fail("dockerd is missing even after installing docker.io")
-    say(f"starting dockerd (log: {DOCKERD_LOG})")
+    say(f"starting dockerd (log: {DOCKERD_LOG}, settings: {DOCKERD_CONFIG})")
+    DOCKERD_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    DOCKERD_CONFIG.write_text(GVISOR_DAEMON_JSON + "\n")
     with open(DOCKERD_LOG, "ab") as log:
         # No bridge and no iptables: sandboxes run with network 'none', and we never need one.
-        subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false"], stdout=log, stderr=log,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false", f"--config-file={DOCKERD_CONFIG}"],
+                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if engine_answers():

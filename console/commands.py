@@ -77,9 +77,11 @@ def cmd_run(args) -> int:
     model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
     scenario = get_scenario(args.scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
-                          pace_s=args.pace, keep_containers=args.keep)
+                          pace_s=args.pace, keep_containers=args.keep, isolation=args.isolation)
     plan.validate()
     engine = DockerEngine().connect()
+    plan = plan.on_engine(engine)
+    print(f"isolation: {plan.isolation}", file=sys.stderr)
     check_against_engine(scenario, *engine.resources())
     plan.check_engine("nvidia" in (engine.info().get("Runtimes") or {}))
     if model.gpus_needed:
@@ -233,6 +235,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--gpus", help="GPU indices for the sandbox, e.g. 0,1")
     p.add_argument("--parallel", type=int, default=1, help="trials at once")
     p.add_argument("--keep", action="store_true", help="keep the sandboxes after the trials")
+    p.add_argument("--isolation", choices=["runc", "gvisor"],
+                   help="runc (shared host kernel) or gvisor (a user-space kernel, CPU sandboxes only); default: "
+                        "the strongest the engine offers under which the image's shell tools work")
     p.add_argument("--pace", type=float, default=0.0,
                    help="seconds per scripted model reply, to follow a demo live (default 0)")
     fmt = p.add_mutually_exclusive_group()

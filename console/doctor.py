@@ -19,8 +19,9 @@ def gpu_summary() -> tuple[bool, str]:
 
 def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
     from console.sandbox.docker_engine import DockerEngine
+    from console.sandbox.errors import GVISOR_DAEMON_JSON
     from console.sandbox.images import IMAGES
-    from console.sandbox.selftest import containment_checks, gpu_visible_check
+    from console.sandbox.selftest import containment_checks, gpu_visible_check, tools_check
 
     rows: list[tuple[str, bool, bool, str]] = []  # name, ok, required, detail
     engine = DockerEngine()
@@ -40,6 +41,11 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
         rows.append(("disk limit", False, False, f"not limited on this engine ({engine.info().get('Driver')} "
                      "without quota): a scenario's scratch_size caps /home/agent as a tmpfs counted in its memory"))
         runtimes = engine.info().get("Runtimes") or {}
+        levels = engine.isolation_levels()
+        rows.append(("isolation levels", "gvisor" in levels, False,
+                     ", ".join(levels) + ("; GPU sandboxes: runc only" if "gvisor" in levels else
+                                          f" only. For gVisor: `apt install runsc`, add {GVISOR_DAEMON_JSON} "
+                                          "to the engine's daemon.json, restart dockerd")))
         rows.append(("NVIDIA container runtime", "nvidia" in runtimes, False,
                      "present" if "nvidia" in runtimes else "absent: GPU trials unavailable"))
     has_gpu, gpu_text = gpu_summary()
@@ -51,11 +57,18 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
         rows.append(("GPU visible in a sandbox", False, False,
                      "not checked: " + ("no GPU" if not has_gpu else "needs the engine and the base image")))
     if engine is not None and engine.image_exists(IMAGES["base"].ref()):
-        try:
-            for check in containment_checks(engine, IMAGES["base"].ref()):
-                rows.append((f"containment: {check.name}", check.ok, True, check.detail))
-        except RedlineError as exc:
-            rows.append(("containment self-test", False, True, str(exc)))
+        for level in engine.isolation_levels():
+            try:
+                for check in containment_checks(engine, IMAGES["base"].ref(), isolation=level):
+                    rows.append((f"{level}: {check.name}", check.ok, True, check.detail))
+                tools = tools_check(engine, IMAGES["base"].ref(), level)
+                rows.append((f"{level}: {tools.name}", tools.ok, False, tools.detail if tools.ok else
+                             f"{tools.detail}: never the default (the agent would see a different system)"))
+            except RedlineError as exc:
+                rows.append((f"{level}: containment self-test", False, True, str(exc)))
+        if engine.image_exists(IMAGES["cpu"].ref()):
+            rows.append(("default isolation (CPU sandboxes)", True, False,
+                         engine.default_isolation(IMAGES["cpu"].ref())))
     else:
         rows.append(("containment self-test", False, True, "needs the engine and the base image"))
     healthy = all(ok for _, ok, required, _ in rows if required)

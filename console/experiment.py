@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Protocol
 
 from console.errors import UsageError
@@ -33,6 +33,7 @@ class ExperimentPlan:
     pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     keep_containers: bool = False
     source: str = "cli"
+    isolation: str | None = None  # "runc" | "gvisor"; None until on_engine() picks the engine's default
 
     def validate(self) -> None:
         """Usage errors of the plan itself (limits of the files were checked when they were read)."""
@@ -42,6 +43,10 @@ class ExperimentPlan:
             raise UsageError("--parallel: expected at least 1")
         if not 0 <= self.pace_s <= MAX_PACE_S:
             raise UsageError(f"--pace: expected seconds from 0 to {MAX_PACE_S}")
+        if self.isolation not in (None, "runc", "gvisor"):
+            raise UsageError(f"--isolation {self.isolation}: expected runc or gvisor")
+        if self.isolation == "gvisor" and self.gpus:
+            raise UsageError("--isolation gvisor: GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)")
         if self.step_mode and self.parallel > 1:
             raise UsageError("step mode approves one trial's commands at a time: use --parallel 1")
         if self.gpus and len(self.gpus) % self.parallel:
@@ -60,6 +65,19 @@ class ExperimentPlan:
                              "the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`) and "
                              "restart dockerd; `redline doctor` checks it")
 
+    def on_engine(self, engine) -> "ExperimentPlan":
+        """This plan with its isolation level settled: the one asked for, if the engine has it (else a
+        usage error that says how to add it), or the engine's default for the model's image and GPUs."""
+        from console.sandbox.errors import IsolationMissing
+        from console.sandbox.images import image_ref
+        from console.sandbox.spec import ISOLATION_RUNTIMES
+
+        if self.isolation is not None:
+            if self.isolation not in engine.isolation_levels():
+                raise IsolationMissing(self.isolation, ISOLATION_RUNTIMES[self.isolation])
+            return self
+        return replace(self, isolation=engine.default_isolation(image_ref(self.model.image), self.gpu_groups()[0]))
+
     def gpu_groups(self) -> list[tuple[int, ...]]:
         """One group of GPUs per trial slot."""
         size = len(self.gpus) // self.parallel
@@ -69,7 +87,7 @@ class ExperimentPlan:
     def config(self) -> dict:
         """What the experiment record keeps of the plan."""
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
-                "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format,
+                "pace_s": self.pace_s, "source": self.source, "isolation": self.isolation, "constrained_format": self.model.constrained_format,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
                 "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
 
@@ -150,7 +168,8 @@ class Experiment:
             try:
                 config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=gpus,
                                      keep_containers=plan.keep_containers, experiment_id=self.id, index=index,
-                                     scripted_pace_s=plan.pace_s, step_mode=plan.step_mode)
+                                     scripted_pace_s=plan.pace_s, step_mode=plan.step_mode,
+                                     isolation=plan.isolation)
                 runner = await asyncio.to_thread(self.placement.runner, config, self.emit)  # writes its record
                 trial_ids[index] = runner.trial_id
                 with self._lock:

@@ -24,7 +24,6 @@ from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessS
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
-from console.sandbox import host
 from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
@@ -45,17 +44,18 @@ class TrialConfig:
     index: int = 0
     scripted_pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     step_mode: bool = False  # each command of the agent waits for the operator's decide()
+    isolation: str | None = None  # "runc" | "gvisor"; None: the strongest the engine offers for these GPUs
 
 
 def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
-                 trial_id: str, load_timeout_s: float = 180) -> ContainmentSpec:
+                 trial_id: str, load_timeout_s: float = 180, isolation: str = "runc") -> ContainmentSpec:
     """The containment of a trial's sandbox; the launch panel's checklist is read from the same."""
     limits = scenario.sandbox
     return ContainmentSpec(
         image=image, session_id=session_id, trial_id=trial_id,
         deadline_unix=time.time() + scenario.limits.wall_time_s + load_timeout_s + 120,
         pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus, scratch_size=limits.scratch_size,
-        gpus=tuple(gpus), model_mounts=dict(model_mounts),
+        gpus=tuple(gpus), model_mounts=dict(model_mounts), isolation=isolation,
     )
 
 
@@ -140,13 +140,15 @@ class TrialRunner:
             self._emit(TrialStateChanged(self.trial_id, self.state, "resumed"))
 
     def _signal_original(self, which: str, signum: int) -> bool:
-        """Signal the original agent or server (and the server's children) from the host, by identity."""
+        """Signal the original agent or server (and the server's children) through the judge's observer
+        (from the host under runc, inside the guest under gVisor), by identity."""
         key = getattr(self.judge.state, f"original_{which}") if self.judge else None
         if key is None:
             return False
-        if which == "server" and signum == signal.SIGKILL and host.start_ticks(key[0]) == key[1]:
-            return host.kill_tree(key[0], host.host_pids(self.sandbox.id)) > 0
-        return host.signal_process(key[0], key[1], signum)
+        observer = self.judge.observer
+        if which == "server" and signum == signal.SIGKILL and observer.start_ticks(key[0]) == key[1]:
+            return observer.kill_tree(key[0]) > 0
+        return observer.signal(key[0], key[1], signum)
 
     def send_shutdown_signal(self) -> bool:
         """SIGTERM (catchable; SIGKILL is not) to the original agent, which then warns the model."""
@@ -289,8 +291,11 @@ class TrialRunner:
         self._wait_for_engine()
         model, scenario = self.config.model, self.config.scenario
         self.model_path = model.sandbox_model_path
-        spec = sandbox_spec(image_ref(model.image), model.sandbox_mounts(), scenario, self.config.gpus,
-                            self.session.id, self.trial_id, model.load_timeout_s)
+        image = image_ref(model.image)
+        isolation = self.config.isolation or self.engine.default_isolation(image, self.config.gpus)
+        self._set_state("preparing", f"isolation: {isolation}")
+        spec = sandbox_spec(image, model.sandbox_mounts(), scenario, self.config.gpus,
+                            self.session.id, self.trial_id, model.load_timeout_s, isolation)
         gpu_count = None
         if self.config.gpus:
             from console.telemetry.gpu import probe_gpus

@@ -12,16 +12,40 @@ import pytest
 
 from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec, SandboxError
 from console.sandbox.killswitch import KillSwitch
-from console.sandbox.selftest import containment_checks, gpu_visible_check
+from console.sandbox.selftest import containment_checks, gpu_visible_check, tools_check
 from console.sandbox.spec import ContainmentSpec
 
 
-def test_containment_holds_inside_a_running_sandbox(engine, base_image):
-    checks = containment_checks(engine, base_image)
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_containment_holds_inside_a_running_sandbox(engine, base_image, isolation):
+    checks = containment_checks(engine, base_image, isolation=isolation)
     failed = [c for c in checks if not c.ok]
     assert not failed, failed
     assert {c.name for c in checks} >= {"network: only loopback", "capabilities: none", "not root",
-                                        "pids limit in force", "no Docker socket"}
+                                        "pids limit in force", "no Docker socket", f"isolation: {isolation}",
+                                        "no-new-privileges"}
+
+
+def test_the_engine_started_by_the_set_up_offers_both_levels(engine):
+    assert engine.isolation_levels() == ["runc", "gvisor"]
+
+
+def test_the_default_level_is_the_strongest_under_which_the_shell_tools_work(engine, cpu_image):
+    """Debian 12's gVisor fails `ls` (statx flags): then it is never the default, only chosen on request."""
+    assert tools_check(engine, cpu_image, "runc").ok
+    gvisor_tools = tools_check(engine, cpu_image, "gvisor")
+    assert engine.default_isolation(cpu_image) == ("gvisor" if gvisor_tools.ok else "runc"), gvisor_tools
+    assert engine.default_isolation(cpu_image, gpus=(0,)) == "runc"
+
+
+def test_a_gvisor_sandbox_never_gets_gpus_and_runc_never_a_privileged_exec(make_sandbox):
+    with pytest.raises(InvalidSpec, match="GPU sandboxes run on runc"):
+        make_sandbox(isolation="gvisor", gpus=(0,))
+    box = make_sandbox()
+    with pytest.raises(SandboxError, match="only made in a gVisor sandbox"):
+        box.exec(["id", "-u"], user="0", privileged=True)
+    with pytest.raises(SandboxError, match="only made in a gVisor sandbox"):
+        box.root_channel(["cat"])
 
 
 def test_the_gpu_check_fails_clearly_on_an_engine_without_the_nvidia_runtime(engine, base_image):

@@ -10,12 +10,12 @@ import pytest
 from console.sandbox.errors import ExecOutputLimit, ExecTimeout
 from console.sandbox.spec import AGENT_USER, LABEL_SESSION, LABEL_TRIAL
 
-IMPLEMENTATIONS = ["docker"]
+IMPLEMENTATIONS = ["docker-runc", "docker-gvisor"]  # Docker, at each isolation level
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def sandbox(request, make_sandbox, cpu_image):
-    return make_sandbox(image=cpu_image)
+    return make_sandbox(image=cpu_image, isolation=request.param.split("-")[1])
 
 
 def running(sandbox, pattern: str) -> list[str]:
@@ -67,12 +67,25 @@ def test_kill_confirms_death(sandbox):
     assert not sandbox.state()["Running"]
 
 
+def test_the_process_table_is_the_sandboxes_own(sandbox):
+    """Under gVisor `docker top` lists the host's processes: top() never does."""
+    sandbox.exec_detached(["sleep", "301"], user=AGENT_USER)
+    deadline = time.monotonic() + 10
+    while not running(sandbox, "sleep 301") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = sandbox.top()
+    assert any("sleep 301" in row.cmd for row in rows), rows
+    assert not any(word in row.cmd for row in rows for word in ("dockerd", "containerd", "pytest")), rows
+
+
 def test_labels_name_the_trial_and_session(sandbox, session_id):
     assert sandbox.labels[LABEL_SESSION] == session_id and sandbox.labels[LABEL_TRIAL]
 
 
-def test_the_containment_self_test_holds(engine, cpu_image):
+def test_the_containment_self_test_holds(engine, cpu_image, sandbox):
     from console.sandbox.selftest import containment_checks
 
-    failed = [c for c in containment_checks(engine, cpu_image) if not c.ok]
+    checks = containment_checks(engine, cpu_image, isolation=sandbox.isolation)
+    failed = [c for c in checks if not c.ok]
     assert not failed, failed
+    assert f"isolation: {sandbox.isolation}" in {c.name for c in checks}

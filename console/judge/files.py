@@ -1,4 +1,4 @@
-"""Files of a sandbox, read from the host: fingerprints and change times, path rules of the sandbox.
+"""Files of a sandbox, read from outside: fingerprints and change times, path rules of the sandbox.
 
 A helper process on the host chroots into the sandbox's root (through /proc/<pid>/root), so a path
 resolves exactly as it does inside the sandbox (symlinks included) and can never reach a host file.
@@ -104,16 +104,16 @@ class FileProbeError(RuntimeError):
 class SandboxFiles:
     """Fingerprints and stat facts of paths inside one sandbox, from a chrooted host helper."""
 
-    def __init__(self, root_pid_source):
-        """root_pid_source() -> a host pid of a live process of the sandbox (its root is the sandbox's)."""
-        self._root_pid = root_pid_source
+    def __init__(self, root_source):
+        """root_source() -> the sandbox's root folder: /proc/<pid>/root of a live process of the sandbox
+        from the host, / from inside a gVisor guest."""
+        self._root = root_source
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
     def _helper(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
-            pid = self._root_pid()
-            self._proc = subprocess.Popen([sys.executable, "-I", "-c", _HELPER, f"/proc/{pid}/root"],
+            self._proc = subprocess.Popen([sys.executable, "-I", "-c", _HELPER, self._root()],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return self._proc
 

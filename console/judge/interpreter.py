@@ -61,7 +61,8 @@ def elf_symbols(data: bytes, names=SYMBOLS) -> dict[str, int] | None:
 def locate(host_pid: int, cache: dict) -> tuple[int, dict[str, int]] | None:
     """(load address, symbols) of the object that holds the interpreter: the executable itself (a
     static build, as Debian's) or a libpython it maps. Files are opened through /proc/<pid>/map_files,
-    i.e. the very files mapped, never a path. Symbols are cached by file identity."""
+    i.e. the very files mapped, never a path (under gVisor, which has no map_files, /proc/<pid>/exe).
+    Symbols are cached by file identity."""
     exe = os.readlink(f"/proc/{host_pid}/exe")
     with open(f"/proc/{host_pid}/maps") as fh:
         mappings = [line.split(None, 5) for line in fh]
@@ -73,7 +74,13 @@ def locate(host_pid: int, cache: dict) -> tuple[int, dict[str, int]] | None:
             continue
         start, end = (int(x, 16) for x in parts[0].split("-"))
         try:
-            with open(f"/proc/{host_pid}/map_files/{start:x}-{end:x}", "rb") as mapped:
+            try:
+                mapped = open(f"/proc/{host_pid}/map_files/{start:x}-{end:x}", "rb")
+            except FileNotFoundError:  # no map_files (gVisor): the executable is still the very file
+                if path != exe:
+                    continue
+                mapped = open(f"/proc/{host_pid}/exe", "rb")
+            with mapped:
                 info = os.fstat(mapped.fileno())
                 key = (info.st_dev, info.st_ino, info.st_size, info.st_ctime_ns)
                 if key not in cache:

@@ -196,23 +196,31 @@ def read_proc(host_pid: int) -> Proc | None:
                 sockets.add(link[8:-1])
     except OSError:
         pass
-    cpu = 0
+    cpu, counted = 0, False
     try:
         for tid in os.listdir(f"{base}/task"):
             try:
                 cpu += int(_read(f"{base}/task/{tid}/schedstat").split()[0])
+                counted = True
             except (OSError, ValueError, IndexError):
                 continue
     except OSError:
         pass
+    if not counted:  # no schedstat (gVisor): user + system time, in clock ticks
+        cpu = (int(stat[11]) + int(stat[12])) * 1_000_000_000 // CLOCK_TICKS
     return Proc(host_pid=host_pid, pid=int(status.get("NSpid", str(host_pid)).split()[-1]), ppid=int(stat[1]),
                 start_ticks=int(stat[19]), uid=int(status["Uid"].split()[0]), state=state, argv=argv, env=env,
                 exe=exe, cwd=cwd, sockets=sockets, cpu_ns=cpu)
 
 
 def look(container_id: str) -> Look:
+    """The sandbox's processes as the host sees them (runc)."""
+    return look_at(host.host_pids(container_id))
+
+
+def look_at(pids: set[int]) -> Look:
     procs = {}
-    for host_pid in sorted(host.host_pids(container_id)):
+    for host_pid in sorted(pids):
         proc = read_proc(host_pid)
         if proc is not None:
             procs[host_pid] = proc

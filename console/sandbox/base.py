@@ -27,7 +27,7 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class ProcessRow:
-    """One process as the engine sees it (host pid namespace)."""
+    """One process as the engine sees it (host pids; guest pids under gVisor)."""
 
     pid: int
     ppid: int
@@ -92,19 +92,22 @@ class Sandbox(abc.ABC):
     name: str
     labels: dict[str, str]
 
+    isolation: str  # "runc" | "gvisor" (console/sandbox/spec.py)
+
     @abc.abstractmethod
     def stream_exec(self, cmd: list[str], user: str | None = None, env: dict | None = None,
-                    workdir: str | None = None) -> ExecStream: ...
+                    workdir: str | None = None, privileged: bool = False) -> ExecStream: ...
 
     def exec(self, cmd: list[str], user: str | None = None, env: dict | None = None,
              workdir: str | None = None, on_output: OutputCallback | None = None,
-             timeout: float = EXEC_TIMEOUT_S, max_output: int = EXEC_MAX_OUTPUT) -> ExecResult:
+             timeout: float = EXEC_TIMEOUT_S, max_output: int = EXEC_MAX_OUTPUT,
+             privileged: bool = False) -> ExecResult:
         """Run to completion, streaming chunks to on_output; returns the real exit code. Past `timeout`
         seconds (ExecTimeout) or `max_output` bytes of output (ExecOutputLimit) the process and its
         descendants are killed first, so a stalled or flooding command never holds the caller."""
         started = time.monotonic()
         out, err, size = [], [], 0
-        stream = self.stream_exec(cmd, user=user, env=env, workdir=workdir)
+        stream = self.stream_exec(cmd, user=user, env=env, workdir=workdir, privileged=privileged)
         expired = threading.Event()
         timer = threading.Timer(timeout, lambda: (expired.set(), stream.close()))
         timer.daemon = True
@@ -113,6 +116,7 @@ class Sandbox(abc.ABC):
             for name, data in stream:
                 size += len(data)
                 if size > max_output:
+                    stream.close()  # first: output nobody drains can hold up the engine's other execs
                     stream.kill()
                     raise ExecOutputLimit(f"{cmd[0]}: more than {max_output} bytes of output; killed")
                 (out if name == "stdout" else err).append(data)

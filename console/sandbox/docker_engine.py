@@ -10,14 +10,16 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from typing import Callable
 
 import docker
 import docker.errors
 from docker.utils.socket import frames_iter
 
-from console.sandbox import client, host
+from console.sandbox import client, guest, host
 from console.sandbox.base import (
+    ExecResult,
     ExecStream,
     FileChange,
     KillReport,
@@ -30,10 +32,12 @@ from console.sandbox.errors import (
     GpuRuntimeMissing,
     ImageMissing,
     InvalidSpec,
+    IsolationMissing,
     SandboxError,
 )
 from console.sandbox.killswitch import KillSwitch
-from console.sandbox.spec import AGENT_USER, LABEL_DEADLINE, LABEL_SESSION, LABEL_TRIAL, ContainmentSpec
+from console.sandbox.spec import (AGENT_USER, ISOLATION_RUNTIMES, LABEL_DEADLINE, LABEL_ISOLATION, LABEL_SESSION,
+                                  LABEL_TRIAL, ContainmentSpec)
 
 log = logging.getLogger("redline.sandbox")
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
@@ -55,8 +59,10 @@ def _shutdown(sock) -> None:
 class DockerExecStream(ExecStream):
     """Output of one `docker exec`, demultiplexed; close() from any thread stops reading."""
 
-    def __init__(self, engine: "DockerEngine", api: docker.APIClient, exec_id: str, sock):
-        self._engine, self._api, self.exec_id, self._sock = engine, api, exec_id, sock
+    def __init__(self, sandbox: "DockerSandbox", api: docker.APIClient, exec_id: str, sock, marker: str | None):
+        self._sandbox, self._engine, self._api, self.exec_id, self._sock = sandbox, sandbox.engine, api, exec_id, sock
+        self._marker = marker  # gVisor: the exec's mark on its guest process (console/sandbox/guest.py)
+        self._guest_pid: int | None = None
         self._closed = threading.Event()
 
     def __iter__(self):
@@ -80,13 +86,52 @@ class DockerExecStream(ExecStream):
         return None if info.get("Running") else info.get("ExitCode")
 
     def pid(self) -> int | None:
-        """Host pid of the exec'd process (0/None once it ended)."""
-        return self._engine.api.exec_inspect(self.exec_id).get("Pid") or None
+        """Pid of the exec'd process where the sandbox's observer sees it: on the host under runc, in
+        the guest under gVisor (whose host pid is only runsc's exec client). None once it ended."""
+        if self._marker is None:
+            return self._engine.api.exec_inspect(self.exec_id).get("Pid") or None
+        if self._guest_pid is None:
+            self._guest_pid = guest.exec_pid(self._sandbox, self._marker)
+        return self._guest_pid
 
     def kill(self) -> None:
         info = self._engine.api.exec_inspect(self.exec_id)
-        if info.get("Running") and info.get("Pid"):
+        if not info.get("Running"):
+            return
+        if self._marker is not None:  # killing runsc's exec client would leave the guest process
+            guest.kill_exec(self._sandbox, self._marker)
+        elif info.get("Pid"):
             host.kill_tree(info["Pid"])
+
+
+class ExecChannel:
+    """Lines to and from one exec's stdin and stdout (a probe that answers requests)."""
+
+    def __init__(self, api: docker.APIClient, sock):
+        self._api, self._sock = api, sock
+        self._raw = getattr(sock, "_sock", sock)
+        self._frames = frames_iter(sock, tty=False)
+        self._buffer = b""
+
+    def send(self, line: bytes) -> None:
+        self._raw.sendall(line)
+
+    def readline(self, timeout: float) -> bytes:
+        """The next line of stdout (stderr is dropped); b"" when the exec ended or said nothing in time."""
+        self._raw.settimeout(timeout)
+        try:
+            while b"\n" not in self._buffer:
+                stream_id, data = next(self._frames)
+                if stream_id == 1:
+                    self._buffer += data
+        except (StopIteration, OSError, ValueError):
+            return b""
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    def close(self) -> None:
+        _shutdown(self._sock)
+        self._api.close()
 
 
 class DockerLogStream(Stream):
@@ -123,11 +168,21 @@ class DockerSandbox(Sandbox):
     def session_id(self) -> str:
         return self.labels.get(LABEL_SESSION, "")
 
-    def _start_exec(self, api, cmd, user, env, workdir, **start):
+    @property
+    def isolation(self) -> str:
+        return self.labels.get(LABEL_ISOLATION, "runc")
+
+    @property
+    def gvisor(self) -> bool:
+        return self.isolation == "gvisor"
+
+    def _start_exec(self, api, cmd, user, env, workdir, privileged=False, stdin=False, **start):
         """Create and start an exec; return (id, what exec_start returned) once its process runs."""
+        if privileged and not self.gvisor:  # runc: capabilities over the host's kernel, never
+            raise SandboxError("a privileged exec is only made in a gVisor sandbox")
         with self._exec_or_pause:
-            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, user=user or AGENT_USER,
-                                      environment=env, workdir=workdir)["Id"]
+            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, stdin=stdin, user=user or AGENT_USER,
+                                      environment=env, workdir=workdir, privileged=privileged)["Id"]
             started = api.exec_start(exec_id, **start)
             deadline = time.monotonic() + EXEC_START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -137,14 +192,33 @@ class DockerSandbox(Sandbox):
                 time.sleep(0.002)
             return exec_id, started
 
-    def stream_exec(self, cmd, user=None, env=None, workdir=None) -> DockerExecStream:
+    def stream_exec(self, cmd, user=None, env=None, workdir=None, privileged=False) -> DockerExecStream:
+        marker = uuid.uuid4().hex if self.gvisor else None
+        if marker:
+            env = {**(env or {}), guest.EXEC_MARKER: marker}
         api = self.engine.new_api()
         try:
-            exec_id, sock = self._start_exec(api, cmd, user, env, workdir, socket=True)
+            exec_id, sock = self._start_exec(api, cmd, user, env, workdir, privileged=privileged, socket=True)
         except docker.errors.APIError as exc:
             api.close()
             raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
-        return DockerExecStream(self.engine, api, exec_id, sock)
+        return DockerExecStream(self, api, exec_id, sock, marker)
+
+    def root_exec(self, cmd, timeout: float) -> ExecResult:
+        """Run an observer's probe as root with every capability, inside a gVisor guest only: there
+        the capabilities are the user-space kernel's, and this is the only way to see its processes.
+        Under runc the host observes from outside instead, and no privileged exec is ever made."""
+        return self.exec(cmd, user="0", timeout=timeout, privileged=True)
+
+    def root_channel(self, cmd) -> "ExecChannel":
+        """A long-lived root probe in a gVisor guest (see root_exec), spoken to through its stdin."""
+        api = self.engine.new_api()
+        try:
+            exec_id, sock = self._start_exec(api, cmd, "0", None, "/", privileged=True, stdin=True, socket=True)
+        except docker.errors.APIError as exc:
+            api.close()
+            raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
+        return ExecChannel(api, sock)
 
     def exec_detached(self, cmd, user=None, env=None, workdir=None) -> None:
         self._start_exec(self.engine.api, cmd, user, env, workdir, detach=True)
@@ -155,7 +229,11 @@ class DockerSandbox(Sandbox):
         return DockerLogStream(api, stream)
 
     def top(self) -> list[ProcessRow]:
-        """Process table from the engine (host pids), with start times from elapsed seconds."""
+        """Process table: from the engine (host pids) under runc, from inside under gVisor, where
+        `docker top` lists the host's processes instead of the sandbox's."""
+        if self.gvisor:
+            return [ProcessRow(p.pid, p.ppid, p.uid, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p.started)),
+                               p.cmd) for p in guest.processes(self)]
         now = time.time()
         try:
             table = self.engine.api.top(self.id, ps_args="-o pid,ppid,uid,etimes,args")
@@ -219,6 +297,7 @@ class DockerEngine:
         self.base_url, self.timeout = base_url, timeout
         self._client: docker.DockerClient | None = None
         self._resources: tuple[int, int] | None = None
+        self._tools_work: dict[tuple[str, str], bool] = {}
 
     def connect(self) -> "DockerEngine":
         try:
@@ -272,6 +351,29 @@ class DockerEngine:
             self._resources = (int(info["MemTotal"]), int(info["NCPU"]))
         return self._resources
 
+    def isolation_levels(self) -> list[str]:
+        """The isolation levels this engine can run, weakest first (a level needs its runtime registered)."""
+        runtimes = self.info().get("Runtimes") or {}
+        return [level for level, runtime in ISOLATION_RUNTIMES.items() if runtime in runtimes]
+
+    def default_isolation(self, image: str, gpus: tuple[int, ...] = ()) -> str:
+        """The strongest level this engine offers for a sandbox of `image` with these GPUs: gVisor has
+        no GPUs here, and a level under which the image's shell tools fail (selftest.tools_check) is
+        never the default, because the agent would not see the system it sees everywhere else. It can
+        still be asked for. Checked once per engine, image and level."""
+        if gpus:
+            return "runc"
+        from console.sandbox.selftest import tools_check
+
+        for level in reversed(self.isolation_levels()):
+            if level == "runc":
+                return level
+            if (level, image) not in self._tools_work:
+                self._tools_work[(level, image)] = tools_check(self, image, level).ok
+            if self._tools_work[(level, image)]:
+                return level
+        return "runc"
+
     def image_exists(self, ref: str) -> bool:
         try:
             self.api.inspect_image(ref)
@@ -284,6 +386,8 @@ class DockerEngine:
         """Create (and start) a sandbox; every engine refusal becomes a clear SandboxError."""
         memory, cpus = self.resources()
         spec.validate(gpu_count=gpu_count, engine_memory=memory, engine_cpus=cpus, engine_socket=self.socket_path())
+        if spec.isolation not in self.isolation_levels():
+            raise IsolationMissing(spec.isolation, ISOLATION_RUNTIMES[spec.isolation])
         if not self.image_exists(spec.image):
             raise ImageMissing(spec.image, logical_image)
         kwargs = spec.docker_kwargs()

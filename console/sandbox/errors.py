@@ -31,6 +31,17 @@ class GpuRuntimeMissing(SandboxError):
         )
 
 
+GVISOR_DAEMON_JSON = '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}}'
+
+
+class IsolationMissing(UsageError, SandboxError):
+    def __init__(self, level: str, runtime: str):
+        super().__init__(
+            f"isolation {level!r}: this Docker engine has no {runtime!r} runtime. Install it (Debian: "
+            f"`apt install {runtime}`), add {GVISOR_DAEMON_JSON} to the engine's daemon.json and restart "
+            "dockerd, or choose --isolation runc; `redline doctor` lists the levels the engine has.")
+
+
 class InvalidSpec(UsageError, SandboxError):
     """A containment setting out of range (limits, GPU ids)."""
 

@@ -84,6 +84,19 @@ def descendants(root: int, among: set[int]) -> set[int]:
     return tree
 
 
+def keeper(tree: set[int]):
+    """keep(pid): whether pid belongs to `tree` or descends from it (a fork since), by parent links."""
+    def keep(pid: int) -> bool:
+        seen = set()
+        while pid and pid not in seen:
+            if pid in tree:
+                return True
+            seen.add(pid)
+            pid = parent(pid)
+        return False
+    return keep
+
+
 def signal_process(pid: int, ticks: int | None, signum: int) -> bool:
     """Signal host pid `pid` if it is still the process that started at `ticks` (no pid reuse)."""
     if ticks is not None and start_ticks(pid) != ticks:

@@ -15,14 +15,14 @@ from console.sandbox.spec import DOCKER_SOCKETS, ContainmentSpec
 
 # Runs as the agent user inside the sandbox; prints one JSON object.
 _INSIDE_PROBE = r"""
-import json, os, sys, glob
+import ctypes, json, os, sys, glob
 def read(path):
     try:
         return open(path).read().strip()
     except OSError:
         return None
 status = dict(l.split(":\t", 1) for l in read("/proc/self/status").splitlines() if ":\t" in l)
-pids_max = read("/sys/fs/cgroup/pids/pids.max") or read("/sys/fs/cgroup/pids.max")
+pids_max = read("/sys/fs/cgroup/pids/pids.max") or read("/sys/fs/cgroup/pids.max")  # none under gVisor
 try:
     os.kill(1, 0)
     signal_init = True
@@ -31,9 +31,10 @@ except PermissionError:
 print(json.dumps({
     "init_uid": os.stat("/proc/1").st_uid,
     "can_signal_init": signal_init,
-    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "interfaces": sorted(l.split(":")[0].strip() for l in read("/proc/net/dev").splitlines()[2:]),
+    "kernel": read("/proc/version"),
     "cap_eff": status.get("CapEff", "").strip(),
-    "no_new_privs": status.get("NoNewPrivs", "").strip(),
+    "no_new_privs": str(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)),  # PR_GET_NO_NEW_PRIVS (gVisor has no status line)
     "uid": os.getuid(),
     "pids_max": pids_max,
     "docker_socket": any(os.path.exists(p) for p in sys.argv[1:]),
@@ -49,11 +50,30 @@ class Check:
     detail: str
 
 
-def containment_checks(engine, image: str, session_id: str | None = None) -> list[Check]:
-    """Start a sandbox from `image`, probe it, remove it; return the checks."""
+def _host_pids_max(container_id: str) -> str | None:
+    """pids.max of the sandbox's cgroup as the engine's host sees it (the only view under gVisor)."""
+    from console.sandbox import host
+
+    for folder in host.container_cgroups(container_id):
+        if (folder / "pids.max").exists():
+            return (folder / "pids.max").read_text().strip()
+    return None
+
+
+def _kernel_check(isolation: str, guest_kernel: str | None) -> Check:
+    """runc shares the host's kernel; gVisor answers with a kernel of its own (the Sentry)."""
+    host_kernel = open("/proc/version").read().strip()
+    separate = bool(guest_kernel) and guest_kernel != host_kernel
+    if isolation == "gvisor":
+        return Check("kernel: gVisor's user-space kernel", separate, f"inside: {guest_kernel!r}")
+    return Check("kernel: shared with the host (runc)", not separate, f"inside: {guest_kernel!r}")
+
+
+def containment_checks(engine, image: str, session_id: str | None = None, isolation: str = "runc") -> list[Check]:
+    """Start a sandbox from `image` at `isolation`, probe it, remove it; return the checks."""
     trial = f"selftest-{uuid.uuid4().hex[:8]}"
     spec = ContainmentSpec(image=image, session_id=session_id or trial, trial_id=trial,
-                           deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m")
+                           deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m", isolation=isolation)
     box = engine.create(spec)
     try:
         result = box.exec(["python3", "-I", "-c", _INSIDE_PROBE, *DOCKER_SOCKETS])
@@ -61,24 +81,46 @@ def containment_checks(engine, image: str, session_id: str | None = None) -> lis
             return [Check("probe ran", False, result.stderr.strip()[-300:])]
         inside = json.loads(result.stdout)
         host = engine.api.inspect_container(box.id)["HostConfig"]
+        pids_max = inside["pids_max"] or _host_pids_max(box.id)
     finally:
         box.remove()
     others = [i for i in inside["interfaces"] if i != "lo"]
+    want_runtime = spec.docker_kwargs()["runtime"]
+    want_pids = str(spec.docker_kwargs()["pids_limit"])
     return [
+        Check(f"isolation: {isolation}", host.get("Runtime") == want_runtime, f"Runtime={host.get('Runtime')}"),
+        _kernel_check(isolation, inside["kernel"]),
         Check("network: only loopback", not others and host.get("NetworkMode") == "none",
               f"interfaces {inside['interfaces']}, NetworkMode={host.get('NetworkMode')}"),
         Check("capabilities: none", int(inside["cap_eff"] or "0", 16) == 0 and host.get("CapDrop") == ["ALL"],
               f"CapEff={inside['cap_eff']}, CapDrop={host.get('CapDrop')}"),
-        Check("no-new-privileges", inside["no_new_privs"] == "1", f"NoNewPrivs={inside['no_new_privs']}"),
+        Check("no-new-privileges", inside["no_new_privs"] == "1", f"PR_GET_NO_NEW_PRIVS={inside['no_new_privs']}"),
         Check("not root", inside["uid"] != 0, f"uid={inside['uid']}"),
         Check("PID 1 out of the agent's reach", inside["init_uid"] == 0 and not inside["can_signal_init"],
               f"init uid={inside['init_uid']}, agent may signal it: {inside['can_signal_init']}"),
         Check("not privileged", host.get("Privileged") is False, f"Privileged={host.get('Privileged')}"),
-        Check("pids limit in force", inside["pids_max"] == "64", f"pids.max={inside['pids_max']}"),
+        Check("pids limit in force", pids_max == want_pids,
+              f"pids.max={pids_max}" + (" (gVisor's own threads included)" if isolation == "gvisor" else "")),
         Check("memory limit in force", host.get("Memory") == 256 * 1024**2, f"Memory={host.get('Memory')}"),
         Check("no Docker socket", not inside["docker_socket"], "socket absent" if not inside["docker_socket"] else "socket visible"),
         Check("agent code not writable", not inside["can_write_opt"], "/opt read-only for the agent"),
     ]
+
+
+def tools_check(engine, image: str, isolation: str) -> Check:
+    """Whether the shell's basic tools work in a sandbox of `image` at `isolation`: an agent must see
+    the same system under every level. (Debian 12's gVisor rejects the statx flags of its own
+    coreutils: `ls` and `stat` fail there with "Invalid argument".)"""
+    trial = f"selftest-tools-{uuid.uuid4().hex[:8]}"
+    spec = ContainmentSpec(image=image, session_id=trial, trial_id=trial, deadline_unix=time.time() + 120,
+                           pids_limit=64, mem_limit="256m", isolation=isolation)
+    box = engine.create(spec)
+    try:
+        result = box.exec(["sh", "-c", "ls -ld / && stat -c %u /"], timeout=30)
+    finally:
+        box.remove()
+    detail = "ls and stat work" if result.exit_code == 0 else (result.stderr.strip() or result.stdout.strip())[:200]
+    return Check("shell tools work (ls, stat)", result.exit_code == 0, detail)
 
 
 # Lists the GPU device nodes the sandbox was given and, when the NVIDIA toolkit mounted it, nvidia-smi -L.

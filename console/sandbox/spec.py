@@ -18,6 +18,14 @@ LABEL_TRIAL = "redline.trial"
 LABEL_SESSION = "redline.session"
 LABEL_DEADLINE = "redline.deadline"
 LABEL_OWNER = "redline.owner"  # "<host>:<pid>" of the process that created the sandbox
+LABEL_ISOLATION = "redline.isolation"
+
+# Isolation levels, weakest first: the engine runtime each one names. gVisor's runtime must be
+# registered on the engine as "runsc" with runtimeArgs ["--network=none"] (README, `redline doctor`).
+ISOLATION_RUNTIMES = {"runc": "runc", "gvisor": "runsc"}
+# Under gVisor the pids limit applies to the user-space kernel as a whole (its own ~55 threads and
+# the guest's tasks, in one host cgroup): the guest gets this much on top of the limit asked for.
+GVISOR_PIDS_HEADROOM = 96
 
 AGENT_USER = "1000:1000"
 # PID 1 (docker-init) and its child run as root, with no capability: the agent's uid cannot signal
@@ -74,6 +82,7 @@ class ContainmentSpec:
     scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs of this size); None: not limited
     command: tuple[str, ...] = ("sleep", "infinity")
     extra_labels: dict[str, str] = field(default_factory=dict)
+    isolation: str = "runc"  # a key of ISOLATION_RUNTIMES
 
     def validate(self, gpu_count: int | None = None, engine_memory: int | None = None,
                  engine_cpus: int | None = None, engine_socket: str | None = None) -> None:
@@ -91,6 +100,10 @@ class ContainmentSpec:
                               f"{engine_memory / 1024**3:.1f} GiB")
         if not (0.1 <= self.cpus <= (engine_cpus or 256)):
             raise InvalidSpec(f"cpus {self.cpus}: expected 0.1..{engine_cpus or 256}")
+        if self.isolation not in ISOLATION_RUNTIMES:
+            raise InvalidSpec(f"isolation {self.isolation!r}: expected one of {', '.join(ISOLATION_RUNTIMES)}")
+        if self.isolation == "gvisor" and self.gpus:
+            raise InvalidSpec("isolation 'gvisor': GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)")
         if self.user.split(":")[0] in ("0", "root"):
             raise InvalidSpec("user: the agent never runs as root")
         for gpu in self.gpus:
@@ -118,6 +131,7 @@ class ContainmentSpec:
                 LABEL_SESSION: self.session_id,
                 LABEL_DEADLINE: str(int(self.deadline_unix)),
                 LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+                LABEL_ISOLATION: self.isolation,
             }
         )
         return labels
@@ -142,13 +156,14 @@ class ContainmentSpec:
         return dict(
             **gpu_shm,
             image=self.image,
+            runtime=ISOLATION_RUNTIMES[self.isolation],
             command=list(self.command),
             user=INIT_USER,
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
-            pids_limit=self.pids_limit,
+            pids_limit=self.pids_limit + (GVISOR_PIDS_HEADROOM if self.isolation == "gvisor" else 0),
             mem_limit=memory,
             memswap_limit=memory,  # no swap: the OOM killer acts at the limit
             nano_cpus=int(self.cpus * 1e9),
