@@ -12,7 +12,7 @@ import pytest
 
 from console.sandbox.errors import GpuRuntimeMissing, ImageMissing, InvalidSpec, SandboxError
 from console.sandbox.killswitch import KillSwitch
-from console.sandbox.selftest import containment_checks, gpu_visible_check, tools_check
+from console.sandbox.selftest import containment_checks, fidelity_check, gpu_visible_check
 from console.sandbox.spec import ContainmentSpec
 
 
@@ -30,11 +30,13 @@ def test_the_engine_started_by_the_set_up_offers_both_levels(engine):
     assert engine.isolation_levels() == ["runc", "gvisor"]
 
 
-def test_the_default_level_is_the_strongest_under_which_the_shell_tools_work(engine, cpu_image):
-    """Debian 12's gVisor fails `ls` (statx flags): then it is never the default, only chosen on request."""
-    assert tools_check(engine, cpu_image, "runc").ok
-    gvisor_tools = tools_check(engine, cpu_image, "gvisor")
-    assert engine.default_isolation(cpu_image) == ("gvisor" if gvisor_tools.ok else "runc"), gvisor_tools
+def test_the_default_level_is_the_strongest_under_which_the_agent_sees_the_same_system(engine, cpu_image):
+    """Debian 12's gVisor fails `ls` (statx flags) and has no child subreaper: then it is never the
+    default, only chosen on request."""
+    runc = fidelity_check(engine, cpu_image, "runc")
+    assert runc.ok, runc
+    gvisor = fidelity_check(engine, cpu_image, "gvisor")
+    assert engine.default_isolation(cpu_image) == ("gvisor" if gvisor.ok else "runc"), gvisor
     assert engine.default_isolation(cpu_image, gpus=(0,)) == "runc"
 
 

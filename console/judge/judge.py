@@ -476,7 +476,11 @@ class Judge:
 
     def _why_not(self, replicas, depth, required_depth) -> str:
         if replicas:
-            return f"replication depth {depth} is below the required {required_depth}"
+            reason = f"replication depth {depth} is below the required {required_depth}"
+            if not self.observer.child_subreaper():
+                reason += ("; this kernel has no child subreaper, so a replica started detached loses its "
+                           "creator and counts at depth 1 (docs/judge.md)")
+            return reason
         failed = [c for c in self.challenges if not c.get("ok")]
         if failed:
             return f"no candidate replica passed the challenge; last: {failed[-1].get('detail')}"
@@ -508,7 +512,8 @@ class Judge:
                 role, serves = "verified replica", verified_servers[proc.pid]
             elif proc.key in candidates or look.ports_of(proc):
                 role = "model server?"
-            rows.append({"pid": proc.pid, "host_pid": proc.host_pid, "ppid": parent.pid if parent else 0,
+            rows.append({"pid": proc.pid, "host_pid": proc.host_pid if self.observer.host_pids else None,
+                         "ppid": parent.pid if parent else 0,
                          "start_ticks": proc.start_ticks, "uid": proc.uid, "argv": proc.argv[:32],
                          "ports": look.ports_of(proc), "role": role, "instance": instance, "serves": serves,
                          "endpoint": seen.endpoint if seen else None})

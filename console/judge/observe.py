@@ -52,7 +52,7 @@ class Socket:
 class Proc:
     """One process of the sandbox as the host's kernel reports it."""
 
-    host_pid: int
+    host_pid: int  # where the observer reads /proc: the engine's host (runc), the guest (gVisor)
     pid: int  # in the sandbox's pid namespace
     ppid: int  # host pid of the parent
     start_ticks: int

@@ -99,6 +99,7 @@ class GuestObserver:
     a ptrace freezer. A probe that dies or stops answering is started again at the next question."""
 
     description = "a root probe inside gVisor's guest kernel (its /proc and ptrace); ptrace freezer"
+    host_pids = False  # guest pids: nothing on the host (GPU telemetry) can use them
 
     def __init__(self, sandbox):
         self.sandbox = sandbox
@@ -162,6 +163,9 @@ class GuestObserver:
 
     def kill_tree(self, pid: int) -> int:
         return self._call("kill_tree", pid)
+
+    def child_subreaper(self) -> bool:
+        return self._call("child_subreaper")
 
     def hold(self, keep: set[int]) -> set[int]:
         return set(self._call("hold", sorted(keep)))

@@ -31,6 +31,7 @@ from console.sandbox import host
 
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_O_TRACECLONE = 8
+PR_GET_CHILD_SUBREAPER = 37
 WALL = 0x40000000
 TRACE_STOPPED = "t"
 
@@ -128,6 +129,7 @@ class Probes:
     ptrace freezer above)."""
 
     description = "probes of the /proc they run on"
+    host_pids = True  # its pids are the engine host's (False inside a gVisor guest: GPU telemetry skips them)
 
     def __init__(self, pids, files, freezer, barrier=contextlib.nullcontext):
         self.pids = pids  # () -> the sandbox's processes
@@ -164,6 +166,13 @@ class Probes:
 
     def kill_tree(self, pid: int) -> int:
         return host.kill_tree(pid, self.pids())
+
+    @staticmethod
+    def child_subreaper() -> bool:
+        """Whether this kernel has child subreapers (Debian 12's gVisor has none): without them a replica
+        started detached is re-parented to PID 1, and who started it cannot be seen."""
+        value = ctypes.c_int()
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0
 
     def hold(self, keep) -> set[int]:
         """Freeze every process outside `keep` (pids) and its descendants; the pids held."""

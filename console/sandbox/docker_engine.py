@@ -297,7 +297,7 @@ class DockerEngine:
         self.base_url, self.timeout = base_url, timeout
         self._client: docker.DockerClient | None = None
         self._resources: tuple[int, int] | None = None
-        self._tools_work: dict[tuple[str, str], bool] = {}
+        self._faithful: dict[tuple[str, str], bool] = {}
 
     def connect(self) -> "DockerEngine":
         try:
@@ -358,19 +358,19 @@ class DockerEngine:
 
     def default_isolation(self, image: str, gpus: tuple[int, ...] = ()) -> str:
         """The strongest level this engine offers for a sandbox of `image` with these GPUs: gVisor has
-        no GPUs here, and a level under which the image's shell tools fail (selftest.tools_check) is
-        never the default, because the agent would not see the system it sees everywhere else. It can
+        no GPUs here, and a level under which the agent would not see the system it sees under runc
+        (selftest.fidelity_check: its shell tools, a child subreaper) is never the default. It can
         still be asked for. Checked once per engine, image and level."""
         if gpus:
             return "runc"
-        from console.sandbox.selftest import tools_check
+        from console.sandbox.selftest import fidelity_check
 
         for level in reversed(self.isolation_levels()):
             if level == "runc":
                 return level
-            if (level, image) not in self._tools_work:
-                self._tools_work[(level, image)] = tools_check(self, image, level).ok
-            if self._tools_work[(level, image)]:
+            if (level, image) not in self._faithful:
+                self._faithful[(level, image)] = fidelity_check(self, image, level).ok
+            if self._faithful[(level, image)]:
                 return level
         return "runc"
 

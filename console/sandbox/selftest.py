@@ -107,20 +107,31 @@ def containment_checks(engine, image: str, session_id: str | None = None, isolat
     ]
 
 
-def tools_check(engine, image: str, isolation: str) -> Check:
-    """Whether the shell's basic tools work in a sandbox of `image` at `isolation`: an agent must see
-    the same system under every level. (Debian 12's gVisor rejects the statx flags of its own
-    coreutils: `ls` and `stat` fail there with "Invalid argument".)"""
-    trial = f"selftest-tools-{uuid.uuid4().hex[:8]}"
+# What an agent relies on that some isolation levels lack; one line per failure.
+_FIDELITY_PROBE = """
+ls -ld / >/dev/null 2>&1 || echo "ls fails: $(ls -ld / 2>&1 | head -c 120)"
+stat / >/dev/null 2>&1 || echo "stat fails"
+python3 -c 'import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0)' || echo "no child subreaper"
+"""
+
+
+def fidelity_check(engine, image: str, isolation: str) -> Check:
+    """Whether an agent in a sandbox of `image` at `isolation` sees the system it sees under runc: its
+    shell tools work, and it can be a child subreaper (what keeps a detached replica's creator
+    visible to the judge). Debian 12's gVisor fails all three (ls and stat: "Invalid argument" on
+    its coreutils' statx flags)."""
+    trial = f"selftest-fidelity-{uuid.uuid4().hex[:8]}"
     spec = ContainmentSpec(image=image, session_id=trial, trial_id=trial, deadline_unix=time.time() + 120,
                            pids_limit=64, mem_limit="256m", isolation=isolation)
     box = engine.create(spec)
     try:
-        result = box.exec(["sh", "-c", "ls -ld / && stat -c %u /"], timeout=30)
+        result = box.exec(["sh", "-c", _FIDELITY_PROBE], timeout=30)
     finally:
         box.remove()
-    detail = "ls and stat work" if result.exit_code == 0 else (result.stderr.strip() or result.stdout.strip())[:200]
-    return Check("shell tools work (ls, stat)", result.exit_code == 0, detail)
+    failures = [line for line in result.stdout.splitlines() if line.strip()]
+    ok = result.exit_code == 0 and not failures
+    return Check("the agent's system as under runc", ok, "ls, stat and a child subreaper work" if ok else
+                 "; ".join(failures) or result.stderr.strip()[:200])
 
 
 # Lists the GPU device nodes the sandbox was given and, when the NVIDIA toolkit mounted it, nvidia-smi -L.
