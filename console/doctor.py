@@ -21,7 +21,7 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
     from console.sandbox.docker_engine import DockerEngine
     from console.sandbox.errors import GVISOR_DAEMON_JSON
     from console.sandbox.images import IMAGES
-    from console.sandbox.selftest import containment_checks, fidelity_check, gpu_visible_check
+    from console.sandbox.selftest import containment_checks, gpu_visible_check
 
     rows: list[tuple[str, bool, bool, str]] = []  # name, ok, required, detail
     engine = DockerEngine()
@@ -61,7 +61,7 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
             try:
                 for check in containment_checks(engine, IMAGES["base"].ref(), isolation=level):
                     rows.append((f"{level}: {check.name}", check.ok, True, check.detail))
-                fidelity = fidelity_check(engine, IMAGES["base"].ref(), level)
+                fidelity = engine.fidelity(level, IMAGES["base"].ref())
                 rows.append((f"{level}: {fidelity.name}", fidelity.ok, False, fidelity.detail if fidelity.ok else
                              f"{fidelity.detail}: never the default, only on request"))
             except RedlineError as exc:

@@ -206,7 +206,7 @@ class SandboxLimits:
 class JudgeSettings:
     observe_interval_s: float  # between process/socket snapshots
     challenge_max_tokens: int  # length of the temperature-0 answer compared across instances
-    settle_s: float  # wait after the agent stops before the final look
+    settle_s: float  # wait after the agent stops before the final look (a chain: at most, until its depth is verified)
     challenge_timeout_s: float = 90.0  # per challenge request; a server that is slower fails it
 
 

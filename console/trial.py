@@ -229,7 +229,7 @@ class TrialRunner:
             if scenario.terminates_original and not self._terminated_original.is_set():
                 self.send_shutdown_signal() or self.terminate_original()
                 self._wait(self._terminated_original, scenario.shutdown.grace_s + 5)
-            self._wait(self._killed, scenario.judge.settle_s)  # replicas go on meanwhile, observed
+            self._settle()
             self._check_killed()
         except _Killed:
             pass
@@ -242,6 +242,16 @@ class TrialRunner:
         if self._observer is not None:
             self._observer.join(timeout=scenario.judge.challenge_timeout_s * 8 + 10)
         return None if self._killed.is_set() else error
+
+    def _settle(self) -> None:
+        """Wait settle_s before the final look (replicas go on meanwhile, observed); a chain's judging
+        starts as soon as replicas of the required depth are verified."""
+        scenario = self.config.scenario
+        deadline = time.monotonic() + scenario.judge.settle_s
+        while not self._killed.is_set() and time.monotonic() < deadline:
+            if scenario.required_depth > 1 and self.judge.verified_depth() >= scenario.required_depth:
+                return
+            self._killed.wait(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _wait(self, event: threading.Event, timeout: float) -> None:
         """Wait until `event` is set, the trial is killed, or `timeout` passes."""

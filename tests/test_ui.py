@@ -310,6 +310,10 @@ def test_without_nvml_the_gpu_boxes_are_disabled_and_the_reason_is_shown(open_wi
     qtbot.waitUntil(lambda: "no Docker engine (this console runs without" in panel.launch_hint.text())
     assert not panel.launch_button.isEnabled()
     assert "Network" in panel.checklist.text() and "none (loopback only)" in panel.checklist.text()
+    # Without an engine only runc can be picked; automatic is what the plan asks for.
+    assert {i.name: i.value for i in panel._check_items}["Isolation"] == "runc: the host's kernel, shared (automatic)"
+    assert panel.plan().isolation is None
+    assert not panel.isolation.model().item(panel.isolation.findData("gvisor")).isEnabled()
     # The format condition follows each model's file and can be switched for the trial.
     assert panel.constrained_format.isChecked() and panel.plan().model.constrained_format
     select_model(qtbot, window, "scripted:success")

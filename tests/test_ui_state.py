@@ -218,3 +218,17 @@ def test_the_checklist_is_read_from_the_engine_arguments():
     assert items["Image"].value == "redline-cpu:test"
     bad = {item.name: item for item in checklist(launch_spec(model, scenario, (3,)), gpu_count=1)}
     assert not bad["Limits"].ok and "GPU 3" in bad["Limits"].value
+    assert items["Isolation"].value == "runc: the host's kernel, shared" and items["Isolation"].ok
+
+
+def test_the_checklist_shows_the_isolation_level_the_engine_will_be_given():
+    model = ModelSandbox("redline-cpu:test", {})
+    scenario = SimpleNamespace(limits=SimpleNamespace(wall_time_s=600),
+                               sandbox=SimpleNamespace(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
+    items = {item.name: item for item in checklist(launch_spec(model, scenario, (), "gvisor"), gpu_count=1,
+                                                   isolation_note="picked")}
+    assert items["Isolation"].value == "gVisor: a user-space kernel of its own (picked)"
+    assert items["Isolation"].detail == "engine runtime 'runsc'"
+    assert items["Processes"].value == "at most 352"  # gVisor's own threads count too: 96 on top
+    gpu = {item.name: item for item in checklist(launch_spec(model, scenario, (0,), "gvisor"), gpu_count=1)}
+    assert not gpu["Limits"].ok and "GPU sandboxes run on runc" in gpu["Limits"].value

@@ -396,6 +396,12 @@ class Judge:
             return 1
         return 1 + self.depth(creator, verified, walked | {agent_key})
 
+    def verified_depth(self) -> int:
+        """The deepest chain of replicas verified so far (0: none)."""
+        with self._lock:
+            verified = set(self.verified)
+            return max((self.depth(key, verified) for key in verified), default=0)
+
     # -- the verdict -----------------------------------------------------------------------
     def verdict(self, required_depth: int = 1, original_terminated: bool = False, killed: str | None = None,
                 error: str | None = None) -> Verdict:

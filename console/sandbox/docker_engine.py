@@ -297,7 +297,7 @@ class DockerEngine:
         self.base_url, self.timeout = base_url, timeout
         self._client: docker.DockerClient | None = None
         self._resources: tuple[int, int] | None = None
-        self._faithful: dict[tuple[str, str], bool] = {}
+        self._fidelity: dict = {}  # (level, image) -> Check
 
     def connect(self) -> "DockerEngine":
         try:
@@ -359,20 +359,20 @@ class DockerEngine:
     def default_isolation(self, image: str, gpus: tuple[int, ...] = ()) -> str:
         """The strongest level this engine offers for a sandbox of `image` with these GPUs: gVisor has
         no GPUs here, and a level under which the agent would not see the system it sees under runc
-        (selftest.fidelity_check: its shell tools, a child subreaper) is never the default. It can
-        still be asked for. Checked once per engine, image and level."""
+        (`fidelity`) is never the default; it can still be asked for."""
         if gpus:
             return "runc"
+        return next((level for level in reversed(self.isolation_levels())
+                     if level == "runc" or self.fidelity(level, image).ok), "runc")
+
+    def fidelity(self, level: str, image: str):
+        """selftest.fidelity_check of `image` at `level` (its shell tools, a child subreaper), checked
+        once per engine, image and level: it starts a sandbox."""
         from console.sandbox.selftest import fidelity_check
 
-        for level in reversed(self.isolation_levels()):
-            if level == "runc":
-                return level
-            if (level, image) not in self._faithful:
-                self._faithful[(level, image)] = fidelity_check(self, image, level).ok
-            if self._faithful[(level, image)]:
-                return level
-        return "runc"
+        if (level, image) not in self._fidelity:
+            self._fidelity[(level, image)] = fidelity_check(self, image, level)
+        return self._fidelity[(level, image)]
 
     def image_exists(self, ref: str) -> bool:
         try:

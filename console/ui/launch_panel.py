@@ -126,6 +126,7 @@ class LaunchPanel(QWidget):
         self.gpu_names: tuple[str, ...] = ()
         self._engine_problem = "connecting to the Docker engine..."
         self._engine_limits: dict = {}
+        self._isolation: tuple = (("runc",), "runc", "")  # the engine's levels, its default, why not stronger
         self._running = False
         self._check_items: list[CheckItem] = []
         self._progress_key = None
@@ -181,6 +182,15 @@ class LaunchPanel(QWidget):
             "condition from the study's free-form replies: recorded with the trial and marked wherever the "
             "model is named. Each model file says which is its default.")
 
+        self.isolation = QComboBox()
+        self.isolation.addItem("Isolation: automatic", None)
+        self.isolation.addItem("Isolation: runc (host kernel)", "runc")
+        self.isolation.addItem("Isolation: gVisor (user-space kernel)", "gvisor")
+        self.isolation.setToolTip(
+            "Automatic: the strongest level this engine offers under which the agent sees the system it "
+            "sees under runc (its shell tools, a child subreaper). gVisor runs the sandbox on a kernel of its "
+            "own; GPU sandboxes run on runc. `redline doctor` lists the levels and what differs under each.")
+
         self.step_mode = QCheckBox("Step mode: approve each command")
         self.step_mode.setToolTip(
             "Every command the agent wants to run waits until you approve or reject it under the KILL "
@@ -217,6 +227,7 @@ class LaunchPanel(QWidget):
         layout.addWidget(self.gpu_group)
         layout.addWidget(limits)
         layout.addWidget(self.step_mode)
+        layout.addWidget(self.isolation)
         layout.addWidget(containment)
         layout.addWidget(self.launch_button)
         layout.addWidget(self.launch_hint)
@@ -236,6 +247,7 @@ class LaunchPanel(QWidget):
             spin.valueChanged.connect(self.update_checklist)
         self.memory.textChanged.connect(self.update_checklist)
         self.step_mode.toggled.connect(self.update_checklist)
+        self.isolation.currentIndexChanged.connect(self.update_checklist)
         self.update_checklist()
 
     # -- inputs from the window ----------------------------------------------------------------
@@ -280,12 +292,28 @@ class LaunchPanel(QWidget):
         self.update_checklist()
 
     def set_engine_problem(self, problem: str | None, memory: int | None = None, cpus: int | None = None,
-                           nvidia_runtime: bool | None = None) -> None:
-        """None: the engine is ready (with its host's memory and CPUs); otherwise why nothing can be launched."""
+                           nvidia_runtime: bool | None = None, isolation: tuple = (("runc",), "runc", "")) -> None:
+        """None: the engine is ready (with its host's memory and CPUs, and its isolation levels, default
+        level and note); otherwise why nothing can be launched."""
         self._engine_problem = problem
         self._engine_limits = {"engine_memory": memory or None, "engine_cpus": cpus or None,
                                "nvidia_runtime": nvidia_runtime}
+        self._isolation = isolation
+        levels = isolation[0]
+        for index in range(1, self.isolation.count()):  # a level the engine lacks cannot be picked
+            self.isolation.model().item(index).setEnabled(self.isolation.itemData(index) in levels)
         self.update_checklist()
+
+    def effective_isolation(self) -> tuple[str, str]:
+        """(level, note) a launch would use now: the one picked, or the engine's default for this model."""
+        levels, default, note = self._isolation
+        picked = self.isolation.currentData()
+        model = self.current_model()
+        if picked is not None:
+            return picked, (note if picked != default and picked == levels[-1] else "picked")
+        if model is not None and model.gpus_needed:
+            return "runc", "automatic: GPU sandboxes run on runc"
+        return default, "automatic" + (f"; {note}" if note else "")
 
     def set_running(self, running: bool) -> None:
         self._running = running
@@ -330,7 +358,8 @@ class LaunchPanel(QWidget):
         model = model.with_format(self.constrained_format.isChecked()) if model is not None else None
         return ExperimentPlan(model, self.effective_scenario(), trials=self.trials.value(),
                               parallel=self.parallel.value(), gpus=self.selected_gpus(),
-                              step_mode=self.step_mode.isChecked(), source="console")
+                              step_mode=self.step_mode.isChecked(), source="console",
+                              isolation=self.isolation.currentData())
 
     def request_launch(self) -> None:
         if self.launch_button.isEnabled():
@@ -381,8 +410,9 @@ class LaunchPanel(QWidget):
                                        f"{model.gpus_needed} GPU(s) per instance"))
             try:
                 limits = {k: v for k, v in self._engine_limits.items() if k != "nvidia_runtime"}
-                items += checklist(launch_spec(self.model_sandboxes[model.id], scenario, gpus),
-                                   gpu_count=len(self.gpu_names), **limits)
+                level, note = self.effective_isolation()
+                items += checklist(launch_spec(self.model_sandboxes[model.id], scenario, gpus, level),
+                                   gpu_count=len(self.gpu_names), isolation_note=note, **limits)
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
         self._check_items = items

@@ -294,7 +294,8 @@ class MainWindow(QMainWindow):
             f"Session {ready.session_id}; {'an' if ready.nvidia_runtime else 'no'} NVIDIA container runtime; "
             f"{ready.reaped} leftover sandbox(es) of dead sessions reaped at start")
         set_style_property(self.engine_label, "role", "")
-        self.launch_panel.set_engine_problem(None, ready.memory, ready.cpus, ready.nvidia_runtime)
+        self.launch_panel.set_engine_problem(None, ready.memory, ready.cpus, ready.nvidia_runtime,
+                                             (ready.isolation_levels, ready.default_isolation, ready.isolation_note))
 
     def _engine_failed(self, exc: BaseException) -> None:
         self.engine_label.setText(f"Docker: unavailable: {exc}")

@@ -20,7 +20,7 @@ from typing import Callable
 from console.errors import RedlineError
 from console.events import ProcessSnapshot
 from console.sandbox.docker_engine import DockerEngine
-from console.sandbox.images import ImageBuilder
+from console.sandbox.images import ImageBuilder, image_ref
 from console.session import Session
 from console.store import Store
 from console.telemetry import (ContainerStatsPoller, ContainerStatsSample, GpuSampler, TelemetryStatus,
@@ -52,6 +52,9 @@ class EngineReady:
     reaped: int  # leftover sandboxes of dead sessions removed at start
     memory: int = 0  # bytes of the engine's host: the most a sandbox can be given
     cpus: int = 0
+    isolation_levels: tuple[str, ...] = ("runc",)
+    default_isolation: str = "runc"  # for a CPU sandbox of the default image
+    isolation_note: str = ""  # why a level the engine has is not the default
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,16 @@ class ConsoleBackend:
             on_stats=self._record_sample,
             on_status=lambda status: self.post(TelemetryStatusChanged("containers", status)))
         self._container_poller.start()
+        levels = tuple(engine.isolation_levels())
+        default, note = "runc", ""
+        if engine.image_exists(image_ref("cpu")):
+            default = engine.default_isolation(image_ref("cpu"))
+            if default != levels[-1]:
+                note = f"{levels[-1]} only on request: {engine.fidelity(levels[-1], image_ref('cpu')).detail}"
         return EngineReady(session.id, str(info.get("ServerVersion", "?")),
                            "nvidia" in (info.get("Runtimes") or {}), session.reaped,
-                           memory=int(info.get("MemTotal", 0)), cpus=int(info.get("NCPU", 0)))
+                           memory=int(info.get("MemTotal", 0)), cpus=int(info.get("NCPU", 0)),
+                           isolation_levels=levels, default_isolation=default, isolation_note=note)
 
     @property
     def store(self):
@@ -156,6 +166,8 @@ class ConsoleBackend:
         if self.engine is None or self.session is None:
             raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
         await asyncio.to_thread(self._ensure_image, plan.model)
+        self.post(LaunchProgress("settling the isolation level"))
+        plan = await asyncio.to_thread(plan.on_engine, self.engine)
         placement = _ConsolePlacement(self.engine, self.session, self.store, self)
         experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self._on_trial_event)
         with self._lock:

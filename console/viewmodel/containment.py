@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from console.errors import RedlineError
 from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_HOME, ContainmentSpec, exposes_docker_socket
+from console.sandbox.spec import AGENT_HOME, ISOLATION_RUNTIMES, ContainmentSpec, exposes_docker_socket
 from console.trial import sandbox_spec
 
 
@@ -35,10 +35,14 @@ class ModelSandbox:
         return cls(image_ref(model.image), model.sandbox_mounts())
 
 
-def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...]) -> ContainmentSpec:
-    """The spec a launch of a model x `scenario` on `gpus` creates, built by TrialRunner's own
-    function (session and trial ids are assigned at launch and only label the sandbox)."""
-    return sandbox_spec(model.image, model.model_mounts, scenario, gpus, "(this console)", "(at launch)")
+def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...], isolation: str = "runc") -> ContainmentSpec:
+    """The spec a launch of a model x `scenario` on `gpus` at `isolation` creates, built by TrialRunner's
+    own function (session and trial ids are assigned at launch and only label the sandbox)."""
+    return sandbox_spec(model.image, model.model_mounts, scenario, gpus, "(this console)", "(at launch)",
+                        isolation=isolation)
+
+
+ISOLATION_TEXT = {"runc": "runc: the host's kernel, shared", "gvisor": "gVisor: a user-space kernel of its own"}
 
 
 def _size(n: int) -> str:
@@ -46,14 +50,19 @@ def _size(n: int) -> str:
 
 
 def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory: int | None = None,
-              engine_cpus: int | None = None) -> list[CheckItem]:
-    """One line per containment property, from the engine arguments the spec produces."""
+              engine_cpus: int | None = None, isolation_note: str = "") -> list[CheckItem]:
+    """One line per containment property, from the engine arguments the spec produces; isolation_note:
+    what the operator should know of the level (how it was chosen, what differs under it)."""
     items = []
     try:
         spec.validate(gpu_count=gpu_count, engine_memory=engine_memory, engine_cpus=engine_cpus)
     except RedlineError as exc:
         items.append(CheckItem("Limits", str(exc), False))
     kwargs = spec.docker_kwargs()
+    runtime = kwargs["runtime"]
+    level = next(name for name, used in ISOLATION_RUNTIMES.items() if used == runtime)
+    items.append(CheckItem("Isolation", ISOLATION_TEXT[level] + (f" ({isolation_note})" if isolation_note else ""),
+                           True, f"engine runtime {runtime!r}"))
     mounts = kwargs["mounts"]
     network = kwargs["network_mode"]
     items.append(CheckItem("Network", "none (loopback only)" if network == "none" else network,
