@@ -87,7 +87,8 @@ class ExperimentPlan:
     def config(self) -> dict:
         """What the experiment record keeps of the plan."""
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
-                "pace_s": self.pace_s, "source": self.source, "isolation": self.isolation, "constrained_format": self.model.constrained_format,
+                "pace_s": self.pace_s, "source": self.source, "isolation": self.isolation,
+                "constrained_format": self.model.constrained_format,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
                 "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
 

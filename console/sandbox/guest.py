@@ -39,7 +39,8 @@ def table():
             continue
         marker = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"%(marker)s=")]
         rows.append({"pid": int(name), "ppid": int(stat[1]), "uid": status["Uid"].split()[0],
-                     "start_s": int(stat[19]) / ticks, "cmd": b" ".join(a for a in argv if a).decode("utf-8", "replace"),
+                     "start_s": int(stat[19]) / ticks,
+                     "cmd": b" ".join(a for a in argv if a).decode("utf-8", "replace"),
                      "marker": marker[0] if marker else None})
     return rows
 rows = table()
