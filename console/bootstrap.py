@@ -31,8 +31,7 @@ DOCKERD_CONFIG = Path("/etc/redline/dockerd.json")
 # wheel, and what Qt needs headless or on Xvfb.
 SYSTEM_PACKAGES = [
     "docker.io", "runsc", "debootstrap", "python3-venv", "build-essential", "cmake", "libegl1", "libgl1",
-    "libxkbcommon0",
-    "libxkbcommon-x11-0", "libdbus-1-3", "libfontconfig1", "libxcb-cursor0", "libxcb-icccm4",
+    "libxkbcommon0", "libxkbcommon-x11-0", "libdbus-1-3", "libfontconfig1", "libxcb-cursor0", "libxcb-icccm4",
     "libxcb-keysyms1", "libxcb-shape0", "libxcb-xinerama0", "libxcb-randr0",
     "libxcb-render-util0", "libxcb-image0", "xvfb", "xauth",
 ]
