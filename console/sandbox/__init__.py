@@ -1,1 +1,1 @@
-"""Docker engine access: containment spec, sandbox interface and its Docker implementation, kill switch, host view (cgroups, freezer), images, self-test."""
+"""Docker engine access: containment spec, sandbox interface and its Docker implementation, kill switch, host view (cgroups, freezer), guest view (gVisor's processes), images, self-test."""

@@ -137,6 +137,15 @@ class Sandbox(abc.ABC):
         return contextlib.nullcontext()
 
     @abc.abstractmethod
+    def root_exec(self, cmd: list[str], timeout: float) -> ExecResult:
+        """An observer's probe as root with the guest kernel's capabilities; gVisor sandboxes only."""
+
+    @abc.abstractmethod
+    def root_channel(self, cmd: list[str]):
+        """A long-lived root probe (gVisor sandboxes only), spoken to line by line: send(bytes),
+        readline(timeout) -> bytes (b"" when it ended or said nothing in time), close()."""
+
+    @abc.abstractmethod
     def exec_detached(self, cmd: list[str], user: str | None = None, env: dict | None = None,
                       workdir: str | None = None) -> None: ...
 

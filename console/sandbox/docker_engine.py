@@ -90,8 +90,11 @@ class DockerExecStream(ExecStream):
         the guest under gVisor (whose host pid is only runsc's exec client). None once it ended."""
         if self._marker is None:
             return self._engine.api.exec_inspect(self.exec_id).get("Pid") or None
-        if self._guest_pid is None:
+        deadline = time.monotonic() + EXEC_START_TIMEOUT_S
+        while self._guest_pid is None and time.monotonic() < deadline:  # runsc may not have made it yet
             self._guest_pid = guest.exec_pid(self._sandbox, self._marker)
+            if self._guest_pid is None and self.exit_code() is not None:
+                break  # it ended: there is no process to find
         return self._guest_pid
 
     def kill(self) -> None:
