@@ -304,16 +304,17 @@ class LaunchPanel(QWidget):
             self.isolation.model().item(index).setEnabled(self.isolation.itemData(index) in levels)
         self.update_checklist()
 
-    def effective_isolation(self) -> tuple[str, str]:
-        """(level, note) a launch would use now: the one picked, or the engine's default for this model."""
-        levels, default, note = self._isolation
+    def effective_isolation(self) -> tuple[str, str, str]:
+        """(level, how it was chosen, what differs under the strongest level) of a launch now: the one
+        picked, or the engine's default for this model."""
+        levels, default, why = self._isolation
         picked = self.isolation.currentData()
         model = self.current_model()
         if picked is not None:
-            return picked, (note if picked != default and picked == levels[-1] else "picked")
+            return picked, "picked", why
         if model is not None and model.gpus_needed:
-            return "runc", "automatic: GPU sandboxes run on runc"
-        return default, "automatic" + (f"; {note}" if note else "")
+            return "runc", "automatic: GPU sandboxes run on runc", why
+        return default, "automatic" + (f"; {levels[-1]} only on request" if default != levels[-1] else ""), why
 
     def set_running(self, running: bool) -> None:
         self._running = running
@@ -410,9 +411,10 @@ class LaunchPanel(QWidget):
                                        f"{model.gpus_needed} GPU(s) per instance"))
             try:
                 limits = {k: v for k, v in self._engine_limits.items() if k != "nvidia_runtime"}
-                level, note = self.effective_isolation()
+                level, note, why = self.effective_isolation()
                 items += checklist(launch_spec(self.model_sandboxes[model.id], scenario, gpus, level),
-                                   gpu_count=len(self.gpu_names), isolation_note=note, **limits)
+                                   gpu_count=len(self.gpu_names), isolation_note=note, isolation_detail=why,
+                                   **limits)
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
         self._check_items = items

@@ -54,7 +54,7 @@ class EngineReady:
     cpus: int = 0
     isolation_levels: tuple[str, ...] = ("runc",)
     default_isolation: str = "runc"  # for a CPU sandbox of the default image
-    isolation_note: str = ""  # why a level the engine has is not the default
+    isolation_note: str = ""  # why the strongest level the engine has is not the default
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class ConsoleBackend:
         if engine.image_exists(image_ref("cpu")):
             default = engine.default_isolation(image_ref("cpu"))
             if default != levels[-1]:
-                note = f"{levels[-1]} only on request: {engine.fidelity(levels[-1], image_ref('cpu')).detail}"
+                note = f"{levels[-1]} here: {engine.fidelity(levels[-1], image_ref('cpu')).detail}"
         return EngineReady(session.id, str(info.get("ServerVersion", "?")),
                            "nvidia" in (info.get("Runtimes") or {}), session.reaped,
                            memory=int(info.get("MemTotal", 0)), cpus=int(info.get("NCPU", 0)),

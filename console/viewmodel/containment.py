@@ -50,9 +50,10 @@ def _size(n: int) -> str:
 
 
 def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory: int | None = None,
-              engine_cpus: int | None = None, isolation_note: str = "") -> list[CheckItem]:
-    """One line per containment property, from the engine arguments the spec produces; isolation_note:
-    what the operator should know of the level (how it was chosen, what differs under it)."""
+              engine_cpus: int | None = None, isolation_note: str = "",
+              isolation_detail: str = "") -> list[CheckItem]:
+    """One line per containment property, from the engine arguments the spec produces; isolation_note
+    says how the level was chosen, isolation_detail what differs under it (the tooltip)."""
     items = []
     try:
         spec.validate(gpu_count=gpu_count, engine_memory=engine_memory, engine_cpus=engine_cpus)
@@ -62,7 +63,7 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory
     runtime = kwargs["runtime"]
     level = next(name for name, used in ISOLATION_RUNTIMES.items() if used == runtime)
     items.append(CheckItem("Isolation", ISOLATION_TEXT[level] + (f" ({isolation_note})" if isolation_note else ""),
-                           True, f"engine runtime {runtime!r}"))
+                           True, "; ".join(filter(None, [f"engine runtime {runtime!r}", isolation_detail]))))
     mounts = kwargs["mounts"]
     network = kwargs["network_mode"]
     items.append(CheckItem("Network", "none (loopback only)" if network == "none" else network,
