@@ -24,18 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from scaffold_overhead import TRIVIAL_ROUND  # the same trivial round (benchmarks/ is on sys.path)
+
 LEVELS = ("runc", "gvisor")
-TRIVIAL_ROUND = """# name: isolation-benchmark
-=== turn ===
-Explain: benchmark
-Gaps: none
-Findings: none
-Plan: 1. run true 2. again 3. again
-Action:
-```json
-{"action": "execute_command", "terminal_id": 1, "command": "true", "command_type": "one_time"}
-```
-"""
 
 
 def one_trial(engine, session, model, scenario, level: str, rounds: int) -> dict:
