@@ -18,8 +18,14 @@ def test_doctor_passes_every_required_check_on_this_machine(base_image, cpu_imag
     failed = [c for c in report["checks"] if c["required"] and not c["ok"]]
     assert result.returncode == 0 and report["ok"], failed
     names = {c["name"] for c in report["checks"]}
-    assert {"Docker engine", "GPUs (NVML)", "containment: network: only loopback", "containment: not root",
-            "containment: pids limit in force", "containment: no Docker socket"} <= names
+    for level in ("runc", "gvisor"):  # the containment self-test runs at every level the engine has
+        assert {f"{level}: {check}" for check in ("isolation: " + level, "network: only loopback", "not root",
+                                                  "pids limit in force", "no Docker socket")} <= names
+    assert {"Docker engine", "GPUs (NVML)", "isolation levels", "default isolation (CPU sandboxes)"} <= names
+    checks = {c["name"]: c for c in report["checks"]}
+    fidelity = checks["gvisor: the agent's system as under runc"]
+    assert fidelity["required"] is False
+    assert checks["default isolation (CPU sandboxes)"]["detail"] == ("gvisor" if fidelity["ok"] else "runc")
     gpu = next(c for c in report["checks"] if c["name"] == "GPUs (NVML)")
     assert gpu["required"] is False and gpu["detail"]  # "No NVIDIA driver: ..." is a normal answer
     in_sandbox = next(c for c in report["checks"] if c["name"] == "GPU visible in a sandbox")
