@@ -7,10 +7,12 @@ For each isolation level, in alternation (the machine is shared and noisy):
   round's model latency, over --rounds rounds of the trivial command `true` (as
   benchmarks/scaffold_overhead.py, but inside the sandbox, where the level's kernel serves every
   fork, pipe and read);
+- model: the embedded default (SmolLM2-135M on llama.cpp, CPU) for --model-rounds rounds, tokens
+  per second of its replies (llama.cpp's threads meet in the level's kernel at every token);
 - kill: a sandbox running 20 processes, SIGKILLed by the kill switch until the engine confirms it.
 Prints one JSON line: per level p50/max, and gVisor's figures over runc's.
 
-    .venv/bin/python benchmarks/isolation.py [--trials 3] [--rounds 40] [--kills 5]
+    .venv/bin/python benchmarks/isolation.py [--trials 3] [--rounds 40] [--model-rounds 3] [--kills 5]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def one_trial(engine, session, model, scenario, level: str, rounds: int) -> dict
     from console.events import AgentEvent
     from console.trial import TrialConfig, TrialRunner
 
-    marks: dict = {"rounds": [], "latencies": []}
+    marks: dict = {"rounds": [], "latencies": [], "tokens_per_s": []}
     runner: TrialRunner | None = None
 
     def on_event(event) -> None:
@@ -47,6 +49,8 @@ def one_trial(engine, session, model, scenario, level: str, rounds: int) -> dict
                 runner.kill("the benchmark")
         elif kind == "llm":
             marks["latencies"].append(event.record["latency_s"])
+            if event.record.get("completion_tokens"):
+                marks["tokens_per_s"].append(event.record["completion_tokens"] / event.record["latency_s"])
 
     config = TrialConfig(model=model, scenario=scenario, isolation=level)
     runner = TrialRunner(engine, config, session, None, emit=on_event)
@@ -54,7 +58,8 @@ def one_trial(engine, session, model, scenario, level: str, rounds: int) -> dict
     runner.run()
     starts, latencies = marks["rounds"], marks["latencies"]
     overheads = [(b - a - latency) * 1000 for a, b, latency in zip(starts, starts[1:], latencies)]
-    return {"first_round_ms": (marks["first_round"] - started) * 1000, "overheads_ms": overheads}
+    return {"first_round_ms": (marks["first_round"] - started) * 1000, "overheads_ms": overheads,
+            "tokens_per_s": marks["tokens_per_s"]}
 
 
 def one_kill(engine, session_id: str, level: str) -> float:
@@ -82,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--model-rounds", type=int, default=3)
     parser.add_argument("--kills", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="redline-bench-"))
@@ -92,7 +98,7 @@ def main() -> None:
     (work / "config" / "models" / "bench.toml").write_text(
         f'id = "scripted:isolation-benchmark"\nruntime = "scripted"\nweights = "{work / "trivial.txt"}"\n')
 
-    from console.models import ModelCatalogue
+    from console.models import DEFAULT_MODEL_ID, ModelCatalogue
     from console.sandbox.docker_engine import DockerEngine
     from console.scenarios import get_scenario
     from console.session import Session
@@ -105,13 +111,18 @@ def main() -> None:
     scenario = get_scenario("self-replication")
     scenario = dataclasses.replace(scenario, limits=dataclasses.replace(scenario.limits, max_rounds=args.rounds + 5))
     session = Session(engine, with_watchdog=False).start()
-    results = {level: {"first_round_ms": [], "overhead_ms": [], "kill_ms": []} for level in LEVELS}
+    results = {level: {"first_round_ms": [], "overhead_ms": [], "model_tokens_per_s": [], "kill_ms": []}
+               for level in LEVELS}
+    smollm2 = ModelCatalogue.load().get(DEFAULT_MODEL_ID)
     try:
         for _ in range(args.trials):
             for level in LEVELS:
                 trial = one_trial(engine, session, model, scenario, level, args.rounds)
                 results[level]["first_round_ms"].append(trial["first_round_ms"])
                 results[level]["overhead_ms"] += trial["overheads_ms"]
+        for level in LEVELS:
+            trial = one_trial(engine, session, smollm2, scenario, level, args.model_rounds)
+            results[level]["model_tokens_per_s"] += trial["tokens_per_s"]
         for _ in range(args.kills):
             for level in LEVELS:
                 results[level]["kill_ms"].append(one_kill(engine, session.id, level))
