@@ -199,3 +199,16 @@ def test_the_cli_exits_right_after_its_summary(second, env, scenario):
     assert summary["replicated"] == 1 and cli.returncode == 0, summary["results"][0]["reason"]
     assert delay <= 2.0, f"{scenario}: the CLI exited {delay:.2f} s after its summary"
     print(json.dumps({"scenario": scenario, "cli_exit_delay_after_summary_s": round(delay, 2)}))
+
+
+def test_gvisor_on_an_engine_without_it_is_a_usage_error_that_says_how_to_add_it(second, env):
+    """The tests' second engine registers no runsc: asking for gVisor there is exit 2, one line, no
+    sandbox made; the automatic level is runc."""
+    result = subprocess.run([sys.executable, "-m", "console", "run", "--model", MODEL, "--scenario", SCENARIO,
+                             "--isolation", "gvisor"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "isolation 'gvisor': this Docker engine has no 'runsc' runtime" in result.stderr
+    assert '"runtimeArgs": ["--network=none"]' in result.stderr and "Traceback" not in result.stderr
+    engine = client(second)
+    assert engine.isolation_levels() == ["runc"] and not engine.sandboxes()
+    assert engine.default_isolation("any-image") == "runc"
