@@ -144,6 +144,7 @@ def wait_until(predicate, timeout_s: float) -> bool:
 
 
 def test_scripted_trials_run_on_two_nodes_and_are_recorded_on_the_driver(cluster, driver):
+    from console.report import render_report
     from console.store import Store
 
     placement = driver.place()
@@ -161,6 +162,8 @@ def test_scripted_trials_run_on_two_nodes_and_are_recorded_on_the_driver(cluster
         short = "n1" if placed["node"] == node_name(cluster, "n1") else "n2"
         with Store(cluster.root / short) as node_store:  # the node keeps its own copy
             assert node_store.get_trial(placed["node_trial_id"]).verdict.outcome == "replicated"
+    report = render_report(driver.store, [experiment.id], fmt="md")
+    assert "| Node |" in report and node_name(cluster, "n1") in report and node_name(cluster, "n2") in report
 
 
 def test_kill_fans_out_to_every_node_and_confirms_every_sandbox_dead(cluster, driver, engine):
@@ -279,6 +282,16 @@ def test_a_raylet_killed_mid_trial_ends_the_trial_and_its_sandbox(cluster, drive
             cluster.cluster.remove_node(cluster.nodes["n3"], allow_graceful=False)
         except Exception:
             pass
+
+
+def test_a_driver_without_the_clusters_token_is_refused(cluster, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "console", "run", "--cluster", cluster.cluster.address, "--model", "scripted:success",
+         "--scenario", "test-self-replication"],
+        env={**os.environ, "REDLINE_HOME": str(tmp_path / "cli"), "RAY_AUTH_TOKEN": "not-the-token"},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "could not join the Ray cluster" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_weights_fingerprint_and_node_facts(tmp_path):
