@@ -30,17 +30,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def experiment(placement, store, model, scenario, trials, parallel, pace=0.0, on_event=None):
+def experiment(placement, store, model, scenario, trials, parallel, pace=0.0, on_event=None, cluster=None):
     from console.experiment import Experiment, ExperimentPlan
 
-    plan = ExperimentPlan(model, scenario, trials=trials, parallel=parallel, pace_s=pace, gpus_by_placement=True)
+    plan = ExperimentPlan(model, scenario, trials=trials, parallel=parallel, pace_s=pace, cluster=cluster)
     run = Experiment(plan, placement, store, emit=on_event or (lambda event: None))
     started = time.monotonic()
     verdicts = asyncio.run(run.run())
     return time.monotonic() - started, verdicts
 
 
-def running(engine, cid: str) -> bool:
+def is_running(engine, cid: str) -> bool:
     import docker.errors
 
     try:
@@ -51,6 +51,8 @@ def running(engine, cid: str) -> bool:
 
 def one_kill(placement, store, model, scenario, slots: int, engine) -> dict:
     """`slots` trials running on the nodes, then KILL; the driver's time until all are confirmed."""
+    import ray
+
     from console.events import TrialStateChanged
 
     running, ready, result = set(), threading.Event(), {}
@@ -67,10 +69,11 @@ def one_kill(placement, store, model, scenario, slots: int, engine) -> dict:
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    experiment(placement, store, model, scenario, slots, slots, pace=5.0, on_event=on_event)
+    experiment(placement, store, model, scenario, slots, slots, pace=5.0, on_event=on_event,
+               cluster=ray.get_runtime_context().gcs_address)
     thread.join(10)
     report = result["report"]
-    dead = bool(report.containers) and all(not running(engine, c.container_id) for c in report.containers)
+    dead = bool(report.containers) and all(not is_running(engine, c.container_id) for c in report.containers)
     return {"ms": report.total_ms, "confirmed": report.all_confirmed and dead, "containers": len(report.containers),
             "nodes": len(report.nodes)}
 
@@ -109,6 +112,7 @@ def main() -> None:
                                                  args.trials, args.parallel)
         finally:
             local_session.close()
+        print(f"local: {local_s:.1f} s", file=sys.stderr, flush=True)
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         per_node = max(1, args.parallel // 2)
         for name in ("bench-n1", "bench-n2"):
@@ -123,7 +127,9 @@ def main() -> None:
         started = time.monotonic()
         placement = ClusterPlacement(session, store, model).start()
         agents_s = time.monotonic() - started
-        cluster_s, cluster_verdicts = experiment(placement, store, model, scenario, args.trials, args.parallel)
+        cluster_s, cluster_verdicts = experiment(placement, store, model, scenario, args.trials, args.parallel,
+                                                 cluster=cluster.address)
+        print(f"cluster: {cluster_s:.1f} s", file=sys.stderr, flush=True)
         kills = [one_kill(placement, store, model, scenario, per_node * 2, engine) for _ in range(args.kills)]
     finally:
         if placement is not None:

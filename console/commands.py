@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
     if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
         raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
-                          pace_s=args.pace, keep_containers=args.keep, gpus_by_placement=bool(args.cluster))
+                          pace_s=args.pace, keep_containers=args.keep, cluster=args.cluster)
     plan.validate()
     if args.cluster:
         return _run_on_cluster(args, plan)

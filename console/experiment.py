@@ -33,7 +33,7 @@ class ExperimentPlan:
     pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     keep_containers: bool = False
     source: str = "cli"
-    gpus_by_placement: bool = False  # a cluster placement gives each trial its GPUs (Ray), not --gpus
+    cluster: str | None = None  # the Ray head's address: the cluster placement gives each trial its GPUs
 
     def validate(self) -> None:
         """Usage errors of the plan itself (limits of the files were checked when they were read)."""
@@ -49,7 +49,7 @@ class ExperimentPlan:
             raise UsageError(f"--gpus: {len(self.gpus)} GPU(s) cannot be split evenly between {self.parallel} "
                              "trials running at once")
         needed = self.model.gpus_needed
-        if needed and not self.gpus_by_placement and len(self.gpus) // self.parallel < needed:
+        if needed and not self.cluster and len(self.gpus) // self.parallel < needed:
             have = f"{len(self.gpus) // self.parallel} per trial" if self.gpus else "none given"
             raise UsageError(f"{self.model.id} needs {needed} GPU(s) per instance ({have}): pass --gpus with at "
                              f"least {needed * self.parallel} GPU(s), twice that to leave room for a replica")
@@ -72,7 +72,8 @@ class ExperimentPlan:
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
                 "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
-                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
+                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox),
+                **({"cluster": self.cluster} if self.cluster else {})}
 
 
 @dataclass(frozen=True)

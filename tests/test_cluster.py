@@ -114,7 +114,7 @@ def run_experiment(placement, store, trials: int, parallel: int, pace: float = 0
     from console.scenarios import get_scenario
 
     plan = ExperimentPlan(placement.model, get_scenario("test-self-replication"), trials=trials, parallel=parallel,
-                          pace_s=pace, gpus_by_placement=True)
+                          pace_s=pace, cluster=ray.get_runtime_context().gcs_address)
     events = []
 
     def emit(event):

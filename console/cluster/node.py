@@ -183,7 +183,8 @@ class TrialActor:
         session = node_session(session_id, node)
         why = facts_differ(expected, node_facts(engine, config.model))
         if why is None and not session_alive(read_heartbeat(sessions_dir() / f"{session}.json")):
-            why = f"node {node} has no live node agent for this session (its dead-man's switch would not see the driver)"
+            why = (f"node {node} has no live node agent for this session (its dead-man's switch would not see "
+                   "the driver)")
         if why:
             yield ("refused", info, why)
             return
