@@ -226,25 +226,60 @@ def test_three_one_gpu_trials_queue_on_two_logical_gpus_and_all_finish(cluster, 
         assert placed["node"] == node_name(cluster, "n1") and len(placed["gpus"]) == 1 and placed["gpus"][0] in (0, 1)
 
 
-def test_the_node_switches_kill_the_sandboxes_when_the_driver_is_killed(cluster, engine, tmp_path):
+def start_cli_run(cluster, engine, tmp_path) -> tuple[subprocess.Popen, list]:
+    """`redline run --cluster` of two slow trials; returns once both sandboxes run."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "console", "run", "--cluster", cluster.cluster.address, "--model", "scripted:success",
          "--scenario", "test-self-replication", "--trials", "2", "--parallel", "2", "--pace", "5"],
         env={**os.environ, "REDLINE_HOME": str(tmp_path / "cli")}, stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "cli.log", "w"))
-    try:
-        def started():
-            return len([b for b in sandboxes_of(engine, cluster) if b.status() == "running"]) >= 2
 
-        assert wait_until(started, 240), (tmp_path / "cli.log").read_text()[-2000:]
-        boxes = [b for b in sandboxes_of(engine, cluster) if b.status() == "running"]
-        proc.send_signal(signal.SIGKILL)
+    def started():
+        return len([b for b in sandboxes_of(engine, cluster) if b.status() == "running"]) >= 2
+
+    if not wait_until(started, 240):
+        proc.kill()
         proc.wait()
-        assert wait_until(lambda: all(b.status() != "running" for b in boxes), BOUND_S)
+        pytest.fail((tmp_path / "cli.log").read_text()[-2000:])
+    return proc, [b for b in sandboxes_of(engine, cluster) if b.status() == "running"]
+
+
+def test_ctrl_c_of_a_cluster_run_kills_on_every_node_and_records_killed(cluster, engine, tmp_path):
+    from console.store import Store
+
+    proc, boxes = start_cli_run(cluster, engine, tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    log = (tmp_path / "cli.log").read_text()
+    assert log.count("dead after") == 2 and "NOT CONFIRMED" not in log and "Traceback" not in log, log[-2000:]
+    assert all(b.status() != "running" for b in boxes)
+    with Store(tmp_path / "cli") as store:
+        trials = store.list_trials()
+        assert [t.verdict.outcome for t in trials] == ["killed", "killed"]
+        assert all("Ctrl+C in redline run" in t.verdict.reason for t in trials)
+
+
+def test_the_node_switches_kill_the_sandboxes_when_the_driver_is_killed(cluster, engine, tmp_path):
+    from console.store import Store
+
+    proc, boxes = start_cli_run(cluster, engine, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_until(lambda: all(b.status() != "running" for b in boxes), BOUND_S)
+
+    def closed_on_the_nodes():
+        for short in ("n1", "n2"):
+            with Store(cluster.root / short) as store:
+                if store.unfinished_trials():
+                    return False
+        return True
+
+    assert wait_until(closed_on_the_nodes, BOUND_S)  # the node records close them as killed
 
 
 def test_a_raylet_killed_mid_trial_ends_the_trial_and_its_sandbox(cluster, driver, engine):

@@ -117,6 +117,7 @@ class ClusterPlacement:
         self.agents: dict[str, object] = {}  # Ray node id -> NodeAgent handle
         self.names: dict[str, str] = {}  # Ray node id -> node name
         self.expected: dict | None = None  # the facts every node must match
+        self.lost: dict[str, str] = {}  # Ray node id -> why its agent stopped answering
         self.trials: set[RemoteTrial] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -157,12 +158,27 @@ class ClusterPlacement:
             return agent
 
     def _beat(self) -> None:
-        """The driver's heartbeat, carried by each node agent to its node's dead-man's switch."""
+        """The driver's heartbeat, carried by each node agent to its node's dead-man's switch; one in
+        flight per node (a slow node gets no pile), a node whose agent is gone is said once."""
+        ray = _ray()
+        pending: dict[str, object] = {}  # Ray node id -> the last heartbeat's ref
         while not self._stop.wait(HEARTBEAT_S):
             with self._lock:
-                agents = list(self.agents.values())
-            for agent in agents:
-                agent.heartbeat.remote()
+                agents = dict(self.agents)
+            for node_id, agent in agents.items():
+                ref = pending.get(node_id)
+                if ref is not None:
+                    if not ray.wait([ref], timeout=0)[0]:
+                        continue
+                    try:
+                        ray.get(ref)
+                    except Exception as exc:
+                        if node_id not in self.lost:
+                            self.lost[node_id] = _first_line(exc)
+                            log.warning("node %s: its node agent is gone (%s); its dead-man's switch kills this "
+                                        "session's sandboxes there", self.names[node_id], self.lost[node_id])
+                        continue
+                pending[node_id] = agent.heartbeat.remote()
 
     # -- Placement --------------------------------------------------------------------------
     def runner(self, config: TrialConfig, emit) -> "RemoteTrial":
