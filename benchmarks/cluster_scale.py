@@ -8,7 +8,7 @@ same run: on this machine (LocalPlacement, the baseline) and on the cluster (Clu
 `slowdown` = cluster wall time / local wall time - 1. Then, `--kills` times, starts one trial per
 trial slot on both nodes, waits until every agent runs, and times ClusterPlacement.kill_all from the
 driver's call until every node confirmed its sandboxes dead. Prints one JSON line.
-Usage: .venv/bin/python benchmarks/cluster_scale.py [--trials 10] [--parallel 4] [--kills 5]
+Usage: .venv/bin/python benchmarks/cluster_scale.py [--trials 10] [--parallel 4] [--kills 8]
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def one_kill(placement, store, model, scenario, slots: int, engine) -> dict:
     thread.join(10)
     report = result["report"]
     dead = bool(report.containers) and all(not is_running(engine, c.container_id) for c in report.containers)
-    return {"ms": report.total_ms, "confirmed": report.all_confirmed and dead, "containers": len(report.containers),
+    return {"ms": report.total_ms, "node_ms": [round(n.report.total_ms) for n in report.nodes if n.report],
+            "confirmed": report.all_confirmed and dead, "containers": len(report.containers),
             "nodes": len(report.nodes)}
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--kills", type=int, default=8)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="redline-cluster-bench-"))
     (work / "config" / "scenarios").mkdir(parents=True)
@@ -153,7 +154,7 @@ def main() -> None:
         "outcomes_local": sorted({v.outcome for v in local_verdicts}),
         "outcomes_cluster": sorted({v.outcome for v in cluster_verdicts}),
         "kill_p95_ms": round(p95), "kill_ms": [round(ms) for ms in kill_ms], "kill_goal_ms": 300,
-        "kill_containers": [k["containers"] for k in kills],
+        "kill_containers": [k["containers"] for k in kills], "kill_node_side_ms": [k["node_ms"] for k in kills],
         "every_container_confirmed_dead": all(k["confirmed"] for k in kills),
     }))
 
