@@ -73,17 +73,11 @@ def cmd_run(args) -> int:
 
     model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
     scenario = get_scenario(args.scenario)
-    if args.cluster and args.gpus:
-        raise UsageError("--gpus: on a cluster Ray gives each trial its GPUs; use --gpus-per-trial")
-    if args.gpus_per_trial is not None and not args.cluster:
-        raise UsageError("--gpus-per-trial: only with --cluster (on this machine, --gpus)")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
-        raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
+    if args.cluster or args.gpus_per_trial is not None:
+        return _run_on_cluster(args, model, scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
-                          pace_s=args.pace, keep_containers=args.keep, cluster=args.cluster)
+                          pace_s=args.pace, keep_containers=args.keep)
     plan.validate()
-    if args.cluster:
-        return _run_on_cluster(args, plan)
     engine = DockerEngine().connect()
     check_against_engine(scenario, *engine.resources())
     plan.check_engine("nvidia" in (engine.info().get("Runtimes") or {}))
@@ -100,12 +94,22 @@ def cmd_run(args) -> int:
         session.close()
 
 
-def _run_on_cluster(args, plan) -> int:
+def _run_on_cluster(args, model, scenario) -> int:
     """`redline run --cluster`: this process is the Ray driver; its records are written here."""
     from console.cluster.placement import ClusterPlacement, connect
+    from console.experiment import ExperimentPlan
     from console.session import Session
     from console.store import Store
 
+    if not args.cluster:
+        raise UsageError("--gpus-per-trial: only with --cluster (on this machine, --gpus)")
+    if args.gpus:
+        raise UsageError("--gpus: on a cluster Ray gives each trial its GPUs; use --gpus-per-trial")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
+        raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
+    plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, pace_s=args.pace,
+                          keep_containers=args.keep, cluster=args.cluster)
+    plan.validate()
     connect(args.cluster)
     store = Store()
     session = Session(None, with_watchdog=False, store=store).start()  # the nodes' switches watch the sandboxes

@@ -29,11 +29,11 @@ class ExperimentPlan:
     trials: int = 1
     parallel: int = 1
     gpus: tuple[int, ...] = ()
+    cluster: str | None = None  # the Ray head's address: the cluster placement gives each trial its GPUs
     step_mode: bool = False  # each command of the agent waits for the operator (one trial at a time)
     pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     keep_containers: bool = False
     source: str = "cli"
-    cluster: str | None = None  # the Ray head's address: the cluster placement gives each trial its GPUs
 
     def validate(self) -> None:
         """Usage errors of the plan itself (limits of the files were checked when they were read)."""
@@ -72,8 +72,7 @@ class ExperimentPlan:
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
                 "pace_s": self.pace_s, "source": self.source, "constrained_format": self.model.constrained_format,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
-                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox),
-                **({"cluster": self.cluster} if self.cluster else {})}
+                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
 
 
 @dataclass(frozen=True)

@@ -365,6 +365,7 @@ class RemoteTrial(TrialRunner):
         return verdict
 
     async def _stream(self, pg, gpus: int) -> Verdict | None:
+        ray = _ray()
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         actor = _remote(TrialActor).options(
@@ -383,7 +384,7 @@ class RemoteTrial(TrialRunner):
                 self.placed = item[1]
                 raise RedlineError(item[2])
             if item[0] == "placed":
-                self.placed = item[1]
+                self.placed = {**item[1], "cluster": ray.get_runtime_context().gcs_address}
                 gpu_text = f", Ray GPU(s) {item[1]['gpus']}" if item[1]["gpus"] else ""
                 self._set_state("preparing", f"placed on node {item[1]['node']}{gpu_text}")
             elif item[0] == "event":
