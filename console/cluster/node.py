@@ -94,6 +94,13 @@ def facts_differ(expected: dict, facts: dict) -> str | None:
     return None
 
 
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux /proc)."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
 class NodeEngine(DockerEngine):
     """The node's engine; every sandbox it makes carries the `redline.node` label."""
 
@@ -172,6 +179,7 @@ class TrialActor:
         from console.store import Store
         from console.trial import TrialRunner
 
+        began = time.monotonic()
         node = node_name()
         engine = NodeEngine(node).connect()
         ray_gpus = tuple(int(g) for g in ray.get_gpu_ids())
@@ -192,6 +200,8 @@ class TrialActor:
         with Store() as store:
             runner = TrialRunner(engine, config, SimpleNamespace(id=session), store, emit=events.put)
             info["node_trial_id"] = runner.trial_id
+            info["setup_ms"] = round((time.monotonic() - began) * 1000)  # node-side cost before the trial starts
+            info["worker_age_s"] = round(_process_age_s(), 1)  # > setup: a warm worker took the actor
             with self._lock:
                 self.runner, killed_by = runner, self._killed_by
             if killed_by:
