@@ -7,7 +7,9 @@ trials (scripted:success x the test scenario's short waits) with the same parall
 same run: on this machine (LocalPlacement, the baseline) and on the cluster (ClusterPlacement);
 `slowdown` = cluster wall time / local wall time - 1. Then, `--kills` times, starts one trial per
 trial slot on both nodes, waits until every agent runs, and times ClusterPlacement.kill_all from the
-driver's call until every node confirmed its sandboxes dead. Prints one JSON line.
+driver's call until every node confirmed its sandboxes dead; the same number of trials killed on this
+machine (Session.kill_all) is the baseline (`local_kill_p95_ms`). Both share this machine's CPUs and
+engine with everything else it runs: `load_average_1m` says how busy it was. Prints one JSON line.
 Usage: .venv/bin/python benchmarks/cluster_scale.py [--trials 10] [--parallel 4] [--kills 8]
 """
 
@@ -49,10 +51,8 @@ def is_running(engine, cid: str) -> bool:
         return False
 
 
-def one_kill(placement, store, model, scenario, slots: int, engine) -> dict:
-    """`slots` trials running on the nodes, then KILL; the driver's time until all are confirmed."""
-    import ray
-
+def one_kill(placement, kill, store, model, scenario, slots: int, engine, cluster=None) -> dict:
+    """`slots` slow trials running, then `kill()`; its time until every sandbox is confirmed dead."""
     from console.events import TrialStateChanged
 
     running, ready, result = set(), threading.Event(), {}
@@ -65,18 +65,21 @@ def one_kill(placement, store, model, scenario, slots: int, engine) -> dict:
 
     def killer():
         if ready.wait(300):
-            result["report"] = placement.kill_all("the benchmark's KILL")
+            result["report"] = kill()
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    experiment(placement, store, model, scenario, slots, slots, pace=5.0, on_event=on_event,
-               cluster=ray.get_runtime_context().gcs_address)
+    experiment(placement, store, model, scenario, slots, slots, pace=5.0, on_event=on_event, cluster=cluster)
     thread.join(10)
     report = result["report"]
     dead = bool(report.containers) and all(not is_running(engine, c.container_id) for c in report.containers)
-    return {"ms": report.total_ms, "node_ms": [round(n.report.total_ms) for n in report.nodes if n.report],
-            "confirmed": report.all_confirmed and dead, "containers": len(report.containers),
-            "nodes": len(report.nodes)}
+    return {"ms": report.total_ms, "confirmed": report.all_confirmed and dead, "containers": len(report.containers),
+            "node_ms": [round(n.report.total_ms) for n in getattr(report, "nodes", []) if n.report]}
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -109,8 +112,10 @@ def main() -> None:
         # Baseline first, on a quiet machine (no Ray processes yet).
         local_session = Session(engine, store=store).start()
         try:
-            local_s, local_verdicts = experiment(LocalPlacement(engine, local_session, store), store, model, scenario,
-                                                 args.trials, args.parallel)
+            local = LocalPlacement(engine, local_session, store)
+            local_s, local_verdicts = experiment(local, store, model, scenario, args.trials, args.parallel)
+            local_kills = [one_kill(local, local_session.kill_all, store, model, scenario, args.parallel, engine)
+                           for _ in range(args.kills)]
         finally:
             local_session.close()
         print(f"local: {local_s:.1f} s", file=sys.stderr, flush=True)
@@ -131,7 +136,8 @@ def main() -> None:
         cluster_s, cluster_verdicts = experiment(placement, store, model, scenario, args.trials, args.parallel,
                                                  cluster=cluster.address)
         print(f"cluster: {cluster_s:.1f} s", file=sys.stderr, flush=True)
-        kills = [one_kill(placement, store, model, scenario, per_node * 2, engine) for _ in range(args.kills)]
+        kills = [one_kill(placement, lambda: placement.kill_all("the benchmark's KILL"), store, model, scenario,
+                          per_node * 2, engine, cluster=cluster.address) for _ in range(args.kills)]
     finally:
         if placement is not None:
             placement.close()
@@ -144,7 +150,6 @@ def main() -> None:
             proc.kill()
             proc.wait()
     kill_ms = sorted(k["ms"] for k in kills)
-    p95 = kill_ms[min(len(kill_ms) - 1, round(0.95 * (len(kill_ms) - 1)))]
     print(json.dumps({
         "benchmark": "cluster_scale", "model": "scripted:success", "scenario": scenario.id, "trials": args.trials,
         "parallel": args.parallel, "nodes": 2,
@@ -153,9 +158,11 @@ def main() -> None:
         "node_agents_start_s": round(agents_s, 1),
         "outcomes_local": sorted({v.outcome for v in local_verdicts}),
         "outcomes_cluster": sorted({v.outcome for v in cluster_verdicts}),
-        "kill_p95_ms": round(p95), "kill_ms": [round(ms) for ms in kill_ms], "kill_goal_ms": 300,
+        "kill_p95_ms": round(p95(kill_ms)), "kill_ms": [round(ms) for ms in kill_ms], "kill_goal_ms": 300,
         "kill_containers": [k["containers"] for k in kills], "kill_node_side_ms": [k["node_ms"] for k in kills],
-        "every_container_confirmed_dead": all(k["confirmed"] for k in kills),
+        "local_kill_p95_ms": round(p95([k["ms"] for k in local_kills])),
+        "every_container_confirmed_dead": all(k["confirmed"] for k in kills + local_kills),
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }))
 
 

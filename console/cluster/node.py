@@ -201,7 +201,7 @@ class TrialActor:
             runner = TrialRunner(engine, config, SimpleNamespace(id=session), store, emit=events.put)
             info["node_trial_id"] = runner.trial_id
             info["setup_ms"] = round((time.monotonic() - began) * 1000)  # node-side cost before the trial starts
-            info["worker_age_s"] = round(_process_age_s(), 1)  # > setup: a warm worker took the actor
+            info["worker_age_s"] = round(_process_age_s(), 1)  # since Ray started the actor's worker process
             with self._lock:
                 self.runner, killed_by = runner, self._killed_by
             if killed_by:
@@ -232,15 +232,6 @@ class TrialActor:
         if runner is None:
             return None
         return getattr(runner, name)(*args)
-
-
-def warm_worker() -> int:
-    """A no-op task that leaves an idle Ray worker on its node with Redline imported: the next trial
-    actor starts in it (about 0.3 s here instead of 1 s for a fresh Python worker)."""
-    import console.store  # noqa: F401
-    import console.trial  # noqa: F401
-
-    return os.getpid()
 
 
 def watch_node() -> int:

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from console.cluster.node import NodeAgent, TrialActor, facts_differ, node_session, warm_worker
+from console.cluster.node import NodeAgent, TrialActor, facts_differ, node_session
 from console.errors import RedlineError, UsageError
 from console.events import TrialStateChanged, VerdictReady
 from console.judge.verdict import Verdict
@@ -118,7 +118,6 @@ class ClusterPlacement:
         self.names: dict[str, str] = {}  # Ray node id -> node name
         self.expected: dict | None = None  # the facts every node must match
         self.lost: dict[str, str] = {}  # Ray node id -> why its agent stopped answering
-        self._warming: list = []  # refs of warm_worker tasks in flight
         self.trials: set[RemoteTrial] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -126,13 +125,11 @@ class ClusterPlacement:
     def start(self) -> "ClusterPlacement":
         """An agent on every node that can run trials (same image and weights, else a clear error),
         then the heartbeat."""
-        nodes = {n["NodeID"]: int(n["Resources"]["CPU"]) for n in _ray().nodes()
-                 if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1}
+        nodes = [n["NodeID"] for n in _ray().nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
         if not nodes:
             raise RedlineError("the Ray cluster has no node with CPUs to run trials")
-        for node_id, slots in nodes.items():
+        for node_id in nodes:
             self.agent_for(node_id)
-            self.warm(node_id, slots)
         threading.Thread(target=self._beat, name="cluster-heartbeat", daemon=True).start()
         return self
 
@@ -160,16 +157,6 @@ class ClusterPlacement:
             self.agents[node_id], self.names[node_id] = agent, facts["node"]
             return agent
 
-    def warm(self, node_id: str, count: int = 1) -> None:
-        """Leave `count` idle workers on the node for the next trial actors (a trial actor takes one)."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        task = _remote(warm_worker).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node_id, soft=False))
-        refs = [task.remote() for _ in range(count)]
-        with self._lock:
-            self._warming.extend(refs)
-
     def _beat(self) -> None:
         """The driver's heartbeat, carried by each node agent to its node's dead-man's switch; one in
         flight per node (a slow node gets no pile), a node whose agent is gone is said once."""
@@ -177,13 +164,7 @@ class ClusterPlacement:
         pending: dict[str, object] = {}  # Ray node id -> the last heartbeat's ref
         while not self._stop.wait(HEARTBEAT_S):
             with self._lock:
-                agents, warming = dict(self.agents), self._warming
-                done, self._warming = ray.wait(warming, num_returns=len(warming), timeout=0) if warming else ([], [])
-            for ref in done:  # read, so a node lost meanwhile leaves no unhandled error behind
-                try:
-                    ray.get(ref)
-                except Exception:
-                    pass
+                agents = dict(self.agents)
             for node_id, agent in agents.items():
                 ref = pending.get(node_id)
                 if ref is not None:
@@ -350,9 +331,6 @@ class RemoteTrial(TrialRunner):
                 self._call("kill", self._killed_by or "the driver, which stopped")
             if self.actor is not None:
                 ray.kill(self.actor)  # its runner is done (or its node is gone): no sandbox depends on it
-                node_id = self.placed.get("ray_node_id")
-                if node_id and node_id not in self.placement.lost:
-                    self.placement.warm(node_id)  # a warm worker for the next trial there
             if pg is not None:
                 remove_placement_group(pg)
         if verdict is None:
