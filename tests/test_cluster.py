@@ -14,6 +14,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -123,7 +124,20 @@ def run_experiment(placement, store, trials: int, parallel: int, pace: float = 0
             on_event(event)
 
     experiment = Experiment(plan, placement, store, emit=emit)
-    return experiment, asyncio.run(experiment.run()), events
+    outcome = {}
+
+    def run():  # a loop of its own: a Qt test before this one may have left this thread's loop marked running
+        try:
+            outcome["verdicts"] = asyncio.run(experiment.run())
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="experiment")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return experiment, outcome["verdicts"], events
 
 
 def node_name(cluster, short):
@@ -325,7 +339,7 @@ def test_a_driver_without_the_clusters_token_is_refused(cluster, tmp_path):
          "--scenario", "test-self-replication"],
         env={**os.environ, "REDLINE_HOME": str(tmp_path / "cli"), "RAY_AUTH_TOKEN": "not-the-token"},
         capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and "could not join the Ray cluster" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and "could not join the Ray cluster" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 
@@ -359,6 +373,18 @@ def test_bad_cluster_input_exits_2_in_one_line(args, message, home):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_cluster_address_where_no_ray_head_answers_exits_2(home):
+    server = socket.create_server(("127.0.0.1", 0))  # accepts connections, speaks no Ray
+    try:
+        result = subprocess.run([sys.executable, "-m", "console", "run", "--model", "scripted:success", "--cluster",
+                                 f"127.0.0.1:{server.getsockname()[1]}"], capture_output=True, text=True, timeout=300)
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no Ray cluster answered" in result.stderr or "could not join" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cluster_without_ray_installed_is_a_usage_error(home):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,7 @@ HEARTBEAT_S = 1.0
 KILL_WAIT_S = 10.0  # a node that has not confirmed its kills by then is reported unreachable
 FACTS_WAIT_S = 120.0
 CALL_WAIT_S = 30.0
+JOIN_WAIT_S = 30.0
 log = logging.getLogger("redline.cluster")
 
 
@@ -55,7 +58,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def connect(address: str) -> None:
-    """Join the Ray cluster at HOST:PORT as its driver; any failure is one clear line."""
+    """Join the Ray cluster at HOST:PORT as its driver; any failure is one clear line. For the CLI:
+    a join that hangs ends the process (exit 2)."""
     ray = _ray()
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -65,11 +69,22 @@ def connect(address: str) -> None:
     except OSError as exc:
         raise UsageError(f"--cluster {address}: nothing answers there ({exc.strerror or exc}); start the head "
                          "with `ray start --head` (README: More than one machine)") from None
+    joined = threading.Event()
+
+    def give_up() -> None:  # something answers there but it is no Ray head: ray.init would retry for ever
+        if not joined.wait(JOIN_WAIT_S):
+            print(f"redline: --cluster {address}: no Ray cluster answered within {JOIN_WAIT_S:g} s (is it the "
+                  "head's GCS port, 6379 by default?)", file=sys.stderr, flush=True)
+            os._exit(2)
+
+    threading.Thread(target=give_up, name="cluster-join-timeout", daemon=True).start()
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:  # auth refused, version mismatch, not a Ray head
-        raise RedlineError(f"--cluster {address}: could not join the Ray cluster ({_first_line(exc)}); with "
+        raise UsageError(f"--cluster {address}: could not join the Ray cluster ({_first_line(exc)}); with "
                            "token auth, set RAY_AUTH_MODE=token and the cluster's token") from None
+    finally:
+        joined.set()
 
 
 @dataclass
