@@ -248,14 +248,24 @@ def start_cli_run(cluster, engine, tmp_path) -> tuple[subprocess.Popen, list]:
         env={**os.environ, "REDLINE_HOME": str(tmp_path / "cli")}, stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "cli.log", "w"))
 
-    def started():
-        return len([b for b in sandboxes_of(engine, cluster) if b.status() == "running"]) >= 2
+    from console.store import Store
+
+    sessions = set()
+
+    def started():  # both agents run, by the run's own records
+        with Store(tmp_path / "cli") as store:
+            trials = store.list_trials()
+        sessions.update(t.session_id for t in trials)
+        return sum(t.state == "agent_running" for t in trials) >= 2
 
     if not wait_until(started, 240):
         proc.kill()
         proc.wait()
         pytest.fail((tmp_path / "cli.log").read_text()[-2000:])
-    return proc, [b for b in sandboxes_of(engine, cluster) if b.status() == "running"]
+    boxes = [b for b in sandboxes_of(engine, cluster)
+             if b.labels["redline.session"].rsplit(".", 1)[0] in sessions and b.status() == "running"]
+    assert len(boxes) == 2
+    return proc, boxes
 
 
 def test_ctrl_c_of_a_cluster_run_kills_on_every_node_and_records_killed(cluster, engine, tmp_path):
