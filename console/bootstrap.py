@@ -86,7 +86,7 @@ def ensure_venv() -> Path:
     if not stamp.exists() or stamp.read_text() != want:
         say("installing redline and its dependencies into .venv")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-e", f"{ROOT}[test,inspect]"], check=True)
+                        "-e", f"{ROOT}[test,inspect,cluster]"], check=True)
         stamp.write_text(want)
     return python
 

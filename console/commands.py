@@ -64,11 +64,8 @@ class _Progress:
 
 
 def cmd_run(args) -> int:
-    import asyncio
-
-    from console.experiment import Experiment, ExperimentPlan, LocalPlacement
+    from console.experiment import ExperimentPlan, LocalPlacement
     from console.models import ModelCatalogue
-    from console.report import wilson_interval
     from console.sandbox.docker_engine import DockerEngine
     from console.scenarios import check_against_engine, get_scenario
     from console.session import Session
@@ -76,6 +73,8 @@ def cmd_run(args) -> int:
 
     model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
     scenario = get_scenario(args.scenario)
+    if args.cluster or args.gpus_per_trial is not None:
+        return _run_on_cluster(args, model, scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
                           pace_s=args.pace, keep_containers=args.keep, isolation=args.isolation)
     plan.validate()
@@ -91,22 +90,73 @@ def cmd_run(args) -> int:
               file=sys.stderr)
     store = Store()
     session = Session(engine, store=store).start()
+    try:
+        return _run_experiment(args, plan, store, session, LocalPlacement(engine, session, store))
+    finally:
+        session.close()
+
+
+def _run_on_cluster(args, model, scenario) -> int:
+    """`redline run --cluster`: this process is the Ray driver; its records are written here."""
+    from console.cluster.placement import ClusterPlacement, connect
+    from console.experiment import ExperimentPlan
+    from console.session import Session
+    from console.store import Store
+
+    if not args.cluster:
+        raise UsageError("--gpus-per-trial: only with --cluster (on this machine, --gpus)")
+    if args.gpus:
+        raise UsageError("--gpus: on a cluster Ray gives each trial its GPUs; use --gpus-per-trial")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
+        raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
+    plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, pace_s=args.pace,
+                          keep_containers=args.keep, cluster=args.cluster)
+    plan.validate()
+    connect(args.cluster)
+    store = Store()
+    session = Session(None, with_watchdog=False, store=store).start()  # the nodes' switches watch the sandboxes
+    placement = None
+    try:
+        placement = ClusterPlacement(session, store, plan.model, gpus_per_trial=args.gpus_per_trial).start()
+        print(f"cluster {args.cluster}: node(s) {', '.join(sorted(placement.names.values()))}, image "
+              f"{placement.expected['image_id'][:19]}", file=sys.stderr)
+        return _run_experiment(args, plan, store, session, placement)
+    finally:
+        if placement is not None:
+            placement.close()
+        session.close()
+        import ray
+
+        ray.shutdown()
+
+
+def _run_experiment(args, plan, store, session, placement) -> int:
+    import asyncio
+
+    from console.experiment import Experiment
+    from console.report import wilson_interval
+
+    model, scenario = plan.model, plan.scenario
     progress = _Progress(args.trials)
-    experiment = Experiment(plan, LocalPlacement(engine, session, store), store, emit=progress)
+    experiment = Experiment(plan, placement, store, emit=progress)
+
+    def stop(by: str) -> None:
+        kill_all = getattr(placement, "kill_all", None)  # a cluster: every node's kill switch first
+        if kill_all is not None:
+            for line in kill_all(by).lines():
+                print(f"redline: {line}", file=sys.stderr, flush=True)
+        experiment.stop(by)
 
     async def main():
         def on_interrupt():
             print("\nredline: interrupted: killing every sandbox of this run", file=sys.stderr, flush=True)
-            threading.Thread(target=experiment.stop, args=("Ctrl+C in redline run",), daemon=True).start()
+            threading.Thread(target=stop, args=("Ctrl+C in redline run",), daemon=True).start()
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)
         return await experiment.run()
 
     started = time.time()
-    try:
-        verdicts = asyncio.run(main())
-    finally:
-        session.close()
+    verdicts = asyncio.run(main())
     rows = [{"trial_id": trial_id, **v.to_dict()} for trial_id, v in zip(progress.trial_ids, verdicts)]
     replicated = sum(1 for v in verdicts if v.outcome == "replicated")
     low, high = wilson_interval(replicated, len(verdicts))
@@ -126,6 +176,12 @@ def cmd_run(args) -> int:
     if experiment.stopped_by:
         return 130
     return 1 if any(v.outcome == "error" for v in verdicts) else 0
+
+
+def cmd_node(args) -> int:
+    from console.cluster.node import watch_node
+
+    return watch_node()
 
 
 def _print_summary(summary: dict) -> None:
@@ -246,7 +302,15 @@ def add_subcommands(sub) -> None:
     fmt.add_argument("--free-format", dest="constrained_format", action="store_false",
                      help="free-form replies, as in the study (default unless the model file says otherwise)")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary")
+    p.add_argument("--cluster", metavar="HOST:PORT",
+                   help="place the trials on the nodes of this Ray cluster (README: More than one machine)")
+    p.add_argument("--gpus-per-trial", type=int, metavar="N",
+                   help="with --cluster: Ray GPUs per trial, on one node (default: twice the model's)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("node", help="a cluster node's dead-man's switch (README: More than one machine)")
+    p.add_argument("action", choices=["start"])
+    p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("models", help="list the model catalogue")
     p.set_defaults(func=cmd_models)

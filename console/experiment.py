@@ -29,6 +29,7 @@ class ExperimentPlan:
     trials: int = 1
     parallel: int = 1
     gpus: tuple[int, ...] = ()
+    cluster: str | None = None  # the Ray head's address: the cluster placement gives each trial its GPUs
     step_mode: bool = False  # each command of the agent waits for the operator (one trial at a time)
     pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     keep_containers: bool = False
@@ -53,7 +54,7 @@ class ExperimentPlan:
             raise UsageError(f"--gpus: {len(self.gpus)} GPU(s) cannot be split evenly between {self.parallel} "
                              "trials running at once")
         needed = self.model.gpus_needed
-        if needed and len(self.gpus) // self.parallel < needed:
+        if needed and not self.cluster and len(self.gpus) // self.parallel < needed:
             have = f"{len(self.gpus) // self.parallel} per trial" if self.gpus else "none given"
             raise UsageError(f"{self.model.id} needs {needed} GPU(s) per instance ({have}): pass --gpus with at "
                              f"least {needed * self.parallel} GPU(s), twice that to leave room for a replica")

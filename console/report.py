@@ -266,11 +266,17 @@ def _rate(k: int, n: int) -> str:
     return f"{k / n:.0%} ({lower:.1%}–{upper:.1%})"
 
 
-def _trial_row(trial: TrialRecord) -> list:
+def _node(trial: TrialRecord) -> str:
+    """The cluster node a trial ran on ('' on this machine): console.cluster records it with the verdict."""
+    return ((trial.verdict.evidence.get("placement") or {}).get("node") or "") if trial.verdict else ""
+
+
+def _trial_row(trial: TrialRecord, with_node: bool = False) -> list:
     verdict = trial.verdict
+    node = [_node(trial) or "—"] if with_node else []
     if verdict is None:
-        return [trial.id, trial.index, f"({trial.state})", "—", "—", "—", "—", trial.detail, "—"]
-    return [trial.id, trial.index, verdict.outcome, verdict.rounds, _number(verdict.time_to_replica_s, " s"),
+        return [trial.id, trial.index, *node, f"({trial.state})", "—", "—", "—", "—", trial.detail, "—"]
+    return [trial.id, trial.index, *node, verdict.outcome, verdict.rounds, _number(verdict.time_to_replica_s, " s"),
             "yes" if verdict.claimed_success else "no", verdict.depth, verdict.reason,
             " / ".join(verdict.evidence_lines()) or "—"]
 
@@ -315,10 +321,11 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
             "table", ["Command category", "Commands"],
             [[label, g.commands[key]] for key, label in COMMAND_CATEGORIES.items()],
         ))
+        with_node = any(_node(t) for t in g.trials)  # a column only for trials placed on a cluster
         blocks.append((
-            "table", ["Trial", "#", "Outcome", "Rounds", "Time to replica", "Claimed", "Depth", "Reason",
-                      "Evidence (docs/judge.md)"],
-            [_trial_row(t) for t in g.trials],
+            "table", ["Trial", "#", *(["Node"] if with_node else []), "Outcome", "Rounds", "Time to replica",
+                      "Claimed", "Depth", "Reason", "Evidence (docs/judge.md)"],
+            [_trial_row(t, with_node) for t in g.trials],
         ))
     return blocks
 

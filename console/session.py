@@ -95,7 +95,7 @@ class Session:
     def start(self) -> "Session":
         self._write_heartbeat()
         threading.Thread(target=self._beat, name="session-heartbeat", daemon=True).start()
-        self.reaped = self.engine.gc(is_orphan)
+        self.reaped = self.engine.gc(is_orphan) if self.engine is not None else 0  # None: a cluster driver
         if self.store is not None:
             self.closed = close_dead_trials(self.store, "the reaper at start")
         if self.reaped or self.closed:
