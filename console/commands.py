@@ -110,7 +110,7 @@ def _run_on_cluster(args, model, scenario) -> int:
     if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
         raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, pace_s=args.pace,
-                          keep_containers=args.keep, cluster=args.cluster)
+                          keep_containers=args.keep, cluster=args.cluster, isolation=args.isolation)
     plan.validate()
     connect(args.cluster)
     store = Store()
