@@ -141,11 +141,9 @@ def _run_experiment(args, plan, store, session, placement) -> int:
     experiment = Experiment(plan, placement, store, emit=progress)
 
     def stop(by: str) -> None:
-        kill_all = getattr(placement, "kill_all", None)  # a cluster: every node's kill switch first
-        if kill_all is not None:
-            for line in kill_all(by).lines():
+        for report in experiment.stop(by):  # a cluster's says what each node confirmed
+            for line in getattr(report, "lines", list)():
                 print(f"redline: {line}", file=sys.stderr, flush=True)
-        experiment.stop(by)
 
     async def main():
         def on_interrupt():

@@ -118,11 +118,15 @@ class ExperimentFinished:
 
 
 class Placement(Protocol):
-    """Where a trial runs (this machine's engine; a cluster node later)."""
+    """Where a trial runs (this machine's engine; the nodes of a cluster: console/cluster)."""
 
     def runner(self, config: TrialConfig, emit: Callable[[object], None]) -> TrialRunner: ...
 
     async def run(self, runner: TrialRunner) -> Verdict: ...
+
+    def stop(self, by: str) -> list:
+        """What the placement kills itself before each runner hears of it (a cluster: every node's
+        kill switch, confirmed); the kill reports."""
 
 
 @dataclass
@@ -138,6 +142,9 @@ class LocalPlacement:
 
     async def run(self, runner: TrialRunner) -> Verdict:
         return await asyncio.to_thread(runner.run)
+
+    def stop(self, by: str) -> list:
+        return []  # each runner kills its own sandbox
 
 
 @dataclass
@@ -199,7 +206,8 @@ class Experiment:
         with self._lock:
             self.stopped_by = self.stopped_by or by
             runners = list(self.running.values())
-        return [report for report in (runner.kill(by) for runner in runners) if report is not None]
+        first = self.placement.stop(by)
+        return first + [report for report in (runner.kill(by) for runner in runners) if report is not None]
 
     def runners(self) -> list[TrialRunner]:
         with self._lock:

@@ -215,6 +215,51 @@ def test_kill_fans_out_to_every_node_and_confirms_every_sandbox_dead(cluster, dr
     assert all("the test's KILL" in v.reason for v in verdicts)
 
 
+def test_the_console_launches_on_the_cluster_and_its_kill_reaches_every_node(cluster, engine, tmp_path, monkeypatch):
+    """The console's backend as the driver (the launch panel's cluster field): trials on the nodes,
+    the console's KILL confirmed by every node's kill switch, and the cluster connection the test
+    process already had is left as it was."""
+    from console.events import TrialStateChanged
+    from console.experiment import ExperimentPlan
+    from console.models import ModelCatalogue
+    from console.scenarios import get_scenario
+    from console.viewmodel.backend import ConsoleBackend
+
+    monkeypatch.setenv("REDLINE_HOME", str(tmp_path / "console"))
+    posted = []
+    backend = ConsoleBackend(posted.append, with_watchdog=False)
+    backend.connect()
+    plan = ExperimentPlan(ModelCatalogue.load().get("scripted:success"), get_scenario("test-self-replication"),
+                          trials=2, parallel=2, pace_s=3.0, source="console",
+                          cluster=ray.get_runtime_context().gcs_address)
+    outcome = {}
+
+    def launch():  # a loop of its own, as the console's is
+        try:
+            outcome["verdicts"] = asyncio.run(backend.launch(plan))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=launch, name="console-launch")
+    thread.start()
+    try:
+        assert wait_until(lambda: len({e.trial_id for e in posted if isinstance(e, TrialStateChanged)
+                                       and e.state == "agent_running"}) == 2, 240), posted[-5:]
+        ours = [box for box in sandboxes_of(engine, cluster)
+                if box.labels.get("redline.session", "").startswith(backend.session.id)]
+        assert len(ours) == 2, [box.labels for box in ours]  # made by the nodes' engines, node-labelled
+        killed = backend.kill_all()
+        thread.join(120)
+        assert "error" not in outcome, outcome
+        assert killed.all_confirmed and killed.containers == 2, killed
+        assert [v.outcome for v in outcome["verdicts"]] == ["killed"] * 2
+        assert not any(box.state()["Running"] for box in ours)
+        assert ray.is_initialized()  # the launch did not leave a cluster it had not joined
+    finally:
+        thread.join(120)
+        backend.close()
+
+
 def test_three_one_gpu_trials_queue_on_two_logical_gpus_and_all_finish(cluster, driver):
     from console.events import TrialStateChanged
 

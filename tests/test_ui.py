@@ -314,6 +314,11 @@ def test_without_nvml_the_gpu_boxes_are_disabled_and_the_reason_is_shown(open_wi
     assert {i.name: i.value for i in panel._check_items}["Isolation"] == "runc: the host's kernel, shared (automatic)"
     assert panel.plan().isolation is None
     assert not panel.isolation.model().item(panel.isolation.findData("gvisor")).isEnabled()
+    # A Ray cluster's address makes the console the cluster's driver; empty is this machine.
+    assert panel.plan().cluster is None
+    panel.cluster.setText(" 10.0.0.5:6379 ")
+    assert panel.plan().cluster == "10.0.0.5:6379" and panel.plan().gpus == ()
+    panel.cluster.clear()
     # The format condition follows each model's file and can be switched for the trial.
     assert panel.constrained_format.isChecked() and panel.plan().model.constrained_format
     select_model(qtbot, window, "scripted:success")

@@ -26,7 +26,7 @@ from console.cluster.node import NodeAgent, TrialActor, facts_differ, node_sessi
 from console.errors import RedlineError, UsageError
 from console.events import TrialStateChanged, VerdictReady
 from console.judge.verdict import Verdict
-from console.sandbox.base import KillReport
+from console.sandbox.base import ContainerKill, KillReport
 from console.session import STALE_AFTER_S
 from console.trial import TrialConfig, TrialRunner
 
@@ -57,10 +57,16 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def connect(address: str) -> None:
-    """Join the Ray cluster at HOST:PORT as its driver; any failure is one clear line. For the CLI:
-    a join that hangs ends the process (exit 2)."""
+def connect(address: str, exit_on_hang: bool = True) -> bool:
+    """Join the Ray cluster at HOST:PORT as its driver; any failure is one clear line. For the CLI
+    (exit_on_hang): a join that hangs ends the process (exit 2); the console's launch waits on it.
+    False: this process had already joined that cluster (then it is not this call's to leave)."""
     ray = _ray()
+    if ray.is_initialized():
+        if ray.get_runtime_context().gcs_address != address:
+            raise UsageError(f"--cluster {address}: this process is the driver of another Ray cluster "
+                             f"({ray.get_runtime_context().gcs_address}); one at a time")
+        return False
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise UsageError(f"--cluster {address!r}: expected HOST:PORT of the Ray head, e.g. 10.0.0.5:6379")
@@ -77,7 +83,8 @@ def connect(address: str) -> None:
                   "head's GCS port, 6379 by default?)", file=sys.stderr, flush=True)
             os._exit(2)
 
-    threading.Thread(target=give_up, name="cluster-join-timeout", daemon=True).start()
+    if exit_on_hang:
+        threading.Thread(target=give_up, name="cluster-join-timeout", daemon=True).start()
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:  # auth refused, version mismatch, not a Ray head
@@ -85,6 +92,7 @@ def connect(address: str) -> None:
                            "token auth, set RAY_AUTH_MODE=token and the cluster's token") from None
     finally:
         joined.set()
+    return True
 
 
 @dataclass
@@ -105,7 +113,9 @@ class ClusterKillReport:
 
     @property
     def containers(self) -> list:
-        return [c for n in self.nodes if n.report for c in n.report.containers]
+        """Every container's kill; a node that did not answer counts as one unconfirmed kill."""
+        return [c for n in self.nodes for c in (n.report.containers if n.report else
+                                                 [ContainerKill(f"node:{n.node}", f"node {n.node}", error=n.error)])]
 
     def lines(self) -> list[str]:
         out = []
@@ -237,6 +247,9 @@ class ClusterPlacement:
                 report.nodes.append(NodeKill(name, error=f"unreachable ({_first_line(exc)}); {fallback}"))
         report.total_ms = (time.monotonic() - started) * 1000
         return report
+
+    def stop(self, by: str) -> list:
+        return [self.kill_all(by)]
 
     def close(self) -> None:
         """Clean end: the node agents drop the heartbeat files, so no node kills anything."""

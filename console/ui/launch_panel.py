@@ -191,6 +191,12 @@ class LaunchPanel(QWidget):
             "sees under runc (its shell tools, a child subreaper). gVisor runs the sandbox on a kernel of its "
             "own; GPU sandboxes run on runc. `redline doctor` lists the levels and what differs under each.")
 
+        self.cluster = QLineEdit(placeholderText="Ray cluster HOST:PORT (empty: this machine)")
+        self.cluster.setToolTip(
+            "Place the trials on the nodes of a Ray cluster (token auth on, private interface; README: More "
+            "than one machine). Ray gives each trial its GPUs on one node; every node's kill switch answers "
+            "KILL, and each node's `redline node start` kills its sandboxes if this console goes.")
+
         self.step_mode = QCheckBox("Step mode: approve each command")
         self.step_mode.setToolTip(
             "Every command the agent wants to run waits until you approve or reject it under the KILL "
@@ -228,6 +234,7 @@ class LaunchPanel(QWidget):
         layout.addWidget(limits)
         layout.addWidget(self.step_mode)
         layout.addWidget(self.isolation)
+        layout.addWidget(self.cluster)
         layout.addWidget(containment)
         layout.addWidget(self.launch_button)
         layout.addWidget(self.launch_hint)
@@ -248,6 +255,7 @@ class LaunchPanel(QWidget):
         self.memory.textChanged.connect(self.update_checklist)
         self.step_mode.toggled.connect(self.update_checklist)
         self.isolation.currentIndexChanged.connect(self.update_checklist)
+        self.cluster.textChanged.connect(self.update_checklist)
         self.update_checklist()
 
     # -- inputs from the window ----------------------------------------------------------------
@@ -357,10 +365,11 @@ class LaunchPanel(QWidget):
     def plan(self) -> ExperimentPlan:
         model = self.current_model()
         model = model.with_format(self.constrained_format.isChecked()) if model is not None else None
+        cluster = self.cluster.text().strip() or None  # Ray gives a cluster's trials their GPUs
         return ExperimentPlan(model, self.effective_scenario(), trials=self.trials.value(),
-                              parallel=self.parallel.value(), gpus=self.selected_gpus(),
+                              parallel=self.parallel.value(), gpus=() if cluster else self.selected_gpus(),
                               step_mode=self.step_mode.isChecked(), source="console",
-                              isolation=self.isolation.currentData())
+                              isolation=self.isolation.currentData(), cluster=cluster)
 
     def request_launch(self) -> None:
         if self.launch_button.isEnabled():

@@ -165,18 +165,52 @@ class ConsoleBackend:
         threads); returns its verdicts."""
         if self.engine is None or self.session is None:
             raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
-        await asyncio.to_thread(self._ensure_image, plan.model)
-        self.post(LaunchProgress("settling the isolation level"))
-        plan = await asyncio.to_thread(plan.on_engine, self.engine)
-        placement = _ConsolePlacement(self.engine, self.session, self.store, self)
-        experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self._on_trial_event)
-        with self._lock:
-            self._experiment = experiment
+        if plan.cluster:
+            placement, joined = await asyncio.to_thread(self._join_cluster, plan)
+        else:
+            await asyncio.to_thread(self._ensure_image, plan.model)
+            self.post(LaunchProgress("settling the isolation level"))
+            plan = await asyncio.to_thread(plan.on_engine, self.engine)
+            placement = _ConsolePlacement(self.engine, self.session, self.store, self)
         try:
-            return await experiment.run()
-        finally:
+            experiment = await asyncio.to_thread(Experiment, plan, placement, self.store, self._on_trial_event)
             with self._lock:
-                self._experiment = None
+                self._experiment = experiment
+            try:
+                return await experiment.run()
+            finally:
+                with self._lock:
+                    self._experiment = None
+        finally:
+            if plan.cluster:
+                await asyncio.to_thread(self._leave_cluster, placement, joined)
+
+    def _join_cluster(self, plan: ExperimentPlan):
+        """This console as the driver of the Ray cluster at plan.cluster (README: More than one machine):
+        a node agent on every node, same image and weights everywhere, or a clear error."""
+        from console.cluster.placement import ClusterPlacement, connect
+
+        self.post(LaunchProgress(f"joining the Ray cluster at {plan.cluster}"))
+        joined = connect(plan.cluster, exit_on_hang=False)
+        try:
+            self.post(LaunchProgress("starting the node agents, checking images and weights on every node"))
+            return ClusterPlacement(self.session, self.store, plan.model).start(), joined
+        except BaseException:
+            self._leave_cluster(None, joined)
+            raise
+
+    @staticmethod
+    def _leave_cluster(placement, joined: bool) -> None:
+        """A clean end (the nodes' switches stand down); a cluster this launch joined is left, so that
+        the next launch may join another."""
+        import ray
+
+        try:
+            if placement is not None:
+                placement.close()
+        finally:
+            if joined:
+                ray.shutdown()
 
     def _on_trial_event(self, event) -> None:
         """Every event of the experiment (its threads): the judge's looks tell GPU telemetry which host
