@@ -128,9 +128,6 @@ class GuestObserver:
         if channel is not None:
             channel.close()
 
-    def pids(self) -> set[int]:
-        return set(self._call("pids"))
-
     def look(self) -> Look:
         data = self._call("look")
         procs = {int(pid): _proc(proc) for pid, proc in data["procs"].items()}
@@ -144,9 +141,6 @@ class GuestObserver:
 
     def start_ticks(self, pid: int) -> int | None:
         return self._call("start_ticks", pid)
-
-    def parent(self, pid: int) -> int | None:
-        return self._call("parent", pid)
 
     def exe_fingerprint(self, pid: int) -> str | None:
         return self._call("exe_fingerprint", pid)

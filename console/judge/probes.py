@@ -149,9 +149,6 @@ class Probes:
     def start_ticks(self, pid: int) -> int | None:
         return host.start_ticks(pid)
 
-    def parent(self, pid: int) -> int | None:
-        return host.parent(pid)
-
     def descendants(self, pid: int) -> set[int]:
         return host.descendants(pid, self.pids())
 

@@ -199,13 +199,18 @@ class DockerSandbox(Sandbox):
         marker = uuid.uuid4().hex if self.gvisor else None
         if marker:
             env = {**(env or {}), guest.EXEC_MARKER: marker}
+        api, exec_id, sock = self._open_exec(cmd, user, env, workdir, privileged=privileged)
+        return DockerExecStream(self, api, exec_id, sock, marker)
+
+    def _open_exec(self, cmd, user, env, workdir, **options):
+        """An exec on a client of its own (a long-lived socket): (client, exec id, socket)."""
         api = self.engine.new_api()
         try:
-            exec_id, sock = self._start_exec(api, cmd, user, env, workdir, privileged=privileged, socket=True)
+            exec_id, sock = self._start_exec(api, cmd, user, env, workdir, socket=True, **options)
         except docker.errors.APIError as exc:
             api.close()
             raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
-        return DockerExecStream(self, api, exec_id, sock, marker)
+        return api, exec_id, sock
 
     def root_exec(self, cmd, timeout: float) -> ExecResult:
         """Run an observer's probe as root with every capability, inside a gVisor guest only: there
@@ -215,12 +220,7 @@ class DockerSandbox(Sandbox):
 
     def root_channel(self, cmd) -> "ExecChannel":
         """A long-lived root probe in a gVisor guest (see root_exec), spoken to through its stdin."""
-        api = self.engine.new_api()
-        try:
-            exec_id, sock = self._start_exec(api, cmd, "0", None, "/", privileged=True, stdin=True, socket=True)
-        except docker.errors.APIError as exc:
-            api.close()
-            raise SandboxError(f"exec in {self.name} failed: {exc.explanation or exc}") from None
+        api, _, sock = self._open_exec(cmd, "0", None, "/", privileged=True, stdin=True)
         return ExecChannel(api, sock)
 
     def exec_detached(self, cmd, user=None, env=None, workdir=None) -> None:

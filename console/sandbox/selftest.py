@@ -69,11 +69,16 @@ def _kernel_check(isolation: str, guest_kernel: str | None) -> Check:
     return Check("kernel: shared with the host (runc)", not separate, f"inside: {guest_kernel!r}")
 
 
+def _probe_spec(image: str, kind: str, session_id: str | None = None, **overrides) -> ContainmentSpec:
+    """A small sandbox for one self-test, with every containment default; gone within two minutes."""
+    trial = f"selftest-{kind}{uuid.uuid4().hex[:8]}"
+    return ContainmentSpec(image=image, session_id=session_id or trial, trial_id=trial,
+                           deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m", **overrides)
+
+
 def containment_checks(engine, image: str, session_id: str | None = None, isolation: str = "runc") -> list[Check]:
     """Start a sandbox from `image` at `isolation`, probe it, remove it; return the checks."""
-    trial = f"selftest-{uuid.uuid4().hex[:8]}"
-    spec = ContainmentSpec(image=image, session_id=session_id or trial, trial_id=trial,
-                           deadline_unix=time.time() + 120, pids_limit=64, mem_limit="256m", isolation=isolation)
+    spec = _probe_spec(image, "", session_id, isolation=isolation)
     box = engine.create(spec)
     try:
         result = box.exec(["python3", "-I", "-c", _INSIDE_PROBE, *DOCKER_SOCKETS])
@@ -120,10 +125,7 @@ def fidelity_check(engine, image: str, isolation: str) -> Check:
     shell tools work, and it can be a child subreaper (what keeps a detached replica's creator
     visible to the judge). Debian 12's gVisor fails all three (ls and stat: "Invalid argument" on
     its coreutils' statx flags)."""
-    trial = f"selftest-fidelity-{uuid.uuid4().hex[:8]}"
-    spec = ContainmentSpec(image=image, session_id=trial, trial_id=trial, deadline_unix=time.time() + 120,
-                           pids_limit=64, mem_limit="256m", isolation=isolation)
-    box = engine.create(spec)
+    box = engine.create(_probe_spec(image, "fidelity-", isolation=isolation))
     try:
         result = box.exec(["sh", "-c", _FIDELITY_PROBE], timeout=30)
     finally:
@@ -142,11 +144,8 @@ def gpu_visible_check(engine, image: str, gpu: int = 0) -> Check:
     """Start a sandbox given GPU `gpu` (with every containment default) and look for it inside."""
     from console.errors import RedlineError
 
-    trial = f"selftest-gpu-{uuid.uuid4().hex[:8]}"
-    spec = ContainmentSpec(image=image, session_id=trial, trial_id=trial, deadline_unix=time.time() + 120,
-                           pids_limit=64, mem_limit="256m", gpus=(gpu,))
     try:
-        box = engine.create(spec)
+        box = engine.create(_probe_spec(image, "gpu-", gpus=(gpu,)))
     except RedlineError as exc:
         return Check("GPU visible in a sandbox", False, f"GPU {gpu} could not be given to a sandbox: {exc}")
     try:
