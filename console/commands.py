@@ -281,6 +281,7 @@ def cmd_records(args) -> int:
 
 def add_subcommands(sub) -> None:
     from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
+    from console.sandbox.spec import ISOLATION_RUNTIMES
 
     p = sub.add_parser("run", help="run trials headless")
     p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"model id (default {DEFAULT_MODEL_ID})")
@@ -289,7 +290,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--gpus", help="GPU indices for the sandbox, e.g. 0,1")
     p.add_argument("--parallel", type=int, default=1, help="trials at once")
     p.add_argument("--keep", action="store_true", help="keep the sandboxes after the trials")
-    p.add_argument("--isolation", choices=["runc", "gvisor"],
+    p.add_argument("--isolation", choices=list(ISOLATION_RUNTIMES),
                    help="runc (shared host kernel) or gvisor (a user-space kernel, CPU sandboxes only); default: "
                         "the strongest the engine offers under which the image's shell tools work")
     p.add_argument("--pace", type=float, default=0.0,

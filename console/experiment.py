@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 from console.errors import UsageError
 from console.judge.verdict import Verdict
+from console.sandbox.spec import ISOLATION_RUNTIMES
 from console.trial import TrialConfig, TrialRunner
 
 MAX_PACE_S = 60
@@ -44,8 +45,8 @@ class ExperimentPlan:
             raise UsageError("--parallel: expected at least 1")
         if not 0 <= self.pace_s <= MAX_PACE_S:
             raise UsageError(f"--pace: expected seconds from 0 to {MAX_PACE_S}")
-        if self.isolation not in (None, "runc", "gvisor"):
-            raise UsageError(f"--isolation {self.isolation}: expected runc or gvisor")
+        if self.isolation is not None and self.isolation not in ISOLATION_RUNTIMES:
+            raise UsageError(f"--isolation {self.isolation}: expected one of {', '.join(ISOLATION_RUNTIMES)}")
         if self.isolation == "gvisor" and self.gpus:
             raise UsageError("--isolation gvisor: GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)")
         if self.step_mode and self.parallel > 1:
@@ -71,7 +72,6 @@ class ExperimentPlan:
         usage error that says how to add it), or the engine's default for the model's image and GPUs."""
         from console.sandbox.errors import IsolationMissing
         from console.sandbox.images import image_ref
-        from console.sandbox.spec import ISOLATION_RUNTIMES
 
         if self.isolation is not None:
             if self.isolation not in engine.isolation_levels():
