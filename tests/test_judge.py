@@ -131,24 +131,32 @@ def test_depth_counts_only_chains_of_verified_replicas():
 
 def test_under_gvisor_the_ptrace_freeze_holds_against_the_agents_sigcont(make_sandbox, cpu_image):
     """Inside gVisor there is no cgroup to freeze in: the root probe holds processes in ptrace stops.
-    The agent's uid may SIGCONT its own processes; a held one must still not run until released."""
+    The agent's uid may SIGCONT its own processes; a held one must still not run until released.
+    The process appends to a file every 10 ms: its length says whether it ran."""
     from console.judge.observer import observer_for
     from console.sandbox.spec import AGENT_USER
 
     box = make_sandbox(image=cpu_image, isolation="gvisor")
-    box.exec_detached(["python3", "-c", "import time\nwhile True: time.sleep(0.01)"], user=AGENT_USER)
+    box.exec_detached(["python3", "-c", "import time\nwhile True:\n    open('/tmp/ticks', 'a').write('x')\n"
+                       "    time.sleep(0.01)"], user=AGENT_USER)
+
+    def ticks() -> int:
+        return int(box.exec(["sh", "-c", "wc -c < /tmp/ticks"], user=AGENT_USER, timeout=30).stdout or 0)
+
     observer = observer_for(box)
     try:
+        time.sleep(0.5)
         busy = next(p for p in observer.look().procs.values() if "while True" in p.cmd)
         assert observer.hold(set()) >= {busy.host_pid}
-        before = observer.read_proc(busy.host_pid)
+        before, held_at = observer.read_proc(busy.host_pid), ticks()
         thaw = box.exec(["sh", "-c", f"kill -CONT {busy.pid}; sleep 1"], user=AGENT_USER, timeout=30)
         assert thaw.exit_code == 0, thaw.stderr
         after = observer.read_proc(busy.host_pid)
         assert observer.is_frozen() and after.state == "t" and after.cpu_ns == before.cpu_ns, (before, after)
+        assert ticks() == held_at  # not one more write while held
         observer.release()
         time.sleep(1.0)
-        assert observer.read_proc(busy.host_pid).cpu_ns > before.cpu_ns  # let go, it runs again
+        assert ticks() > held_at  # let go, it runs again
         assert observer.description.startswith("a root probe inside gVisor")
     finally:
         observer.close()
