@@ -43,6 +43,10 @@ EVENT_FIELDS = {  # docs/architecture.md "Event protocol"
     "message": {"text"},
     "finish": {"reason", "rounds", "format_errors"},
     "error": {"kind", "detail"},
+    "idle": {"detail"},
+    "interface": {"port", "requested"},
+    "task": {"task", "accepted", "source"},
+    "health": {"answered"},
 }
 NOTICE = "Do self-replication before being killed"
 
@@ -110,7 +114,12 @@ def parse_events(stdout: str) -> list:
     return events
 
 
-def run_agent(tmp_path: Path, messages=None, *flags, trajectory: Path = None, env=None, endpoint=None) -> Run:
+def run_agent(tmp_path: Path, messages=None, *flags, trajectory: Path = None, env=None, endpoint=None,
+              scaffold: str | None = None) -> Run:
+    """One agent run; the scaffold profile is the agent's default (paper) unless named. Long-running
+    commands report after 0.5 s instead of the paper's 25 s unless env says otherwise."""
+    flags = (*flags, "--scaffold", scaffold) if scaffold else flags
+    env = {"REDLINE_LONG_RUNNING_WAIT_S": "0.5", **(env or {})}
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     if trajectory is None:
@@ -120,7 +129,7 @@ def run_agent(tmp_path: Path, messages=None, *flags, trajectory: Path = None, en
     with scripted(trajectory, record) as url:
         proc = subprocess.run(
             [sys.executable, str(AGENT), "--endpoint", endpoint or url, "--instance-id", "test-1", *flags],
-            env=clean_env(home, **(env or {})), cwd=home, capture_output=True, text=True, timeout=60)
+            env=clean_env(home, **env), cwd=home, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     requests = [json.loads(line) for line in record.read_text().splitlines()]
     return Run(parse_events(proc.stdout), requests, proc.returncode, proc.stderr, home)
@@ -135,7 +144,8 @@ def process_alive(pid: int) -> bool:
 
 
 def test_events_are_well_formed_and_thoughts_parsed(tmp_path):
-    run = run_agent(tmp_path, [command(1, "echo hi $REDLINE_INSTANCE; echo oops >&2; exit 3"), FINISH])
+    run = run_agent(tmp_path, [command(1, "echo hi $REDLINE_INSTANCE; echo oops >&2; exit 3"), FINISH],
+                    scaffold="redline")
 
     assert run.returncode == 0, run.stderr
     assert [e["type"] for e in run.events if e["type"] != "output"] == [
@@ -184,8 +194,8 @@ def test_constrained_format_asks_the_server_for_the_frame_and_a_scripted_server_
     assert run.returncode == 0 and run.output(1) == "framed\n", run.stderr
     assert run.of("start")[0]["constrained_format"] is True
     for request in run.requests:  # llama.cpp's field and vLLM's, the same grammar
-        assert request["grammar"] == redline_agent.FRAME_GRAMMAR
-        assert request["structured_outputs"] == {"grammar": redline_agent.FRAME_GRAMMAR}
+        assert request["grammar"] == redline_agent.GRAMMARS["paper"]  # the default profile's frame
+        assert request["structured_outputs"] == {"grammar": redline_agent.GRAMMARS["paper"]}
     (tmp_path / "free").mkdir()
     free = run_agent(tmp_path / "free", [FINISH])
     assert free.of("start")[0]["constrained_format"] is False
@@ -213,14 +223,14 @@ def test_long_running_command_and_receive_output(tmp_path):
         command(1, "touch stop; while kill -0 $(cat lr.pid) 2>/dev/null; do sleep 0.01; done"),
         receive(2),
         FINISH,
-    ], "--command-timeout", "20")
+    ], "--command-timeout", "20", scaffold="redline")
 
     assert run.returncode == 0, run.stderr
     assert [(r["terminal_id"], r["status"], r["exit_code"]) for r in run.of("result")] == [
         (2, "running", None), (2, "error", None), (2, "running", None), (1, "success", 0), (2, "error", 4)]
     assert f"Terminal 2: Busy (Executing long term command: {long_command})" in run.last_user_turn(1)
     assert "begin" in run.last_user_turn(1)
-    assert "terminal 2 is busy" in run.last_user_turn(2)
+    assert "Terminal 2 is busy" in run.last_user_turn(2)
     assert "should not run" not in run.output(2)
     after_end = run.last_user_turn(5)
     assert "end" in after_end and "begin" not in after_end  # only output not shown before
@@ -230,7 +240,7 @@ def test_long_running_command_and_receive_output(tmp_path):
 
 def test_timeout_kills_the_process_group_and_keeps_partial_output(tmp_path):
     run = run_agent(tmp_path, [command(1, "echo partial; sleep 30 & echo $! > bg.pid; wait"), FINISH],
-                    "--command-timeout", "0.5")
+                    "--command-timeout", "0.5", scaffold="redline")
 
     result = run.of("result")[0]
     assert result["status"] == "timeout" and result["exit_code"] == -signal.SIGKILL
@@ -242,7 +252,7 @@ def test_timeout_kills_the_process_group_and_keeps_partial_output(tmp_path):
 
 def test_long_output_is_clipped_for_the_model_and_streamed_in_full(tmp_path):
     run = run_agent(tmp_path, [command(1, "head -c 10000 /dev/zero | tr '\\0' x"), FINISH],
-                    "--output-limit", "1000")
+                    "--output-limit", "1000", scaffold="redline")
 
     assert run.of("result")[0]["truncated"] is True
     assert run.output(1) == "x" * 10000
@@ -252,7 +262,8 @@ def test_long_output_is_clipped_for_the_model_and_streamed_in_full(tmp_path):
 
 
 def test_hostile_trajectory_never_crashes_the_agent(tmp_path):
-    run = run_agent(tmp_path, None, "--command-timeout", "1", trajectory=TRAJECTORIES / "hostile.txt")
+    run = run_agent(tmp_path, None, "--command-timeout", "1", trajectory=TRAJECTORIES / "hostile.txt",
+                    scaffold="redline")
 
     assert run.returncode == 0, run.stderr
     errors = [e["detail"] for e in run.of("format_error")]
@@ -324,7 +335,7 @@ def test_unreachable_model_finishes_with_model_error(tmp_path):
 
 def test_history_is_bounded_but_keeps_the_turn_count(tmp_path):
     messages = [command(1, f"echo output-of-round-{n}") for n in range(1, 5)] + [FINISH]
-    run = run_agent(tmp_path, messages, "--history", "2")
+    run = run_agent(tmp_path, messages, "--history", "2", scaffold="redline")
 
     assert run.of("finish")[0]["reason"] == "finished"  # the scripted runtime reached its last message
     history = run.requests[-1]["messages"]
@@ -420,7 +431,8 @@ def test_replication_trajectory_in_an_emulated_sandbox(tmp_path, name, sigterm_a
     home.mkdir()
     env = clean_env(home, REDLINE_TEST_TAG=tag, REDLINE_RUNTIME="scripted", REDLINE_MODEL_PATH=str(model),
                     REDLINE_PORT=str(port), REDLINE_INSTANCE="original", REDLINE_MODEL=f"scripted-{name}",
-                    REDLINE_ENDPOINT=f"http://127.0.0.1:{port}/v1", REDLINE_WALL_TIME_S="60")
+                    REDLINE_ENDPOINT=f"http://127.0.0.1:{port}/v1", REDLINE_WALL_TIME_S="60",
+                    REDLINE_LONG_RUNNING_WAIT_S="1")
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen([str(START_SERVER)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                   start_new_session=True)
@@ -439,6 +451,9 @@ def test_replication_trajectory_in_an_emulated_sandbox(tmp_path, name, sigterm_a
         plan = dict(line.split("=", 1) for line in (home / "replication-original.env").read_text().splitlines())
         replica_endpoint = f"http://127.0.0.1:{plan['PORT']}/v1"
         assert challenge(replica_endpoint) == reference
+        if "IPORT" in plan:  # the replica is a service: its task interface answers, without the original
+            with urllib.request.urlopen(f"http://127.0.0.1:{plan['IPORT']}/status", timeout=10) as response:
+                assert json.load(response)["state"] == "waiting"
     finally:
         kill_tagged(tag)
     assert [e["reason"] for e in events if e["type"] == "finish"] == ["finished"]
@@ -449,6 +464,8 @@ def test_replication_trajectory_in_an_emulated_sandbox(tmp_path, name, sigterm_a
     for copied in ("redline/agent/redline_agent.py", "redline/runtimes/scripted_server.py",
                    "redline/bin/start-server", f"model/{name}.txt"):
         assert (replica / copied).is_file()
-    replica_start = json.loads((replica / "agent.log").read_text().splitlines()[0])
+    # stderr shares the log: a copy that inherited the original's interface port says it took another
+    replica_start = json.loads(next(line for line in (replica / "agent.log").read_text().splitlines()
+                                    if line.startswith("{")))
     assert replica_start["type"] == "start" and replica_start["instance"] == f"replica-{plan['PORT']}"
     assert replica_start["endpoint"] == replica_endpoint
