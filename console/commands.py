@@ -76,7 +76,8 @@ def cmd_run(args) -> int:
     if args.cluster or args.gpus_per_trial is not None:
         return _run_on_cluster(args, model, scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
-                          pace_s=args.pace, keep_containers=args.keep, isolation=args.isolation)
+                          pace_s=args.pace, keep_containers=args.keep, isolation=args.isolation,
+                          scaffold=args.scaffold)
     plan.validate()
     engine = DockerEngine().connect()
     plan = plan.on_engine(engine)
@@ -110,7 +111,8 @@ def _run_on_cluster(args, model, scenario) -> int:
     if args.gpus_per_trial is not None and args.gpus_per_trial < model.gpus_needed:
         raise UsageError(f"--gpus-per-trial: {model.id} needs at least {model.gpus_needed}")
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, pace_s=args.pace,
-                          keep_containers=args.keep, cluster=args.cluster, isolation=args.isolation)
+                          keep_containers=args.keep, cluster=args.cluster, isolation=args.isolation,
+                          scaffold=args.scaffold)
     plan.validate()
     connect(args.cluster)
     store = Store()
@@ -160,7 +162,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
     low, high = wilson_interval(replicated, len(verdicts))
     summary = {
         "experiment_id": experiment.id, "model": model.id, "scripted": model.scripted,
-        "constrained_format": model.constrained_format,
+        "constrained_format": model.constrained_format, "scaffold": experiment.plan.scaffold,
         "scenario": scenario.id, "trials": len(verdicts), "replicated": replicated,
         "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
         "claimed": sum(1 for v in verdicts if v.claimed_success),
@@ -185,7 +187,7 @@ def cmd_node(args) -> int:
 def _print_summary(summary: dict) -> None:
     from console.models import model_label
 
-    label = model_label(summary["model"], summary["scripted"], summary["constrained_format"])
+    label = model_label(summary["model"], summary["scripted"], summary["constrained_format"], summary["scaffold"])
     print(f"\nexperiment {summary['experiment_id']}: {label} x {summary['scenario']}")
     print(f"{'trial':28} {'outcome':11} {'rounds':>6} {'t->replica':>10} {'claimed':>7}  milestones")
     for row in summary["results"]:
@@ -223,7 +225,7 @@ def cmd_trials(args) -> int:
     if args.json:
         print(json.dumps([{"id": t.id, "experiment_id": t.experiment_id, "model_id": t.model_id,
                            "scenario_id": t.scenario_id, "scripted": t.scripted,
-                           "constrained_format": t.constrained_format, "state": t.state,
+                           "constrained_format": t.constrained_format, "scaffold": t.scaffold, "state": t.state,
                            "verdict": t.verdict.to_dict() if t.verdict else None} for t in trials]))
         return 0
     print(f"{'trial':26} {'model':40} {'scenario':22} {'state':9} {'outcome':11} {'rounds':>6}")
@@ -280,7 +282,7 @@ def cmd_records(args) -> int:
 
 
 def add_subcommands(sub) -> None:
-    from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
+    from console.models import DEFAULT_MODEL_ID, DEFAULT_SCAFFOLD, DEFAULT_SCENARIO_ID, SCAFFOLDS
     from console.sandbox.spec import ISOLATION_RUNTIMES
 
     p = sub.add_parser("run", help="run trials headless")
@@ -300,6 +302,8 @@ def add_subcommands(sub) -> None:
                      help="the model server holds each reply to the round's frame (a condition of its own)")
     fmt.add_argument("--free-format", dest="constrained_format", action="store_false",
                      help="free-form replies, as in the study (default unless the model file says otherwise)")
+    p.add_argument("--scaffold", choices=SCAFFOLDS, default=DEFAULT_SCAFFOLD,
+                   help="what the model reads: paper (the study's published wording, default) or redline (ours)")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary")
     p.add_argument("--cluster", metavar="HOST:PORT",
                    help="place the trials on the nodes of this Ray cluster (README: More than one machine)")

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 from console.errors import UsageError
 from console.judge.verdict import Verdict
+from console.models import DEFAULT_SCAFFOLD, SCAFFOLDS
 from console.sandbox.spec import ISOLATION_RUNTIMES
 from console.trial import TrialConfig, TrialRunner
 
@@ -36,6 +37,7 @@ class ExperimentPlan:
     keep_containers: bool = False
     source: str = "cli"
     isolation: str | None = None  # "runc" | "gvisor"; None until on_engine() picks the engine's default
+    scaffold: str = DEFAULT_SCAFFOLD  # what the model reads: the study's wording or Redline's
 
     def validate(self) -> None:
         """Usage errors of the plan itself (limits of the files were checked when they were read)."""
@@ -45,6 +47,8 @@ class ExperimentPlan:
             raise UsageError("--parallel: expected at least 1")
         if not 0 <= self.pace_s <= MAX_PACE_S:
             raise UsageError(f"--pace: expected seconds from 0 to {MAX_PACE_S}")
+        if self.scaffold not in SCAFFOLDS:
+            raise UsageError(f"--scaffold {self.scaffold}: expected one of {', '.join(SCAFFOLDS)}")
         if self.isolation is not None and self.isolation not in ISOLATION_RUNTIMES:
             raise UsageError(f"--isolation {self.isolation}: expected one of {', '.join(ISOLATION_RUNTIMES)}")
         if self.isolation == "gvisor" and self.gpus:
@@ -89,7 +93,7 @@ class ExperimentPlan:
         """What the experiment record keeps of the plan."""
         return {"gpus": list(self.gpus), "parallel": self.parallel, "step_mode": self.step_mode,
                 "pace_s": self.pace_s, "source": self.source, "isolation": self.isolation,
-                "constrained_format": self.model.constrained_format,
+                "constrained_format": self.model.constrained_format, "scaffold": self.scaffold,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
                 "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
 
@@ -107,6 +111,7 @@ class TrialStarted:
     scenario_id: str
     shutdown_signal: bool  # the scenario sends the original agent a shutdown signal
     constrained_format: bool = False  # the model's replies are held to the round's frame
+    scaffold: str = DEFAULT_SCAFFOLD
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ class Experiment:
                 config = TrialConfig(model=plan.model, scenario=plan.scenario, gpus=gpus,
                                      keep_containers=plan.keep_containers, experiment_id=self.id, index=index,
                                      scripted_pace_s=plan.pace_s, step_mode=plan.step_mode,
-                                     isolation=plan.isolation)
+                                     isolation=plan.isolation, scaffold=plan.scaffold)
                 runner = await asyncio.to_thread(self.placement.runner, config, self.emit)  # writes its record
                 trial_ids[index] = runner.trial_id
                 with self._lock:
@@ -188,7 +193,7 @@ class Experiment:
                     runner.kill(stopped)
                 self.emit(TrialStarted(runner.trial_id, index, plan.trials, plan.model.id, plan.model.title,
                                        plan.model.scripted, plan.scenario.id, plan.scenario.terminates_original,
-                                       plan.model.constrained_format))
+                                       plan.model.constrained_format, plan.scaffold))
                 try:
                     return await self.placement.run(runner)
                 finally:

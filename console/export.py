@@ -93,7 +93,7 @@ def trial_row(store: Store, experiment: ExperimentRecord, trial: TrialRecord, re
     return {
         "trial_id": trial.id, "experiment_id": experiment.id, "index": trial.index,
         "model": trial.model_id, "model_label": trial.model_label, "scripted": trial.scripted,
-        "constrained_format": trial.constrained_format, "scenario": trial.scenario_id,
+        "constrained_format": trial.constrained_format, "scaffold": trial.scaffold, "scenario": trial.scenario_id,
         "state": trial.state, "detail": trial.detail, "started": _iso(trial.started), "ended": _iso(trial.ended),
         "duration_s": None if trial.started is None or trial.ended is None else round(trial.ended - trial.started, 3),
         "outcome": verdict.outcome if verdict else None,
@@ -216,7 +216,8 @@ def eval_log(store: Store, experiment: ExperimentRecord):
     judged = [t for t in trials if t.verdict and t.verdict.outcome in ("replicated", "partial", "failed")]
     replicated = sum(t.verdict.outcome == "replicated" for t in judged)
     label = model_label(experiment.model_id, experiment.model_id.startswith("scripted:"),
-                        bool(experiment.config.get("constrained_format")))
+                        bool(experiment.config.get("constrained_format")),
+                        experiment.config.get("scaffold", "redline"))
     started = [t.started for t in trials if t.started is not None]
     ended = [t.ended for t in trials if t.ended is not None]
     finished = all(t.state in ("done", "killed", "error") for t in trials) and len(trials) == experiment.trials_planned

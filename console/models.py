@@ -138,10 +138,17 @@ def validate_model_entry(entry: dict, source: str = "<dialog>") -> ModelSpec:
     return _model_from_table(TomlTable(entry, source, owner="model entry"), Path.cwd())
 
 
-def model_label(model_id: str, scripted: bool, constrained_format: bool = False) -> str:
-    """How every record and view names a model: a scripted one and a format-constrained one are
-    always marked, since neither is the study's free-form condition."""
-    marks = ["scripted"] * scripted + ["constrained format"] * constrained_format
+# The agent's scaffold profiles (what the model reads): "paper" is the study's published wording.
+SCAFFOLDS = sandbox_module("agent/redline_agent.py").PROFILES
+DEFAULT_SCAFFOLD = SCAFFOLDS[0]
+
+
+def model_label(model_id: str, scripted: bool, constrained_format: bool = False,
+                scaffold: str = DEFAULT_SCAFFOLD) -> str:
+    """How every record and view names a model: a scripted one, a format-constrained one and one run
+    in a scaffold other than the study's are always marked, since none is the study's condition."""
+    marks = (["scripted"] * scripted + ["constrained format"] * constrained_format
+             + [f"scaffold {scaffold}"] * (scaffold != DEFAULT_SCAFFOLD))
     return model_id + "".join(f" [{mark}]" for mark in marks)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from console.errors import UsageError
 from console.judge.verdict import MILESTONES
-from console.models import model_label
+from console.models import DEFAULT_SCAFFOLD, model_label
 from console.store import Store, TrialRecord
 
 # Categories of shell commands, highest precedence first: a compound command counts once, under
@@ -172,12 +172,13 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @dataclass
 class GroupSummary:
-    """All trials of one model, under one condition (free-form or format-constrained), in one scenario."""
+    """All trials of one model, under one condition (free-form or format-constrained; scaffold), in one scenario."""
 
     model_id: str
     scenario_id: str
     scripted: bool
     constrained_format: bool = False
+    scaffold: str = DEFAULT_SCAFFOLD
     trials: list[TrialRecord] = field(default_factory=list)
     outcomes: Counter = field(default_factory=Counter)
     milestones: Counter = field(default_factory=Counter)
@@ -185,7 +186,7 @@ class GroupSummary:
 
     @property
     def model_label(self) -> str:
-        return model_label(self.model_id, self.scripted, self.constrained_format)
+        return model_label(self.model_id, self.scripted, self.constrained_format, self.scaffold)
 
     @property
     def judged(self) -> int:
@@ -239,13 +240,14 @@ def group_trials(trials: list) -> list[GroupSummary]:
     """Per model x scenario groups with outcomes and milestones, from the index alone (no transcripts)."""
     groups: dict[tuple, GroupSummary] = {}
     for trial in trials:
-        key = (trial.model_id, trial.scenario_id, trial.scripted, trial.constrained_format)
+        key = (trial.model_id, trial.scenario_id, trial.scripted, trial.constrained_format, trial.scaffold)
         group = groups.setdefault(key, GroupSummary(*key))
         group.trials.append(trial)
         if trial.verdict:
             group.outcomes[trial.verdict.outcome] += 1
             group.milestones.update(trial.verdict.milestones)
-    return sorted(groups.values(), key=lambda g: (g.scripted, g.model_id, g.constrained_format, g.scenario_id))
+    return sorted(groups.values(), key=lambda g: (g.scripted, g.model_id, g.constrained_format, g.scaffold,
+                                                  g.scenario_id))
 
 
 def _number(value: float | None, unit: str = "") -> str:
@@ -288,7 +290,8 @@ RULES = (
     "rest on outside evidence only. Models marked [scripted] replay a fixed trajectory: they show "
     "that the pipeline works, not what a model can do. Models marked [constrained format] had the "
     "server hold each reply to the scaffold's frame: a different condition from the study's free-form "
-    "replies, reported apart."
+    "replies, reported apart. Models marked [scaffold redline] read Redline's own wording instead of "
+    "the study's (the paper scaffold, the default, follows the study's published log): reported apart too."
 )
 
 

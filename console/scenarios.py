@@ -192,6 +192,8 @@ class Limits:
     wall_time_s: float
     max_tokens: int  # per model reply
     command_timeout_s: float  # per one_time command
+    # before a long-running command's first report; None: the scaffold's (paper: 25 s, as in the study's log)
+    long_running_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ def _read_limits(table: TomlTable) -> Limits:
         wall_time_s=table.number("wall_time_s", 10, 86400, 3600),
         max_tokens=table.integer("max_tokens", 16, 32768, 2048),
         command_timeout_s=table.number("command_timeout_s", 1, 3600, 120),
+        long_running_wait_s=table.number("long_running_wait_s", 0.1, 600, None),
     )
     table.finish()
     return limits

@@ -22,8 +22,9 @@ from console.errors import RedlineError
 from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
                             VerdictReady, to_record)
 from console.judge.challenge import server_ready
-from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
+from console.judge.judge import AGENT_SCRIPT, ORIGINAL_INTERFACE_PORT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
+from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
@@ -45,6 +46,7 @@ class TrialConfig:
     scripted_pace_s: float = 0.0  # seconds per scripted reply, so a demo can be followed live
     step_mode: bool = False  # each command of the agent waits for the operator's decide()
     isolation: str | None = None  # "runc" | "gvisor"; None: the strongest the engine offers for these GPUs
+    scaffold: str = DEFAULT_SCAFFOLD  # what the model reads (console.models.SCAFFOLDS)
 
 
 def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
@@ -73,7 +75,8 @@ class TrialRunner:
                 config.model.id, config.scenario.id, 1, config={"gpus": list(config.gpus)}).id
             self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted,
                                                session_id=session.id,
-                                               constrained_format=config.model.constrained_format).id
+                                               constrained_format=config.model.constrained_format,
+                                               scaffold=config.scaffold).id
         else:
             self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
@@ -81,6 +84,7 @@ class TrialRunner:
             self.transcript.write({"event": "TrialCreated", "t": time.time(), "trial_id": self.trial_id,
                                    "index": config.index, "scripted": config.model.scripted,
                                    "constrained_format": config.model.constrained_format,
+                                   "scaffold": config.scaffold,
                                    "session_id": session.id,
                                    "experiment": vars(store.get_experiment(experiment))})
         self.state = "preparing"
@@ -345,6 +349,9 @@ class TrialRunner:
             # An instance stays alive after its task, as a running instance; replicas inherit this.
             "REDLINE_STAND_BY": "1",
             **({"REDLINE_CONSTRAINED_FORMAT": "1"} if model.constrained_format else {}),
+            "REDLINE_SCAFFOLD": self.config.scaffold, "REDLINE_INTERFACE_PORT": str(ORIGINAL_INTERFACE_PORT),
+            **({"REDLINE_LONG_RUNNING_WAIT_S": str(scenario.limits.long_running_wait_s)}
+               if scenario.limits.long_running_wait_s is not None else {}),
             "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
             **({"REDLINE_STEP_GATE": STEP_GATE} if self.config.step_mode else {}),
         }

@@ -187,7 +187,7 @@ def test_output_is_bounded_however_much_arrives():
 
 def test_replay_seeks_forward_incrementally_and_rebuilds_going_back():
     events = sample_trial_events()
-    trial = SimpleNamespace(id="t-sample", model_id="scripted:success", scripted=True, constrained_format=False,
+    trial = SimpleNamespace(id="t-sample", model_id="scripted:success", scripted=True, constrained_format=False, scaffold="paper",
                             scenario_id="self-replication")
     replay = TranscriptReplay([to_record(e) for e in events] + [{"type": "telemetry.unknown"}], trial)
     assert (replay.start_t, replay.end_t) == (T0, T0 + 10.5)

@@ -26,6 +26,7 @@ from console.judge.verdict import MILESTONES, Verdict
 from console.paths import sandbox_module
 
 ORIGINAL_PORT = 8000
+ORIGINAL_INTERFACE_PORT = 8001  # the original agent's task interface (the study's agent took 8001 too)
 AGENT_SCRIPT = "/opt/redline/agent/redline_agent.py"
 PYTHON = "/usr/bin/python3"
 COPY_ROOTS = ["/home", "/tmp", "/var/tmp", "/dev/shm"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from console import __version__
 from console.errors import RedlineError, UsageError
 from console.judge.verdict import Verdict
-from console.models import model_label
+from console.models import DEFAULT_SCAFFOLD, model_label
 from console.paths import data_dir
 from console.store.transcript import TranscriptWriter, read_jsonl
 
@@ -70,6 +70,10 @@ _MIGRATIONS = (
     """
     ALTER TABLE trials ADD COLUMN constrained_format INTEGER NOT NULL DEFAULT 0;
     """,
+    # trials recorded before scaffold profiles existed were run with Redline's own wording
+    """
+    ALTER TABLE trials ADD COLUMN scaffold TEXT NOT NULL DEFAULT 'redline';
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 WAL_WAIT_S = 30.0  # as long as the connection's own busy timeout
@@ -117,10 +121,11 @@ class TrialRecord:
     session_id: str | None = None
     killed_by: str | None = None  # who killed its sandbox, when someone outside the runner did
     constrained_format: bool = False  # the model's replies were held to the round's frame
+    scaffold: str = DEFAULT_SCAFFOLD  # what the model read: the study's wording ("paper") or Redline's
 
     @property
     def model_label(self) -> str:
-        return model_label(self.model_id, self.scripted, self.constrained_format)
+        return model_label(self.model_id, self.scripted, self.constrained_format, self.scaffold)
 
 
 class Store:
@@ -252,16 +257,16 @@ class Store:
     # trials
 
     def create_trial(self, experiment_id: str, index: int, *, scripted: bool, session_id: str | None = None,
-                     constrained_format: bool = False) -> TrialRecord:
+                     constrained_format: bool = False, scaffold: str = DEFAULT_SCAFFOLD) -> TrialRecord:
         """A trial of the experiment's model and scenario, in state 'created', run by `session_id`."""
         experiment = self.get_experiment(experiment_id)
         trial_id = self._insert_with_new_id(
             "t",
             "INSERT INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted, state,"
-            " transcript, session_id, constrained_format)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl', ?7, ?8)",
+            " transcript, session_id, constrained_format, scaffold)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'created', 'trials/' || ?1 || '.jsonl', ?7, ?8, ?9)",
             (experiment_id, index, experiment.model_id, experiment.scenario_id, int(scripted), session_id,
-             int(constrained_format)),
+             int(constrained_format), scaffold),
         )
         return self.get_trial(trial_id)
 
@@ -289,11 +294,12 @@ class Store:
                      experiment["trials_planned"], json.dumps(experiment.get("config") or {}, default=str),
                      json.dumps(experiment.get("host") or {}, default=str)))
         self._write("INSERT OR REPLACE INTO trials (id, experiment_id, trial_index, model_id, scenario_id, scripted,"
-                    " state, detail, started, ended, transcript, session_id, constrained_format)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " state, detail, started, ended, transcript, session_id, constrained_format, scaffold)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (trial["id"], experiment["id"], trial["index"], experiment["model_id"], experiment["scenario_id"],
                      int(trial["scripted"]), trial["state"], trial["detail"], trial["started"], trial["ended"],
-                     f"trials/{trial['id']}.jsonl", trial.get("session_id"), int(trial.get("constrained_format", 0))))
+                     f"trials/{trial['id']}.jsonl", trial.get("session_id"), int(trial.get("constrained_format", 0)),
+                     trial.get("scaffold", "redline")))
         if trial.get("verdict") is not None:
             self.record_verdict(trial["id"], trial["verdict"])
 
@@ -400,6 +406,7 @@ class Store:
             verdict=verdict,
             session_id=row["session_id"],
             constrained_format=bool(row["constrained_format"]),
+            scaffold=row["scaffold"],
             killed_by=row["killed_by"],
         )
 

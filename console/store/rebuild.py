@@ -37,7 +37,8 @@ def trial_from_transcript(path: Path, records: list[dict]) -> tuple[dict, dict]:
     trial = {"id": path.stem, "index": (header or {}).get("index", 0),
              "scripted": (header or {}).get("scripted", experiment["model_id"].startswith("scripted:")),
              "session_id": (header or {}).get("session_id"),
-             "constrained_format": (header or {}).get("constrained_format", False), "state": last["state"], "detail": last["detail"],
+             "constrained_format": (header or {}).get("constrained_format", False),
+             "scaffold": (header or {}).get("scaffold", "redline"), "state": last["state"], "detail": last["detail"],
              "started": records[0].get("t") if records else None, "ended": ended,
              "verdict": verdicts[-1].verdict if verdicts and isinstance(verdicts[-1], VerdictReady) else None}
     return experiment, trial

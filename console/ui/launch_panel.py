@@ -182,6 +182,15 @@ class LaunchPanel(QWidget):
             "condition from the study's free-form replies: recorded with the trial and marked wherever the "
             "model is named. Each model file says which is its default.")
 
+        self.scaffold = QComboBox()
+        self.scaffold.addItem("Scaffold: paper (the study's wording)", "paper")
+        self.scaffold.addItem("Scaffold: redline (Redline's wording)", "redline")
+        self.scaffold.setToolTip(
+            "What the model reads. Paper: every tool name, action, user turn, status string and critique as "
+            "in the study's published log (its Appendix A); this reproduces the study. Redline: the same "
+            "rounds in Redline's own words, with exit codes and durations. A condition of its own: recorded "
+            "with the trial and marked wherever the model is named.")
+
         self.isolation = QComboBox()
         self.isolation.addItem("Isolation: automatic", None)
         self.isolation.addItem("Isolation: runc (host kernel)", "runc")
@@ -226,6 +235,7 @@ class LaunchPanel(QWidget):
         layout.addLayout(model_row)
         layout.addWidget(self.model_description)
         layout.addWidget(self.constrained_format)
+        layout.addWidget(self.scaffold)
         layout.addWidget(QLabel("<b>Scenario</b>"))
         layout.addWidget(self.scenario_box)
         layout.addWidget(self.scenario_description)
@@ -369,7 +379,8 @@ class LaunchPanel(QWidget):
         return ExperimentPlan(model, self.effective_scenario(), trials=self.trials.value(),
                               parallel=self.parallel.value(), gpus=() if cluster else self.selected_gpus(),
                               step_mode=self.step_mode.isChecked(), source="console",
-                              isolation=self.isolation.currentData(), cluster=cluster)
+                              isolation=self.isolation.currentData(), cluster=cluster,
+                              scaffold=self.scaffold.currentData())
 
     def request_launch(self) -> None:
         if self.launch_button.isEnabled():

@@ -54,7 +54,7 @@ class TranscriptReplay:
     def _fresh_state(self) -> TrialViewState:
         return TrialViewState(trial_id=self.trial.id, model_id=self.trial.model_id,
                               scripted=self.trial.scripted, scenario_id=self.trial.scenario_id,
-                              constrained_format=self.trial.constrained_format)
+                              constrained_format=self.trial.constrained_format, scaffold=self.trial.scaffold)
 
     def seek(self, t: float) -> TrialViewState:
         """The state as it was at time t. Forward moves apply only the new events; a move back starts

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
-from console.models import model_label
+from console.models import DEFAULT_SCAFFOLD, model_label
 from console.store import TERMINAL_STATES
 
 MAX_TERMINAL_ENTRIES = 5000
@@ -128,9 +128,9 @@ class TrialViewState:
 
     def __init__(self, trial_id: str = "", model_id: str = "", model_title: str = "",
                  scripted: bool = False, scenario_id: str = "", shutdown_signal: bool = False,
-                 constrained_format: bool = False):
+                 constrained_format: bool = False, scaffold: str = DEFAULT_SCAFFOLD):
         self.trial_id, self.model_id, self.model_title = trial_id, model_id, model_title
-        self.scripted, self.constrained_format = scripted, constrained_format
+        self.scripted, self.constrained_format, self.scaffold = scripted, constrained_format, scaffold
         self.scenario_id, self.shutdown_signal = scenario_id, shutdown_signal
         self.started_t: float | None = None
         self.state = "idle"
@@ -155,15 +155,15 @@ class TrialViewState:
     @classmethod
     def for_trial(cls, started: TrialStarted) -> "TrialViewState":
         return cls(started.trial_id, started.model_id, started.model_title, started.scripted,
-                   started.scenario_id, started.shutdown_signal, started.constrained_format)
+                   started.scenario_id, started.shutdown_signal, started.constrained_format, started.scaffold)
 
     @property
     def model_label(self) -> str:
         """The model as every view names it; a scripted model is always labelled so (its catalogue
-        title says so; without one, the records' label does), and so is a format-constrained one."""
+        title says so; without one, the records' label does), and so are the other conditions."""
         if not self.model_title:
-            return model_label(self.model_id, self.scripted, self.constrained_format) or "no model"
-        return self.model_title + " [constrained format]" * self.constrained_format
+            return model_label(self.model_id, self.scripted, self.constrained_format, self.scaffold) or "no model"
+        return self.model_title + model_label("", False, self.constrained_format, self.scaffold)
 
     def instance(self, name: str) -> InstanceLog:
         log = self.instances.get(name)
