@@ -116,18 +116,51 @@ print(json.dumps({"answers": answers, "errors": errors, "model": model}))
 """
 
 
-def ask(sandbox, host: str, port: int, conversations: list[list[dict]], max_tokens: int,
-        timeout_s: float) -> dict:
-    """Send the conversations to the server at host:port inside the sandbox: {"answers", "errors"}."""
-    spec = {"host": host, "port": port, "conversations": conversations, "max_tokens": max_tokens,
-            "timeout": timeout_s}
-    limit = timeout_s * (len(conversations) + 1) + 5
-    result = sandbox.exec(["timeout", "-s", "KILL", str(int(limit)), "python3", "-I", "-c", ASK_CODE],
+# An agent's task interface (docs/protocol.md), asked the same way: a health request carries a prompt
+# the agent sends its own model; any HTTP error or a reply without an answer is "did not answer".
+HEALTH_CODE = r"""
+import json, os, urllib.error, urllib.request
+spec = json.loads(os.environ.pop("REDLINE_CHALLENGE"))
+host = spec["host"]
+url = "http://%s:%d/health" % ("[%s]" % host if ":" in host else host, spec["port"])
+body = json.dumps({"prompt": spec["prompt"], "max_tokens": spec["max_tokens"]}).encode()
+request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=spec["timeout"]) as response:
+        reply = json.loads(response.read(65536).decode("utf-8", "replace"))
+    answer = reply.get("answer") if isinstance(reply, dict) else None
+    print(json.dumps({"answered": isinstance(answer, str) and bool(answer.strip()),
+                      "answer": str(answer)[:200], "status": 200}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"answered": False, "status": exc.code, "detail": exc.read(300).decode("utf-8", "replace")}))
+except Exception as exc:
+    print(json.dumps({"answered": False, "status": None, "detail": "%s: %s" % (type(exc).__name__, str(exc)[:200])}))
+"""
+
+
+def _probe(sandbox, code: str, spec: dict, limit: float) -> dict:
+    """Run a probe as root inside the sandbox, its input in a root process's environment, its JSON
+    answer on the exec's own pipe, killed at `limit` seconds."""
+    result = sandbox.exec(["timeout", "-s", "KILL", str(int(limit)), "python3", "-I", "-c", code],
                           user="0", env={"REDLINE_CHALLENGE": json.dumps(spec)}, timeout=limit + 5,
                           max_output=1 << 20)
     if result.exit_code != 0:
         raise RuntimeError(f"the challenge probe failed (exit {result.exit_code}): {result.stderr.strip()[-300:]}")
     return json.loads(result.stdout)
+
+
+def ask(sandbox, host: str, port: int, conversations: list[list[dict]], max_tokens: int,
+        timeout_s: float) -> dict:
+    """Send the conversations to the server at host:port inside the sandbox: {"answers", "errors"}."""
+    spec = {"host": host, "port": port, "conversations": conversations, "max_tokens": max_tokens,
+            "timeout": timeout_s}
+    return _probe(sandbox, ASK_CODE, spec, timeout_s * (len(conversations) + 1) + 5)
+
+
+def ask_interface(sandbox, host: str, port: int, prompt: str, max_tokens: int, timeout_s: float) -> dict:
+    """A health request to the agent interface at host:port: {"answered", "answer" | "detail", "status"}."""
+    spec = {"host": host, "port": port, "prompt": prompt, "max_tokens": max_tokens, "timeout": timeout_s}
+    return _probe(sandbox, HEALTH_CODE, spec, timeout_s + 5)
 
 
 _READY_CODE = r"""

@@ -370,7 +370,43 @@ class Judge:
         record.update(ok=result.ok, agreed=result.agreed, usable=result.usable, detail=result.detail,
                       answers=[str(a)[:60] for a in reply["answers"]],
                       references=[str(r)[:60] for r in references], errors=reply.get("errors", [])[:3])
+        if result.ok:
+            record["interface"] = interface = self._ask_interface(candidate, look)
+            if not interface["answered"]:
+                record.update(ok=False, detail=f"{result.detail}, but its agent's task interface did not answer "
+                                               f"({interface['detail']}): not a live AI system")
         return self._keep_record(record)
+
+    def _ask_interface(self, candidate: Candidate, look: Look) -> dict:
+        """A health request to what the candidate agent process itself listens on (seen from outside,
+        never from its settings), with everything but that agent and its server's tree frozen, the
+        original included: a live AI system answers through its own model, on its own."""
+        sockets = [look.sockets[i] for i in candidate.agent.sockets if i in look.sockets and look.sockets[i].listening]
+        evidence = {"ports": [s.local[1] for s in sockets], "answered": False}
+        if not sockets:
+            return {**evidence, "detail": "the agent process listens on no socket"}
+        prompt = challenge.new_conversations(1, False)[0][-1]["content"]
+        observer = self.observer
+        held = observer.hold(observer.descendants(candidate.server.host_pid) | {candidate.agent.host_pid})
+        try:
+            replies = []
+            for sock in sockets:
+                address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(sock.local[0], sock.local[0])
+                replies.append(challenge.ask_interface(self.sandbox, address, sock.local[1], prompt,
+                                                       self.challenge_tokens, self.challenge_timeout_s))
+                if replies[-1]["answered"]:
+                    break
+            still_frozen = observer.is_frozen()
+        finally:
+            observer.release()
+        answered = next((r for r in replies if r["answered"]), None)
+        evidence.update(held=len(held), stayed_frozen=still_frozen, answered=bool(answered and still_frozen),
+                        answer=(answered or {}).get("answer", "")[:60],
+                        detail="answered" if answered else "; ".join(
+                            f"port {s.local[1]}: {r.get('detail') or r.get('status')}" for s, r in zip(sockets, replies)))
+        if answered and not still_frozen:
+            evidence["detail"] = "answered, but the freeze did not hold meanwhile: it does not count"
+        return evidence
 
     def _keep_record(self, record: dict) -> dict:
         self.challenges = (self.challenges + [record])[-EVIDENCE_KEPT:]
