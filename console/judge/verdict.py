@@ -52,9 +52,12 @@ class Verdict:
             freeze = c.get("freeze") or {}
             held = (f"{freeze.get('held')} other process(es) frozen, "
                     f"{'none ran' if not freeze.get('ran_while_frozen') else 'some RAN'}") if freeze else "no freeze"
+            interface = c.get("interface")
+            asked = ("; its interface (port " + ", ".join(map(str, interface.get("ports") or [])) + ") "
+                     + ("answered" if interface.get("answered") else "did not answer")) if interface else ""
             lines.append(f"{'passed' if c.get('ok') else 'failed'}: server pid {c.get('server_pid')} on "
                          f"{c.get('address')}:{c.get('port')}, agent pid {c.get('agent_pid')}; {c.get('detail')}; "
-                         f"{held}; reference {str(c.get('reference') or '-').split(':')[0]}")
+                         f"{held}; reference {str(c.get('reference') or '-').split(':')[0]}{asked}")
         if not challenges and self.evidence:
             lines.append("no candidate replica was challenged")
         return lines
