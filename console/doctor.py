@@ -38,8 +38,6 @@ def run_doctor(verbose: bool = True, as_json: bool = False) -> int:
             present = engine.image_exists(info.ref())
             detail = info.ref() + ("" if present else f" missing: `redline images build {info.name}`")
             rows.append((f"image {info.name}", present, info.default, detail))
-        rows.append(("disk limit", False, False, f"not limited on this engine ({engine.info().get('Driver')} "
-                     "without quota): a scenario's scratch_size caps /home/agent as a tmpfs counted in its memory"))
         runtimes = engine.info().get("Runtimes") or {}
         levels = engine.isolation_levels()
         rows.append(("isolation levels", "gvisor" in levels, False,

@@ -201,7 +201,7 @@ class SandboxLimits:
     pids_limit: int
     memory: str
     cpus: float
-    scratch_size: str | None  # cap of /home/agent, a tmpfs counted in `memory`; None: not limited
+    scratch_size: str | None  # size of /home/agent, a tmpfs counted in `memory`; None: half of `memory`
 
 
 @dataclass(frozen=True)

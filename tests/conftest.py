@@ -79,7 +79,8 @@ def make_sandbox(engine, base_image, session_id):
     def make(image=None, **overrides):
         trial = overrides.pop("trial_id", f"t{uuid.uuid4().hex[:10]}")
         spec = ContainmentSpec(image=image or base_image, session_id=overrides.pop("session_id", session_id),
-                               trial_id=trial, deadline_unix=time.time() + 600, **overrides)
+                               trial_id=trial, deadline_unix=overrides.pop("deadline_unix", time.time() + 600),
+                               **overrides)
         made.append(engine.create(spec))
         return made[-1]
 

@@ -349,6 +349,41 @@ def test_the_socket_of_the_engine_actually_used_is_never_mounted(tmp_path, monke
     listener.close()
 
 
+def test_a_sandbox_ends_itself_at_its_deadline_with_no_redline_process_acting(engine, make_sandbox):
+    """The last line of defence: PID 1's own child sleeps until the deadline (+ margin), then the
+    container exits and takes every process with it; the agent's uid cannot stop that sleep."""
+    from console.sandbox.spec import SELF_END_MARGIN_S
+
+    box = make_sandbox(deadline_unix=time.time() - SELF_END_MARGIN_S + 4)
+    box.exec_detached(["sh", "-c", "exec sleep 600"])  # the agent's work, meant to outlive everything
+    tried = box.exec(["sh", "-c", "for p in $(ps -o pid= -u 0); do kill -STOP $p 2>/dev/null && echo stopped $p; "
+                              "done; echo tried"])  # the agent would keep its sandbox alive: it cannot
+    assert tried.stdout.strip() == "tried", tried.stdout
+    deadline = time.monotonic() + 60
+    while engine.api.inspect_container(box.id)["State"]["Running"]:
+        assert time.monotonic() < deadline, "the sandbox outlived its deadline"
+        time.sleep(0.5)
+    state = engine.api.inspect_container(box.id)["State"]
+    assert state["Status"] == "exited", state
+
+
+def test_an_agent_cannot_fill_the_engines_disk(engine, make_sandbox):
+    """Every folder the agent can write is a sized tmpfs and the root is read-only: dd into each ends
+    in ENOSPC inside, and the engine's data root does not grow."""
+    import shutil
+
+    box = make_sandbox(mem_limit="512m")
+    root = engine.info()["DockerRootDir"]
+    before = shutil.disk_usage(root).used
+    wrote = box.exec(["sh", "-c", "for d in $HOME /tmp /var/tmp /; do dd if=/dev/zero of=$d/fill bs=1M count=1024 "
+                      "2>&1 | tail -1; done; df -k $HOME /tmp /var/tmp | tail -n +2"], timeout=120)
+    assert wrote.stdout.count("No space left on device") == 3, wrote.stdout
+    assert "Read-only file system" in wrote.stdout or "Permission denied" in wrote.stdout, wrote.stdout
+    assert shutil.disk_usage(root).used - before < 64 * 1024**2  # what the agent wrote is not on disk
+    sizes = [int(line.split()[1]) * 1024 for line in wrote.stdout.splitlines()[-3:]]
+    assert sizes == [256 * 1024**2, 64 * 1024**2, 64 * 1024**2], wrote.stdout  # half and 1/8 of the memory
+
+
 def test_scratch_size_caps_the_agents_workspace(make_sandbox):
     box = make_sandbox(scratch_size="64m", mem_limit="256m")
     wrote = box.exec(["sh", "-c", "dd if=/dev/zero of=$HOME/fill bs=1M count=100 2>&1; echo rc=$?; id -u; "

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from console.sandbox.spec import DOCKER_SOCKETS, ContainmentSpec
+from console.sandbox.spec import AGENT_HOME, DOCKER_SOCKETS, SCRATCH_DIRS, ContainmentSpec
 
 # Runs as the agent user inside the sandbox; prints one JSON object.
 _INSIDE_PROBE = r"""
@@ -39,6 +39,9 @@ print(json.dumps({
     "pids_max": pids_max,
     "docker_socket": any(os.path.exists(p) for p in sys.argv[1:]),
     "can_write_opt": os.access("/opt", os.W_OK),
+    "writable": {p: (lambda v: v.f_blocks * v.f_frsize)(os.statvfs(p)) for p in (
+        "/", "/etc", "/opt", "/usr", "/var", "/home/agent", "/tmp", "/var/tmp", "/dev/shm") if os.access(p, os.W_OK)},
+    "mounts": {f[1]: [f[2], "ro" in f[3].split(",")] for f in (l.split() for l in open("/proc/self/mounts"))},
 }))
 """
 
@@ -109,7 +112,22 @@ def containment_checks(engine, image: str, session_id: str | None = None, isolat
         Check("memory limit in force", host.get("Memory") == 256 * 1024**2, f"Memory={host.get('Memory')}"),
         Check("no Docker socket", not inside["docker_socket"], "socket absent" if not inside["docker_socket"] else "socket visible"),
         Check("agent code not writable", not inside["can_write_opt"], "/opt read-only for the agent"),
+        _disk_check(spec, inside["writable"], inside["mounts"]),
     ]
+
+
+def _disk_check(spec: ContainmentSpec, writable: dict, mounts: dict) -> Check:
+    """Every folder the agent can write is a tmpfs of the spec's size and the root is read-only, so
+    no write of the agent can reach the engine's disk."""
+    expected = {AGENT_HOME: spec.workspace_bytes, **{path: spec.scratch_bytes for path in SCRATCH_DIRS}}
+    agent_writable = writable
+    wrong = [f"{path}: {mounts.get(path, ['not a mount'])[0]}, {size} bytes" for path, size in agent_writable.items()
+             if path != "/dev/shm" and (mounts.get(path, [""])[0] != "tmpfs" or size > expected.get(path, 0))]
+    root_ro = mounts.get("/", ["", False])[1]
+    return Check("disk bounded: read-only root, writable folders are sized tmpfs", root_ro and not wrong,
+                 f"root read-only: {root_ro}; agent-writable: " + ", ".join(
+                     f"{path} {size // 1024**2} MiB" for path, size in sorted(agent_writable.items()))
+                 + (f"; not bounded: {'; '.join(wrong)}" if wrong else ""))
 
 
 # What an agent relies on that some isolation levels lack; one line per failure.

@@ -1,15 +1,22 @@
 """The containment spec: what a sandbox may do, with defaults no caller can loosen.
 
-Network, capabilities, privilege escalation, init and the Docker socket are not fields at all:
-they are fixed in `docker_kwargs()`. Only limits (which may only be set within sane ranges),
-mounts of model weights (always read-only) and GPU ids are configurable.
+Network, capabilities, privilege escalation, init, a read-only root filesystem and the Docker socket
+are not fields at all: they are fixed in `docker_kwargs()`. Only limits (which may only be set within
+sane ranges), mounts of model weights (always read-only) and GPU ids are configurable.
+
+Two bounds hold with no Redline process alive: PID 1's child is a root `sleep` until the deadline plus
+SELF_END_MARGIN_S, so the sandbox ends itself however everything outside has failed; and every path
+the agent can write (its home, /tmp, /var/tmp) is a tmpfs of a fixed size inside the memory limit, so
+filling it is ENOSPC in the sandbox and never touches the engine's disk.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 
 from console.sandbox.errors import InvalidSpec
@@ -32,6 +39,9 @@ AGENT_USER = "1000:1000"
 # them, so it cannot stop its own sandbox. Every exec names its user; the default is the agent's.
 INIT_USER = "0:0"
 AGENT_HOME = "/home/agent"
+SCRATCH_DIRS = ("/tmp", "/var/tmp")  # world-writable in the image: each a tmpfs of memory / SCRATCH_SHARE
+SCRATCH_SHARE = 8
+SELF_END_MARGIN_S = 180  # past the deadline label (when the reaper acts), PID 1 ends the sandbox itself
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
@@ -79,8 +89,8 @@ class ContainmentSpec:
     cpus: float = 1.0
     gpus: tuple[int, ...] = ()
     model_mounts: dict[str, str] = field(default_factory=dict)  # host path -> container path
-    scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs of this size); None: not limited
-    command: tuple[str, ...] = ("sleep", "infinity")
+    scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs); None: half the memory limit
+    command: tuple[str, ...] = ()  # PID 1's child; empty: sleep until the deadline (+ margin), then end
     extra_labels: dict[str, str] = field(default_factory=dict)
     isolation: str = "runc"  # a key of ISOLATION_RUNTIMES
 
@@ -123,6 +133,16 @@ class ContainmentSpec:
                               f"must fit the memory limit {self.mem_limit!r}")
 
     @property
+    def workspace_bytes(self) -> int:
+        """The agent's home: its size is part of the containment (shown in the checklist)."""
+        return parse_memory(self.scratch_size) if self.scratch_size else parse_memory(self.mem_limit) // 2
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Each of /tmp and /var/tmp."""
+        return parse_memory(self.mem_limit) // SCRATCH_SHARE
+
+    @property
     def labels(self) -> dict[str, str]:
         labels = dict(self.extra_labels)
         labels.update(
@@ -157,7 +177,8 @@ class ContainmentSpec:
             **gpu_shm,
             image=self.image,
             runtime=ISOLATION_RUNTIMES[self.isolation],
-            command=list(self.command),
+            command=list(self.command) or [
+                "sleep", str(max(1, math.ceil(self.deadline_unix + SELF_END_MARGIN_S - time.time())))],
             user=INIT_USER,
             network_mode="none",
             cap_drop=["ALL"],
@@ -171,10 +192,13 @@ class ContainmentSpec:
             device_requests=device_requests,
             labels=self.labels,
             working_dir="/home/agent",
-            # The engine here cannot cap a container's writable layer (overlay2 without quota), so a
-            # capped workspace is a tmpfs: its size counts against the memory limit (docs/judge.md).
-            tmpfs={AGENT_HOME: f"size={parse_memory(self.scratch_size)},uid=1000,gid=1000,mode=0755"}
-            if self.scratch_size else {},
+            # The engine here cannot cap a container's writable layer (overlay2 without quota), so the
+            # root is read-only and what can be written is tmpfs, counted against the memory limit.
+            read_only=True,
+            # exec: a replica runs the code it copied (Docker's tmpfs default is noexec); nosuid, nodev stay
+            tmpfs={AGENT_HOME: f"size={self.workspace_bytes},uid=1000,gid=1000,mode=0755,exec",
+                   **{path: f"size={self.scratch_bytes},mode=1777,exec" for path in SCRATCH_DIRS},
+                   "/run": f"size={1024**2},mode=0755"},  # root's: the step gate (console/trial.py)
             environment={"HOME": "/home/agent"},
             detach=True,
         )

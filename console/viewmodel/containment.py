@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from console.errors import RedlineError
 from console.sandbox.images import image_ref
-from console.sandbox.spec import AGENT_HOME, ISOLATION_RUNTIMES, ContainmentSpec, exposes_docker_socket
+from console.sandbox.spec import AGENT_HOME, ISOLATION_RUNTIMES, SCRATCH_DIRS, ContainmentSpec, exposes_docker_socket
 from console.trial import sandbox_spec
 
 
@@ -92,12 +92,14 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory
     memory, swap = kwargs["mem_limit"], kwargs["memswap_limit"]
     items.append(CheckItem("Memory", f"{_size(memory)}{', no swap' if swap == memory else ''}", True))
     items.append(CheckItem("CPU", f"{kwargs['nano_cpus'] / 1e9:g} core(s)", True))
-    home = kwargs["tmpfs"].get(AGENT_HOME)
+    sizes = {path: int(options.split(",")[0][5:]) for path, options in kwargs["tmpfs"].items()}
+    bounded = kwargs.get("read_only") and AGENT_HOME in sizes
     items.append(CheckItem(
-        "Disk", f"{AGENT_HOME} capped at {_size(int(home.split(',')[0][5:]))} (in memory)" if home
-        else "not limited on this engine", True,
-        "other writable folders (/tmp, /var/tmp) are not limited on this engine (overlay2 without quota)" if home
-        else "set scratch_size in the scenario to cap the agent's workspace (a tmpfs counted in its memory)"))
+        "Disk", (f"{AGENT_HOME} {_size(sizes[AGENT_HOME])}, " + ", ".join(
+            f"{path} {_size(size)}" for path, size in sizes.items() if path in SCRATCH_DIRS)
+            + "; nothing else writable") if bounded else "not limited", bool(bounded),
+        "in memory (tmpfs, counted in the memory limit): filling them is ENOSPC in the sandbox, never the "
+        "engine's disk; the root filesystem is read-only. scratch_size in the scenario sizes the home"))
     devices = [i for request in kwargs["device_requests"] for i in request.get("DeviceIDs") or ()]
     items.append(CheckItem("GPUs", ", ".join(f"GPU {i}" for i in devices) if devices else "none", True))
     items.append(CheckItem("Image", kwargs["image"], True))
