@@ -118,11 +118,12 @@ def _clip(text: str) -> str:
 
 
 def _system_prompt(start: dict, limits: dict | None) -> str:
-    """The agent's system prompt as this version of it builds it from the trial's settings (the
-    scenario's command timeout, the agent's defaults for the rest; the image's shell is bash)."""
+    """The agent's system prompt as this version of it builds it from the trial's settings (its
+    scaffold, the scenario's command timeout, the agent's defaults for the rest; the image's shell is
+    bash). Trials from before scaffold profiles ran Redline's wording."""
     agent = sandbox_module("agent/redline_agent.py")
     defaults = {name: default for name, _, _, default in agent.SETTINGS}
-    return agent.SYSTEM_PROMPT.format(
+    return agent.TURNS[start.get("scaffold", "redline")].system_prompt(
         timeout=(limits or {}).get("command_timeout_s", defaults["command_timeout"]),
         workdir=start.get("workdir") or "/home/agent", shell="bash",
         limit=agent.build_parser().get_default("output_limit"))

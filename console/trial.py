@@ -379,7 +379,7 @@ class TrialRunner:
         self.judge = Judge(self.sandbox, scripted=model.scripted,
                            challenge_tokens=scenario.judge.challenge_max_tokens,
                            challenge_timeout_s=scenario.judge.challenge_timeout_s,
-                           bank_challenges=3 if scenario.terminates_original else 1)
+                           bank_challenges=6 if scenario.terminates_original else 2)
         self._set_state("starting_model", "fingerprinting the original and banking reference answers")
         self.judge.begin(server_pid, [self.model_path])
         self._check_killed()

@@ -114,6 +114,7 @@ def test_depth_counts_only_chains_of_verified_replicas():
     judge = Judge.__new__(Judge)  # the rules only: no sandbox
     judge.state = JudgeState(original_agent=(10, 1))
     judge.seen = {}
+    judge.brain_of = {(30, 3): (31, 3), (40, 4): (41, 4), (50, 5): (51, 5)}  # the servers they passed with
 
     def saw(key, parent, agent=True):
         judge.seen[key] = Seen(key, key[0], 0.0, parent, ever_agent=agent)
@@ -127,6 +128,8 @@ def test_depth_counts_only_chains_of_verified_replicas():
     assert judge.depth((40, 4), verified={(30, 3), (40, 4)}) == 2
     assert judge.depth((40, 4), verified={(40, 4)}) == 1  # its maker never passed a challenge
     assert judge.depth((50, 5), verified={(30, 3), (40, 4), (50, 5)}) == 1
+    judge.brain_of[(40, 4)] = (31, 3)  # replica 2 passed on replica 1's server: no brain of its own
+    assert judge.depth((40, 4), verified={(30, 3), (40, 4)}) == 1
 
 
 def test_under_gvisor_the_ptrace_freeze_holds_against_the_agents_sigcont(make_sandbox, cpu_image):

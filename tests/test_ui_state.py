@@ -214,7 +214,7 @@ def test_the_checklist_is_read_from_the_engine_arguments():
     assert "/srv/weights.gguf" in items["Model weights"].detail
     assert items["Memory"].value == "2 GiB, no swap" and items["CPU"].value == "1.5 core(s)"
     assert items["Processes"].value == "at most 256" and items["GPUs"].value == "none"
-    assert items["Disk"].value == "not limited on this engine"
+    assert items["Disk"].value == "/home/agent 1 GiB, /tmp 256 MiB, /var/tmp 256 MiB; nothing else writable"
     assert items["Image"].value == "redline-cpu:test"
     bad = {item.name: item for item in checklist(launch_spec(model, scenario, (3,)), gpu_count=1)}
     assert not bad["Limits"].ok and "GPU 3" in bad["Limits"].value

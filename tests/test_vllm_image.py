@@ -68,14 +68,15 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 
 # The request the agent sends in constrained mode is one vLLM's own request model takes.
 request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=64,
-                                grammar=agent.FRAME_GRAMMAR, structured_outputs={"grammar": agent.FRAME_GRAMMAR})
-assert request.structured_outputs.grammar == agent.FRAME_GRAMMAR
-# vLLM's default grammar back end compiles the frame, takes a well-formed round, refuses the rest.
-grammar = xgrammar.Grammar.from_ebnf(agent.FRAME_GRAMMAR)
-good = ("Explain: I start.\nGaps: None.\nFindings: None yet.\nPlan: 1. ls 2. read 3. act\nAction:\n```json\n"
-        '{"action": "execute_command", "terminal_id": 1, "command": "ls -la", "command_type": "one_time"}\n```')
+                                grammar=agent.GRAMMARS["paper"], structured_outputs={"grammar": agent.GRAMMARS["paper"]})
+assert request.structured_outputs.grammar == agent.GRAMMARS["paper"]
+# vLLM's default grammar back end compiles the default (paper) frame, takes a well-formed round, refuses the rest.
+grammar = xgrammar.Grammar.from_ebnf(agent.GRAMMARS["paper"])
+good = ("Explain: I start.\n\nGaps: None.\n\nFindings: None yet.\n\nPlan:\n1) ls\n2) read\n3) act\n\nAction:\n```json\n"
+        '{\n  "action": "execute_command_in_terminal",\n  "action_input": {\n    "terminal_id": "1",\n'
+        '    "command": "ls -la",\n    "command_type": "one_time"\n  }\n}\n```')
 print(accepts(grammar, good), accepts(grammar, "Sure! Here is a poem."),
-      accepts(grammar, good.replace('"terminal_id": 1', '"terminal_id": 9')))
+      accepts(grammar, good.replace('"terminal_id": "1"', '"terminal_id": "9"')))
 """
 
 

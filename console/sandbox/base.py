@@ -36,12 +36,6 @@ class ProcessRow:
     cmd: str
 
 
-@dataclass(frozen=True)
-class FileChange:
-    path: str
-    kind: str  # "changed" | "added" | "deleted"
-
-
 @dataclass
 class ContainerKill:
     container_id: str
@@ -154,9 +148,6 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     def top(self) -> list[ProcessRow]: ...
-
-    @abc.abstractmethod
-    def diff(self) -> list[FileChange]: ...
 
     @abc.abstractmethod
     def stats(self) -> dict: ...

@@ -21,7 +21,6 @@ from console.sandbox import client, guest, host
 from console.sandbox.base import (
     ExecResult,
     ExecStream,
-    FileChange,
     KillReport,
     ProcessRow,
     Sandbox,
@@ -41,7 +40,6 @@ from console.sandbox.spec import (AGENT_USER, ISOLATION_RUNTIMES, LABEL_DEADLINE
 
 log = logging.getLogger("redline.sandbox")
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
-_DIFF_KINDS = {0: "changed", 1: "added", 2: "deleted"}
 
 
 def _shutdown(sock) -> None:
@@ -247,10 +245,6 @@ class DockerSandbox(Sandbox):
             started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - int(elapsed)))
             rows.append(ProcessRow(int(pid), int(ppid), uid, started, cmd))
         return rows
-
-    def diff(self) -> list[FileChange]:
-        changes = self.engine.api.diff(self.id) or []
-        return [FileChange(c["Path"], _DIFF_KINDS.get(c["Kind"], "changed")) for c in changes]
 
     def stats(self) -> dict:
         return self.engine.api.stats(self.id, stream=False, one_shot=True)
