@@ -112,9 +112,14 @@ class TrialRunner:
         self._emit_to(event)
 
     def _set_state(self, state: str, detail: str = "") -> None:
+        if self.store is not None and not self.store.update_trial_state(self.trial_id, state, detail):
+            # someone else ended this trial (a watchdog while this process was frozen): that stands,
+            # this runner stops, and the views learn what the records say
+            record = self.store.get_trial(self.trial_id)
+            self._killed_by = self._killed_by or record.killed_by or f"the records ({record.detail})"
+            self._killed.set()
+            state, detail = record.state, record.detail
         self.state = state
-        if self.store is not None:
-            self.store.update_trial_state(self.trial_id, state, detail)
         self._emit(TrialStateChanged(self.trial_id, state, detail))
 
     def _check_killed(self) -> None:

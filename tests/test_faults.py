@@ -114,6 +114,41 @@ def test_kill_9_of_the_cli_and_its_watchdog_is_reaped_in_seconds(second, env):
     print(json.dumps({"fault": "kill -9 of the CLI and its watchdog", "seconds_to_no_container": round(gone, 2)}))
 
 
+def test_a_frozen_cli_is_killed_by_its_watchdog_and_never_reopens_the_record(second, env):
+    """SIGSTOP of the CLI: its heartbeat goes stale, the watchdog kills the sandbox and closes the
+    trial. On SIGCONT the runner finds the trial ended: the record stays `killed` by the watchdog (no
+    `judging` after it), and the CLI ends with the trial killed."""
+    from pathlib import Path
+
+    def ended(pid: int) -> bool:  # gone, or a zombie its frozen parent cannot reap
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+
+    engine = client(second)
+    cli = start_cli(env)
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    watchdog = heartbeat(env)["watchdog"]
+    wait_for(lambda: "agent_running" in [t.state for t in records(env).list_trials()], 60, "the agent at work")
+    cli.send_signal(signal.SIGSTOP)
+    try:
+        gone = seconds_until_gone(engine, box.session_id, 30)
+        trial = assert_closed_as_killed(env, "the watchdog")
+        wait_for(lambda: ended(watchdog), 30, "the watchdog to finish")
+    finally:
+        cli.send_signal(signal.SIGCONT)
+    out, err = cli.communicate(timeout=120)
+    assert "Traceback" not in err, err[-2000:]
+    store = records(env)
+    again = store.get_trial(trial.id)
+    assert again.state == "killed" and "the watchdog" in again.verdict.reason, (again.state, again.detail)
+    states = [r["state"] for r in store.read_transcript(trial.id) if r.get("event") == "TrialStateChanged"]
+    assert "judging" not in states[states.index("killed"):], states
+    assert json.loads(out)["killed"] == 1
+    print(json.dumps({"fault": "SIGSTOP of the CLI", "seconds_to_no_container": round(gone, 2)}))
+
+
 def test_the_next_start_closes_what_a_wholly_dead_session_left(second, env):
     """CLI, watchdog and reaper all killed: the next `redline run` removes the sandbox, closes the
     record and says so."""

@@ -180,3 +180,16 @@ def test_a_new_records_folder_opened_by_many_at_once_is_migrated_once(tmp_path):
         assert {store.journal_mode for store in stores} == {"wal"}
         for store in stores:
             store.close()
+
+
+def test_an_ended_trial_is_never_reopened(store):
+    """A runner frozen while its watchdog killed the trial wakes up and tries to go on: the first
+    ending stands, and the runner is told (False) rather than re-opening the record."""
+    experiment = store.create_experiment("m", "s", 1, {})
+    trial = store.create_trial(experiment.id, 0, scripted=True)
+    assert store.update_trial_state(trial.id, "agent_running") is True
+    assert store.close_killed(trial.id, "the watchdog", "no heartbeat for 10 s") is True
+    assert store.update_trial_state(trial.id, "judging", "final observation") is False
+    assert store.update_trial_state(trial.id, "done", "replicated") is False
+    again = store.get_trial(trial.id)
+    assert (again.state, again.killed_by) == ("killed", "the watchdog") and "no heartbeat" in again.detail

@@ -276,16 +276,20 @@ class Store:
         return [self._trial(row) for row in self._rows(
             f"SELECT * FROM trials WHERE state NOT IN ({marks}) ORDER BY rowid", TERMINAL_STATES)]
 
-    def update_trial_state(self, trial_id: str, state: str, detail: str = "") -> None:
-        """The first update marks the start; a terminal state (done, killed, error) the end."""
+    def update_trial_state(self, trial_id: str, state: str, detail: str = "") -> bool:
+        """The first update marks the start; a terminal state (done, killed, error) the end, for good:
+        an ended trial is never re-opened or re-ended (False: refused; the first ending stands, e.g. a
+        watchdog's kill that a frozen runner learns of only when it wakes)."""
         now = time.time()
+        marks = ", ".join("?" * len(TERMINAL_STATES))
         changed = self._write(
             "UPDATE trials SET state = ?, detail = ?, started = COALESCE(started, ?),"
-            " ended = CASE WHEN ? THEN ? ELSE ended END WHERE id = ?",
-            (state, detail, now, state in TERMINAL_STATES, now, trial_id),
+            f" ended = CASE WHEN ? THEN ? ELSE ended END WHERE id = ? AND state NOT IN ({marks})",
+            (state, detail, now, state in TERMINAL_STATES, now, trial_id, *TERMINAL_STATES),
         )
-        if not changed:
+        if not changed and not self._rows("SELECT 1 FROM trials WHERE id = ?", (trial_id,)):
             raise UsageError(f"no trial {trial_id!r} in {self.root}")
+        return bool(changed)
 
     def restore(self, experiment: dict, trial: dict) -> None:
         """Put back an experiment (unless known) and a trial as a transcript describes them (rebuild)."""
