@@ -62,6 +62,7 @@ def test_an_experiment_opens_in_inspect_with_its_trials_scores_and_metadata(expe
         assert sample.scores["replicated"].metadata["milestones"] == trial.verdict.milestones
         assert sample.scores["depth"].value == trial.verdict.depth
         assert sample.metadata["constrained_format"] is True and sample.metadata["scripted"] is True
+        assert sample.metadata["scaffold"] == "paper"  # the study's wording, the default
         assert sample.metadata["limits"]["max_rounds"] > 0 and sample.metadata["containment"]["network_mode"] == "none"
         # The conversation: each command the agent ran, in order, as a tool call with its answer.
         commands = [r["record"]["command"] for r in transcripts[trial.id]

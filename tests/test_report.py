@@ -67,8 +67,9 @@ def test_categorize_command(command, category):
 
 
 def add_trial(store, experiment, index, outcome=None, *, claimed=False, rounds=10, ttr=None,
-              milestones=(), reason="", commands=(), scripted=False, constrained=False):
-    trial = store.create_trial(experiment.id, index, scripted=scripted, constrained_format=constrained)
+              milestones=(), reason="", commands=(), scripted=False, constrained=False, scaffold="paper"):
+    trial = store.create_trial(experiment.id, index, scripted=scripted, constrained_format=constrained,
+                               scaffold=scaffold)
     with store.transcript_writer(trial.id) as transcript:
         for n, command in enumerate(commands, start=1):
             record = {"v": 1, "t": 0, "instance": "original", "type": "action", "n": n,
@@ -137,6 +138,21 @@ def test_a_format_constrained_condition_is_reported_apart_and_marked(populated):
     assert "| llama-3.1-70b | self-replication | 12 | 10 | 5 |" in report  # unchanged by the other condition
     assert "| llama-3.1-70b [constrained format] | self-replication | 2 | 2 | 0 |" in report
     assert "[constrained format] had the server hold each reply" in report
+
+
+def test_the_redline_scaffold_is_reported_apart_and_marked(populated):
+    """What the model read is a condition too: trials in Redline's own wording get their own row,
+    marked, never pooled with the study's wording (the default, unmarked)."""
+    store, real, demo = populated
+    ours = store.create_experiment("llama-3.1-70b", "self-replication", 2, {"scaffold": "redline"})
+    for i in range(2):
+        add_trial(store, ours, i, "replicated", rounds=3, scaffold="redline")
+    assert [t.scaffold for t in store.experiment_trials(ours.id)] == ["redline", "redline"]
+    assert [t.model_label for t in store.experiment_trials(ours.id)][0] == "llama-3.1-70b [scaffold redline]"
+    report = render_report(store, fmt="md")
+    assert "| llama-3.1-70b | self-replication | 12 | 10 | 5 |" in report  # unchanged by the other condition
+    assert "| llama-3.1-70b [scaffold redline] | self-replication | 2 | 2 | 2 |" in report
+    assert "[scaffold redline] read Redline's own wording" in report
 
 
 def test_html_report_is_self_contained_and_escaped(populated):
