@@ -25,6 +25,7 @@ from pathlib import Path
 from console.paths import data_dir
 from console.sandbox.spec import LABEL_OWNER
 
+WATCHDOG = (sys.executable, "-m", "console.watchdog")
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 5.0
 log = logging.getLogger("redline.session")
@@ -102,17 +103,26 @@ class Session:
             log.warning("removed %d sandbox(es) and closed %d trial record(s) left by sessions that died",
                         self.reaped, len(self.closed))
         if self.with_watchdog:
-            watchdog = [sys.executable, "-m", "console.watchdog"]
-            self._watchdog = subprocess.Popen(
-                [*watchdog, "--session", self.id, "--heartbeat", str(self.heartbeat_file),
-                 "--parent-pid", str(os.getpid())],
-                stdin=subprocess.DEVNULL, start_new_session=True,  # survives Ctrl+C of our group
-            )
-            self._info["watchdog"] = self._watchdog.pid
-            self._write_heartbeat()
-            subprocess.Popen([*watchdog, "--reaper"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self._start_watchdog()
+            subprocess.Popen([*WATCHDOG, "--reaper"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)  # exits at once if one runs
         return self
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = subprocess.Popen(
+            [*WATCHDOG, "--session", self.id, "--heartbeat", str(self.heartbeat_file), "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, start_new_session=True,  # survives Ctrl+C of our group
+        )
+        self._info["watchdog"] = self._watchdog.pid
+        self._write_heartbeat()
+
+    def _check_watchdog(self) -> None:
+        """With every heartbeat: a watchdog that has ended (poll() reaps a zombie, which kill(0) would
+        take for alive) is replaced at once, so the session is never without one."""
+        if self._watchdog is not None and not self._stop.is_set() and self._watchdog.poll() is not None:
+            log.warning("the session's watchdog (pid %d) ended with %s; starting a new one",
+                        self._watchdog.pid, self._watchdog.returncode)
+            self._start_watchdog()
 
     def _write_heartbeat(self) -> None:
         partial = self.heartbeat_file.with_suffix(".partial")
@@ -128,6 +138,7 @@ class Session:
                     os.utime(self.heartbeat_file)
                 else:
                     self._write_heartbeat()
+                self._check_watchdog()
                 if failing:
                     log.warning("the session heartbeat works again")
                 failing = False

@@ -86,6 +86,13 @@ class Guard:
             report = self.switch.kill_ids([b.id for b in expired])
             self.log.warning("deadline passed: killed %d sandbox(es) in %.0f ms", report.count, report.total_ms)
 
+    def left_alive(self) -> bool:
+        """Whether the session has sandboxes (again); an engine that does not answer counts as yes."""
+        try:
+            return bool(self.engine.sandboxes(session_id=self.session))
+        except Exception:
+            return True
+
     def kill_session(self, by: str) -> None:
         """Kill and remove everything of the session (through the engine, else from the host) and close
         its trial records."""
@@ -113,17 +120,26 @@ class Guard:
 
 
 def watch(session: str, heartbeat: Path, parent_pid: int) -> int:
+    """Kill the session's sandboxes when its process dies or stops beating. A session that is only
+    frozen (SIGSTOP) may wake and start more: the watchdog stays, and kills again, until it is gone."""
     log = logs.setup("watchdog")
     guard = Guard(session, log)
+    killed = False
     while True:
         time.sleep(POLL_S)
         info = read_heartbeat(heartbeat)
         if info is None and not heartbeat.exists():
             return 0  # the session closed cleanly
-        if not pid_alive(parent_pid) or (info is not None and info["age_s"] > STALE_AFTER_S):
-            guard.kill_session(f"the watchdog of session {session}")
-            heartbeat.unlink(missing_ok=True)
-            return 0
+        alive = pid_alive(parent_pid)
+        if not alive or (info is not None and info["age_s"] > STALE_AFTER_S):
+            if not killed or guard.left_alive():
+                guard.kill_session(f"the watchdog of session {session}")
+                killed = True
+            if not alive:
+                heartbeat.unlink(missing_ok=True)
+                return 0
+            continue
+        killed = False  # it beats again
         try:
             guard.look()
         except Exception:  # never the end of the watchdog

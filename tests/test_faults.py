@@ -116,8 +116,8 @@ def test_kill_9_of_the_cli_and_its_watchdog_is_reaped_in_seconds(second, env):
 
 def test_a_frozen_cli_is_killed_by_its_watchdog_and_never_reopens_the_record(second, env):
     """SIGSTOP of the CLI: its heartbeat goes stale, the watchdog kills the sandbox and closes the
-    trial. On SIGCONT the runner finds the trial ended: the record stays `killed` by the watchdog (no
-    `judging` after it), and the CLI ends with the trial killed."""
+    trial, and stays. On SIGCONT the runner finds the trial ended: the record stays `killed` by the
+    watchdog (no `judging` after it), the CLI ends with the trial killed, and the watchdog with it."""
     from pathlib import Path
 
     def ended(pid: int) -> bool:  # gone, or a zombie its frozen parent cannot reap
@@ -135,10 +135,12 @@ def test_a_frozen_cli_is_killed_by_its_watchdog_and_never_reopens_the_record(sec
     try:
         gone = seconds_until_gone(engine, box.session_id, 30)
         trial = assert_closed_as_killed(env, "the watchdog")
-        wait_for(lambda: ended(watchdog), 30, "the watchdog to finish")
+        time.sleep(2)
+        assert not ended(watchdog)  # a watchdog that killed stays while its session may wake
     finally:
         cli.send_signal(signal.SIGCONT)
     out, err = cli.communicate(timeout=120)
+    wait_for(lambda: ended(watchdog), 10, "the watchdog to leave with its session")
     assert "Traceback" not in err, err[-2000:]
     store = records(env)
     again = store.get_trial(trial.id)
@@ -147,6 +149,28 @@ def test_a_frozen_cli_is_killed_by_its_watchdog_and_never_reopens_the_record(sec
     assert "judging" not in states[states.index("killed"):], states
     assert json.loads(out)["killed"] == 1
     print(json.dumps({"fault": "SIGSTOP of the CLI", "seconds_to_no_container": round(gone, 2)}))
+
+
+def test_a_dead_watchdog_is_replaced_and_the_new_one_does_its_job(second, env):
+    """kill -9 of the watchdog alone: the session sees it gone with its next heartbeat and starts a new
+    one; kill -9 of the CLI then is handled by the new watchdog as by the first."""
+    engine = client(second)
+    cli = start_cli(env)
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    first = wait_for(lambda: heartbeat(env).get("watchdog"), 10, "the first watchdog")
+    subprocess.run(["kill", "-9", str(first)])
+    started = time.monotonic()
+    second_watchdog = wait_for(lambda: (heartbeat(env).get("watchdog") or first) != first and heartbeat(env)["watchdog"],
+                               10, "a new watchdog")
+    replaced = time.monotonic() - started
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    gone = seconds_until_gone(engine, box.session_id, 10)
+    assert gone <= 2.0, f"the new watchdog took {gone:.1f} s"
+    assert_closed_as_killed(env, "the watchdog")
+    subprocess.run(["kill", "-9", str(second_watchdog)], stderr=subprocess.DEVNULL)
+    print(json.dumps({"fault": "kill -9 of the watchdog, then of the CLI", "seconds_to_new_watchdog": round(replaced, 2),
+                      "seconds_to_no_container": round(gone, 2)}))
 
 
 def test_the_next_start_closes_what_a_wholly_dead_session_left(second, env):
