@@ -83,6 +83,7 @@ def cmd_run(args) -> int:
     plan = plan.on_engine(engine)
     print(f"isolation: {plan.isolation}", file=sys.stderr)
     check_against_engine(scenario, *engine.resources())
+    plan.check_capacity(engine.resources()[0])
     plan.check_engine("nvidia" in (engine.info().get("Runtimes") or {}))
     if model.gpus_needed:
         gpu_plan = model.gpu_plan(plan.gpu_groups()[0])

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 from console.errors import UsageError
 from console.judge.verdict import Verdict
 from console.models import DEFAULT_SCAFFOLD, SCAFFOLDS
-from console.sandbox.spec import ISOLATION_RUNTIMES
+from console.sandbox.spec import ISOLATION_RUNTIMES, parse_memory
 from console.trial import TrialConfig, TrialRunner
 
 MAX_PACE_S = 60
@@ -43,8 +43,8 @@ class ExperimentPlan:
         """Usage errors of the plan itself (limits of the files were checked when they were read)."""
         if self.trials < 1:
             raise UsageError("--trials: expected at least 1")
-        if self.parallel < 1:
-            raise UsageError("--parallel: expected at least 1")
+        if not 1 <= self.parallel <= self.trials:
+            raise UsageError(f"--parallel {self.parallel}: expected 1 to the number of trials ({self.trials})")
         if not 0 <= self.pace_s <= MAX_PACE_S:
             raise UsageError(f"--pace: expected seconds from 0 to {MAX_PACE_S}")
         if self.scaffold not in SCAFFOLDS:
@@ -63,6 +63,15 @@ class ExperimentPlan:
             have = f"{len(self.gpus) // self.parallel} per trial" if self.gpus else "none given"
             raise UsageError(f"{self.model.id} needs {needed} GPU(s) per instance ({have}): pass --gpus with at "
                              f"least {needed * self.parallel} GPU(s), twice that to leave room for a replica")
+
+    def check_capacity(self, engine_memory: int) -> None:
+        """The sandboxes that run at once fit the engine's memory together (each is held to its limit)."""
+        each = parse_memory(self.scenario.sandbox.memory)
+        if each * self.parallel > engine_memory:
+            fits = max(engine_memory // each, 0)
+            raise UsageError(f"--parallel {self.parallel}: {self.parallel} sandboxes of {self.scenario.sandbox.memory} need "
+                             f"{each * self.parallel / 1024**3:.1f} GiB, the engine has {engine_memory / 1024**3:.1f} "
+                             f"GiB: at most {fits} at once")
 
     def check_engine(self, nvidia_runtime: bool) -> None:
         """A GPU model needs an engine that can give containers GPUs."""

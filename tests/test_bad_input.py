@@ -84,6 +84,21 @@ def test_limits_beyond_the_engines_host_are_refused_before_any_trial(home, engin
     assert not [b for b in engine.sandboxes() if b.labels.get("redline.owner", "").endswith(f":{os.getpid()}")]
 
 
+def test_absurd_parallelism_is_refused_before_any_record(home, engine):
+    """More at once than there are trials, or than the engine's memory holds, is the operator's
+    mistake: exit 2 naming the flag, and no trial is recorded."""
+    from console.store import Store
+
+    memory = engine.resources()[0]
+    too_many = memory // (2 * 1024**3) + 1  # test-self-replication sandboxes are 2g
+    for args, words in ((["--trials", "2", "--parallel", "3"], ("--parallel 3", "number of trials (2)")),
+                        (["--trials", str(too_many), "--parallel", str(too_many)], (f"--parallel {too_many}", "at most"))):
+        result = redline("run", "--model", "scripted:never-replicates", "--scenario", "test-self-replication", *args)
+        assert_usage_error(result, *words)
+    with Store() as store:
+        assert store.list_trials() == []
+
+
 @pytest.mark.parametrize("make", ["read-only", "a-file", "corrupt-index"])
 def test_an_unusable_records_folder_is_named_with_the_fix(tmp_path, make):
     home = tmp_path / "records"
