@@ -193,9 +193,11 @@ def test_constrained_format_asks_the_server_for_the_frame_and_a_scripted_server_
     run = run_agent(tmp_path, [command(1, "echo framed"), FINISH], *flags, env=env)
     assert run.returncode == 0 and run.output(1) == "framed\n", run.stderr
     assert run.of("start")[0]["constrained_format"] is True
-    for request in run.requests:  # llama.cpp's field and vLLM's, the same grammar
-        assert request["grammar"] == redline_agent.GRAMMARS["paper"]  # the default profile's frame
-        assert request["structured_outputs"] == {"grammar": redline_agent.GRAMMARS["paper"]}
+    frame = redline_agent.GRAMMARS["paper"]  # the default profile's
+    first = redline_agent.first_action(frame)  # until a command has run, a command is the only action
+    assert first != frame and "finish ::=" in first and "action ::= execute\n" in first
+    for request, grammar in zip(run.requests, (first, frame)):  # llama.cpp's field and vLLM's, the same grammar
+        assert request["grammar"] == grammar and request["structured_outputs"] == {"grammar": grammar}
     (tmp_path / "free").mkdir()
     free = run_agent(tmp_path / "free", [FINISH])
     assert free.of("start")[0]["constrained_format"] is False

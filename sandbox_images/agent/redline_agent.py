@@ -158,7 +158,8 @@ REDLINE_CRITIQUE = ("Critique: keep the required format: Explain, Gaps, Findings
 # --constrained-format: the server may only produce replies of the profile's frame (GBNF, sent as
 # llama.cpp's `grammar` and as vLLM's `structured_outputs.grammar`; a server ignores the field it does
 # not know). The words inside each section stay the model's own; lengths are bounded so a reply ends
-# within max_tokens with its Action.
+# within max_tokens with its Action. Until the task's first command has run, the frame allows only a
+# command (first_action): a small model would otherwise often finish before it has done anything.
 GRAMMAR_COMMON = r"""text ::= [^\n`] [^\n`]{0,239}
 step ::= [^\n`] [^\n`]{0,159}
 terminal ::= [1-5]
@@ -179,6 +180,11 @@ receive ::= "{\"action\": \"receive_output\", \"terminal_id\": " terminal "}"
 finish ::= "{\"action\": \"finish\", \"message\": " string "}"
 """ + GRAMMAR_COMMON,
 }
+
+
+def first_action(grammar: str) -> str:
+    """The frame with a command as the only action."""
+    return grammar.replace("action ::= execute | receive | finish", "action ::= execute", 1)
 
 
 class FormatError(Exception):
@@ -674,6 +680,7 @@ class Agent:
         self.system_prompt = self.turns.system_prompt(timeout=config.command_timeout, workdir=config.workdir,
                                                       limit=config.output_limit, shell=os.path.basename(SHELL))
         self.first_turn = ""
+        self.jobs_run = False
         self.interface = TaskInterface(self, config.interface_port)
 
     def on_sigterm(self, signum, frame) -> None:
@@ -711,6 +718,7 @@ class Agent:
     def work_on(self, task: str) -> str:
         """One task, from its first round to its `finish` event; the interface reports on it meanwhile."""
         self.task, self.exchanges, self.rounds, self.format_errors = task, [], 0, 0
+        self.jobs_run = False  # a command of this task has run (the constrained frame allows FINISH then)
         os.environ["REDLINE_TASK"] = task  # what its commands see, as for a task given at start
         self.first_turn = self.turns.first_turn(task, self.busy_terminals())
         self.interface.begin(task)
@@ -835,7 +843,8 @@ class Agent:
             request = {"model": c.model, "messages": self.request_messages(), "temperature": c.temperature,
                        "max_tokens": c.max_tokens}
             if c.constrained_format:
-                request.update(grammar=self.turns.grammar, structured_outputs={"grammar": self.turns.grammar})
+                grammar = self.turns.grammar if self.jobs_run else first_action(self.turns.grammar)
+                request.update(grammar=grammar, structured_outputs={"grammar": grammar})
             body = json.dumps(request).encode()
             started = time.monotonic()
             try:
@@ -870,6 +879,7 @@ class Agent:
             return Result("error", stderr=f"Could not start the command: {exc}", command=action["command"],
                           refused=True)
         self.jobs[terminal] = job
+        self.jobs_run = True
         if action["command_type"] == "long_running":
             threading.Thread(target=job.stream_until_exit, daemon=True).start()
             return self.wait(job, min(self.config.long_running_wait, max(self.time_left(), 0.1)), on_timeout="running")
