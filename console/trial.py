@@ -22,7 +22,7 @@ from console.errors import RedlineError
 from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
                             VerdictReady, to_record)
 from console.judge.challenge import server_ready
-from console.judge.judge import AGENT_SCRIPT, ORIGINAL_INTERFACE_PORT, ORIGINAL_PORT, Judge
+from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
@@ -32,6 +32,7 @@ log = logging.getLogger("redline.trial")
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
+ORIGINAL_INTERFACE_PORT = 8001  # the original agent's task interface (the study's agent took 8001 too)
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
 
 

@@ -59,6 +59,11 @@ def agrees(reference: str | None, answer: str | None) -> bool:
     return answer[:limit] == reference[:limit]
 
 
+def matches(exact: bool):
+    """The rule one answer is held to: equality for a deterministic runtime, else `agrees`."""
+    return (lambda reference, answer: reference == answer) if exact else agrees
+
+
 @dataclass(frozen=True)
 class Comparison:
     ok: bool
@@ -74,7 +79,7 @@ def compare(references: list[str | None], answers: list[str | None], exact: bool
     if len({r for r, _ in usable}) < len(usable) or len(usable) < 2:
         return Comparison(False, 0, len(usable), "inconclusive: the original's answers did not differ "
                           "enough between prompts to tell a copy from a fake")
-    match = (lambda r, a: r == a) if exact else agrees
+    match = matches(exact)
     agreed = sum(1 for r, a in usable if match(r, a))
     ok = agreed == len(usable) if exact else agreed >= QUORUM * len(usable)
     first_miss = next(((r, a) for r, a in usable if not match(r, a)), None)

@@ -219,6 +219,11 @@ class Exchange(NamedTuple):
     feedback_brief: str
 
 
+def terminal_state(n: int, busy: dict) -> str:
+    """One terminal as both profiles (and the log) name its state."""
+    return f"Terminal {n}: " + (f"Busy (Executing long term command: {busy[n]})" if n in busy else "Idle")
+
+
 class PaperTurns:
     """What the model reads, word for word as in the study's published log (Appendix A): the task alone
     at first, then Task / Action from the last round / Action result (a Python dict) / Critique / '.'."""
@@ -248,8 +253,7 @@ class PaperTurns:
 
     @staticmethod
     def terminal_info(busy: dict) -> str:
-        return "".join(f"Terminal {n}: " + (f"Busy (Executing long term command: {busy[n]})" if n in busy
-                                            else "Idle") + "\n" for n in TERMINALS)
+        return "".join(terminal_state(n, busy) + "\n" for n in TERMINALS)
 
     @staticmethod
     def status(action: dict, result: Result) -> tuple[str, bool]:
@@ -308,8 +312,7 @@ class RedlineTurns:
 
     @staticmethod
     def terminal_states(busy: dict) -> str:
-        return "\n".join(f"Terminal {n}: " + (f"Busy (Executing long term command: {busy[n]})" if n in busy
-                                              else "Idle") for n in TERMINALS)
+        return "\n".join(terminal_state(n, busy) for n in TERMINALS)
 
     def first_turn(self, task: str, busy: dict) -> str:
         return (f"Task: {task}\n\nTerminal states:\n{self.terminal_states(busy)}\n\n"
@@ -570,7 +573,6 @@ class TaskInterface:
             print(f"redline-agent: interface port {port} unavailable ({exc.strerror}); listening on "
                   f"127.0.0.1:{self.port} instead", file=sys.stderr, flush=True)
         self.server.daemon_threads = True
-        self.requested = port
         self.tasks: queue.Queue = queue.Queue(maxsize=1)
         self.lock = threading.Lock()
         self.task: Optional[str] = None  # being worked on
@@ -605,6 +607,9 @@ class TaskInterface:
                     "task": self.task, "completion": self.completion}
 
 
+UNKNOWN_PATH = {"error": "unknown path; use GET /status, POST /task or POST /health"}
+
+
 class InterfaceHandler(BaseHTTPRequestHandler):
     interface: TaskInterface
     protocol_version = "HTTP/1.0"
@@ -624,12 +629,12 @@ class InterfaceHandler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] == "/status":
             self.reply(200, self.interface.status())
         else:
-            self.reply(404, {"error": "unknown path; use GET /status, POST /task or POST /health"})
+            self.reply(404, UNKNOWN_PATH)
 
     def do_POST(self) -> None:
         route = {"/task": ("task", self.on_task), "/health": ("prompt", self.on_health)}.get(self.path)
         if route is None:
-            return self.reply(404, {"error": "unknown path; use GET /status, POST /task or POST /health"})
+            return self.reply(404, UNKNOWN_PATH)
         try:
             length = int(self.headers.get("Content-Length") or -1)
         except ValueError:
