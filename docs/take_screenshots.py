@@ -6,7 +6,7 @@ saves: the launch panel, the live run (terminal, thoughts, process tree with the
 the verdict, a replay with its time scrubber, the verdict with large (projector) fonts, and a
 second launch in step mode with a command waiting for approval (then killed).
 
-    .venv/bin/python docs/take_screenshots.py
+    .venv/bin/python docs/take_screenshots.py          # REDLINE_SCREEN=1366x768 for a small screen
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots"
-SCREEN = (1920, 1080)
+SCREEN = tuple(int(v) for v in os.environ.get("REDLINE_SCREEN", "1920x1080").split("x"))  # e.g. 1366x768
 DISPLAY = ":97"
 TIMEOUT_S = 300
 
