@@ -79,7 +79,13 @@ def cmd_run(args) -> int:
                           pace_s=args.pace, keep_containers=args.keep, isolation=args.isolation,
                           scaffold=args.scaffold)
     plan.validate()
+    store = Store()  # first: a records folder that cannot hold a trial is the first thing to say
+    store.check_room(plan.parallel)
     engine = DockerEngine().connect()
+    if plan.gpus:
+        from console.telemetry.gpu import probe_gpus
+
+        plan.check_gpus(len(probe_gpus().names))
     plan = plan.on_engine(engine)
     print(f"isolation: {plan.isolation}", file=sys.stderr)
     check_against_engine(scenario, *engine.resources())
@@ -90,7 +96,6 @@ def cmd_run(args) -> int:
         print(f"GPU plan per trial: the original's server on GPU(s) {gpu_plan['original']}, free for a replica "
               f"{gpu_plan['free_for_replica'] or 'none'}" + (f"; {gpu_plan['note']}" if gpu_plan["note"] else ""),
               file=sys.stderr)
-    store = Store()
     session = Session(engine, store=store).start()
     try:
         return _run_experiment(args, plan, store, session, LocalPlacement(engine, session, store))
@@ -117,6 +122,7 @@ def _run_on_cluster(args, model, scenario) -> int:
     plan.validate()
     connect(args.cluster)
     store = Store()
+    store.check_room(plan.parallel)
     session = Session(None, with_watchdog=False, store=store).start()  # the nodes' switches watch the sandboxes
     placement = None
     try:
@@ -277,6 +283,8 @@ def cmd_records(args) -> int:
         print(f"moved the old index aside: {result['moved_aside']}")
     print(f"rebuilt the index from the transcripts: {result['trials']} trial(s) in {result['experiments']} "
           f"experiment(s)")
+    for name, count in result["damaged_lines"].items():
+        print(f"  {name}: skipped {count} damaged line(s), kept the rest")
     for line in result["skipped"]:
         print(f"  skipped {line}")
     return 1 if result["skipped"] else 0

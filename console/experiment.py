@@ -73,6 +73,13 @@ class ExperimentPlan:
                              f"{each * self.parallel / 1024**3:.1f} GiB, the engine has {engine_memory / 1024**3:.1f} "
                              f"GiB: at most {fits} at once")
 
+    def check_gpus(self, gpu_count: int) -> None:
+        """The GPUs asked for exist on this machine (a cluster's nodes check their own)."""
+        missing = [gpu for gpu in self.gpus if gpu >= gpu_count]
+        if missing and not self.cluster:
+            have = f"0..{gpu_count - 1}" if gpu_count else "none"
+            raise UsageError(f"--gpus: GPU {missing[0]} does not exist (this machine has {have})")
+
     def check_engine(self, nvidia_runtime: bool) -> None:
         """A GPU model needs an engine that can give containers GPUs."""
         if self.model.gpus_needed and not nvidia_runtime:

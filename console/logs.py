@@ -15,6 +15,7 @@ from console.paths import data_dir
 
 LOG_FILE = "redline.log"
 _FILE_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+_log_file = None  # the LogFile of this process, once set up
 
 
 class OneLine(logging.Formatter):
@@ -29,8 +30,23 @@ class OneLine(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             text += f": {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        return f"{self.prefix}: {text} (details: {log_path()})" if record.levelno >= logging.ERROR \
-            else f"{self.prefix}: {text}"
+        if record.levelno >= logging.ERROR and _log_file is not None and not _log_file.failed:
+            return f"{self.prefix}: {text} (details: {_log_file.baseFilename})"
+        return f"{self.prefix}: {text}"
+
+
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The rotating log; when it cannot be written (a full or read-only folder) it says so once on
+    stderr, in one line, instead of logging's traceback on every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            print(f"redline: cannot write the log {self.baseFilename} ({getattr(exc, 'strerror', None) or exc}); "
+                  "going on without it", file=sys.stderr)
 
 
 def log_path():
@@ -46,9 +62,11 @@ def setup(component: str, stderr: bool = True, level: int = logging.INFO) -> log
         try:
             path = log_path()
             path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
+            handler = LogFile(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
             handler.setFormatter(logging.Formatter(_FILE_FORMAT))
             root.addHandler(handler)
+            global _log_file
+            _log_file = handler
         except Exception:  # an unusable records folder: the command itself reports it
             pass
         if stderr:

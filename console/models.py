@@ -114,6 +114,8 @@ def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
             raise table.error("weights", "an existing file or folder", str(weights))
         if runtime == "scripted":
             check_trajectory(weights, table.path, "weights")
+        else:
+            check_weights(weights, runtime, table)
 
     spec = ModelSpec(
         id=model_id,
@@ -187,6 +189,26 @@ def save_user_model(spec: ModelSpec, overwrite: bool = False) -> Path:
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     return path
+
+
+def check_weights(weights: Path, runtime: str, table) -> None:
+    """What a server could load, seen before any sandbox starts: a llama.cpp file is a GGUF (its magic,
+    more than a header), a vLLM folder holds a config.json and non-empty weight files."""
+    if runtime == "llamacpp":
+        files = [weights] if weights.is_file() else sorted(weights.glob("*.gguf"))
+        if not files:
+            raise table.error("weights", "a .gguf file (or a folder holding one)", str(weights))
+        for path in files:
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+            if head != b"GGUF" or path.stat().st_size < 1024:
+                raise table.error("weights", "a GGUF file (it starts with 'GGUF' and holds more than a header)",
+                                  f"{path} ({path.stat().st_size} bytes)")
+    elif runtime == "vllm":
+        shards = [p for p in weights.glob("*") if p.suffix in (".safetensors", ".bin")] if weights.is_dir() else []
+        if not (weights / "config.json").is_file() or not shards or any(p.stat().st_size == 0 for p in shards):
+            raise table.error("weights", "a Hugging Face model folder (config.json and non-empty *.safetensors)",
+                              str(weights))
 
 
 def check_trajectory(path: Path, source, field: str) -> None:

@@ -109,11 +109,30 @@ class TrialRunner:
     # -- events ----------------------------------------------------------------------------
     def _emit(self, event) -> None:
         if self.transcript is not None:
-            self.transcript.write(to_record(event))
+            try:
+                self.transcript.write(to_record(event))
+            except OSError as exc:
+                self._unrecordable(f"its transcript {self.transcript.path} cannot be written ({exc.strerror or exc})")
         self._emit_to(event)
 
+    def _unrecordable(self, why: str) -> None:
+        """A trial that cannot be recorded is not supervised: kill it (fail closed), once, saying why."""
+        if self._killed.is_set():
+            return
+        log.error("trial %s: %s; killing it (fail closed)", self.trial_id, why)
+        self.kill(f"Redline, because {why}")
+
+    def _record(self, write, *args):
+        """A write to the index; one that fails (a full or read-only folder, a damaged index) kills the
+        trial instead of ending the runner with the sandbox alive. None when it failed."""
+        try:
+            return write(self.trial_id, *args)
+        except (OSError, RedlineError) as exc:
+            self._unrecordable(f"its records cannot be written ({exc})")
+            return None
+
     def _set_state(self, state: str, detail: str = "") -> None:
-        if self.store is not None and not self.store.update_trial_state(self.trial_id, state, detail):
+        if self.store is not None and self._record(self.store.update_trial_state, state, detail) is False:
             # someone else ended this trial (a watchdog while this process was frozen): that stands,
             # this runner stops, and the views learn what the records say
             record = self.store.get_trial(self.trial_id)
@@ -213,7 +232,7 @@ class TrialRunner:
             verdict = self._decide(self._run_phases())
             self._emit(VerdictReady(self.trial_id, verdict))
             if self.store is not None:
-                self.store.record_verdict(self.trial_id, verdict)
+                self._record(self.store.record_verdict, verdict)
         finally:
             self._teardown()
             if verdict is not None:

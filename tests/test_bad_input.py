@@ -60,13 +60,20 @@ def test_a_bad_scenario_file_is_named_with_its_field(home, content, field):
     (b'id = "scripted:mine"\nruntime = "scripted"\nweights = "{empty}"\n', "weights"),
     (b'id = "scripted:mine"\nruntime = "scripted"\nweights = "{binary}"\n', "weights"),
     (b'id = "scripted:mine"\nruntime = "scripted"\nweights = "{no_turns}"\n', "weights"),
-], ids=["binary", "no-weights", "unknown-runtime", "empty-trajectory", "binary-trajectory", "trajectory-without-turns"])
+    (b'id = "mine"\nruntime = "llamacpp"\nweights = "{empty}"\n', "weights"),
+    (b'id = "mine"\nruntime = "llamacpp"\nweights = "{binary}"\n', "weights"),
+    (b'id = "mine"\nruntime = "vllm"\ngpus_needed = 1\nweights = "{hf_empty}"\n', "weights"),
+], ids=["binary", "no-weights", "unknown-runtime", "empty-trajectory", "binary-trajectory", "trajectory-without-turns",
+        "zero-byte-gguf", "not-a-gguf", "vllm-folder-with-empty-shard"])
 def test_a_bad_model_file_or_trajectory_is_named_when_models_load(home, content, field):
     (home / "empty.txt").write_bytes(b"")
+    (home / "hf_empty").mkdir()
+    (home / "hf_empty" / "config.json").write_text("{}")
+    (home / "hf_empty" / "model.safetensors").write_bytes(b"")
     (home / "binary.txt").write_bytes(b"\x00\xff\xfe=== turn ===\xff")
     (home / "no_turns.txt").write_text("# name: mine\nhello there\n")
     text = content.replace(b"{empty}", str(home / "empty.txt").encode()).replace(
-        b"{binary}", str(home / "binary.txt").encode()).replace(b"{no_turns}", str(home / "no_turns.txt").encode())
+        b"{binary}", str(home / "binary.txt").encode()).replace(b"{no_turns}", str(home / "no_turns.txt").encode()).replace(b"{hf_empty}", str(home / "hf_empty").encode())
     path = home / "config" / "models" / "mine.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text)
@@ -123,24 +130,86 @@ def test_an_unusable_records_folder_is_named_with_the_fix(tmp_path, make):
     assert_usage_error(result, *words)
 
 
-def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monkeypatch):
-    """A damaged index is moved aside; experiments, trials, states and verdicts come back from the
-    transcripts, including a transcript written before they carried a TrialCreated header."""
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB filesystem of this test's own (root mounts it), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("make", ["read-only-filesystem", "full"])
+def test_a_records_folder_on_a_read_only_or_full_filesystem_is_named(small_tmpfs, make):
+    """EROFS and ENOSPC, not only a folder without write permission: one line naming the folder, no
+    pointer to a log that could not be written, no trial made."""
+    if make == "read-only-filesystem":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+        words = [str(small_tmpfs), "Read-only file system"]
+    else:
+        subprocess.run(["dd", "if=/dev/zero", f"of={small_tmpfs}/fill", "bs=64k"], capture_output=True)
+        words = [str(small_tmpfs), "full"]
+    for args in (["trials"], ["run", "--model", "scripted:never-replicates", "--scenario", "self-replication"]):
+        result = redline(*args, env={"REDLINE_HOME": str(small_tmpfs)})
+        assert_usage_error(result, *words)
+        assert "details:" not in result.stderr and result.stderr.count("\n") <= 2, result.stderr
+
+
+def test_a_records_folder_without_room_for_a_trial_is_refused_before_any_record(small_tmpfs, engine):
+    """1 MiB free cannot hold a trial's transcript (its quota is 32 MiB): exit 2 before the launch."""
+    from console.store import Store
+
+    install = small_tmpfs.parent / "config"
+    from conftest import install_test_config
+
+    install_test_config(install)
+    result = redline("run", "--model", "scripted:never-replicates", "--scenario", "test-self-replication",
+                     env={"REDLINE_HOME": str(small_tmpfs), "REDLINE_CONFIG": str(install)})
+    assert_usage_error(result, str(small_tmpfs), "MiB free")
+    with Store(small_tmpfs) as store:
+        assert store.list_trials() == []
+
+
+def test_an_unreachable_engine_is_a_usage_error_naming_its_address(home, tmp_path):
+    from console.store import Store
+
+    for url, why in ((f"unix://{tmp_path}/no-engine.sock", "no socket there"), ("tcp://127.0.0.1:9", "connection refused")):
+        result = redline("run", "--model", "scripted:never-replicates", "--scenario", "test-self-replication",
+                         env={"DOCKER_HOST": url})
+        assert_usage_error(result, f"Docker engine at {url} not reachable ({why})")
+    with Store() as store:
+        assert store.list_trials() == []
+
+
+def test_gpus_that_do_not_exist_are_refused_before_any_record(home, engine):
+    from console.store import Store
+
+    result = redline("run", "--model", "scripted:never-replicates", "--scenario", "test-self-replication",
+                     "--gpus", "99")
+    assert_usage_error(result, "--gpus: GPU 99 does not exist")
+    with Store() as store:
+        assert store.list_trials() == []
+
+
+def make_records(home, trials: int, headerless: tuple[int, ...] = ()):
+    """A records folder with one experiment of `trials` judged trials (index and transcripts), the
+    trials at `headerless` written as before transcripts carried a TrialCreated header."""
     from console.events import TrialStateChanged, VerdictReady, to_record
     from console.judge.verdict import Verdict
     from console.store import Store, TranscriptWriter
 
-    home = tmp_path / "records"
-    monkeypatch.setenv("REDLINE_HOME", str(home))
-    store = Store()
-    experiment = store.create_experiment("scripted:success", "self-replication", 2, config={"parallel": 1})
+    store = Store(home)
+    experiment = store.create_experiment("scripted:success", "self-replication", trials, config={"parallel": 1})
     verdict = Verdict(outcome="replicated", rounds=10, depth=1, reason="a replica",
                       evidence={"challenges": [{"ok": True}]})
     kept = []
-    for index in range(2):
+    for index in range(trials):
         trial = store.create_trial(experiment.id, index, scripted=True, session_id="s-1", constrained_format=True)
         with TranscriptWriter(trial.transcript_path) as transcript:
-            if index == 0:
+            if index not in headerless:
                 transcript.write({"event": "TrialCreated", "t": 1.0, "trial_id": trial.id, "index": index,
                                   "scripted": True, "constrained_format": True, "session_id": "s-1",
                                   "experiment": vars(experiment)})
@@ -151,6 +220,17 @@ def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monke
         store.record_verdict(trial.id, verdict)
         kept.append(store.get_trial(trial.id))
     store.close()
+    return experiment, verdict, kept
+
+
+def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monkeypatch):
+    """A damaged index is moved aside; experiments, trials, states and verdicts come back from the
+    transcripts, including a transcript written before they carried a TrialCreated header."""
+    from console.store import Store
+
+    home = tmp_path / "records"
+    monkeypatch.setenv("REDLINE_HOME", str(home))
+    experiment, verdict, kept = make_records(home, 2, headerless=(1,))
     (home / "redline.sqlite3").write_bytes(b"garbage" * 100)
     damaged = redline("trials")
     assert_usage_error(damaged, "damaged")
@@ -163,3 +243,43 @@ def test_records_rebuild_restores_the_index_from_the_transcripts(tmp_path, monke
             experiment.id, "done", "replicated", verdict.evidence)
         assert first.constrained_format  # the condition comes back from the header
         assert second.experiment_id == "e-recovered" and second.verdict.outcome == "replicated"
+
+
+def test_damage_in_the_middle_of_the_index_is_named_and_rebuild_recovers(tmp_path, monkeypatch):
+    """SQLite finds damage on the page it reads, long after the file opened: every command that meets
+    it says the index is damaged and how to rebuild it (exit 2), and rebuild brings every trial back."""
+    home = tmp_path / "records"
+    monkeypatch.setenv("REDLINE_HOME", str(home))
+    experiment, _, kept = make_records(home, 40)
+    index = home / "redline.sqlite3"
+    data = bytearray(index.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page, len(data)
+    data[2 * page:len(data) - page] = os.urandom(len(data) - 3 * page)  # the header and first page stay
+    index.write_bytes(bytes(data))
+    for args in (["trials"], ["report", experiment.id], ["export", experiment.id, "--format", "jsonl",
+                                                          "--output", str(tmp_path / "out")]):
+        assert_usage_error(redline(*args), str(index), "damaged", "redline records rebuild")
+    result = redline("records", "rebuild")
+    assert result.returncode == 0 and "40 trial(s)" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_damaged_transcript_line_is_skipped_and_counted_and_the_rest_kept(tmp_path, monkeypatch):
+    """One damaged middle line in one transcript: report and export of the experiment still work,
+    say what was skipped, and rebuild keeps that trial."""
+    home = tmp_path / "records"
+    monkeypatch.setenv("REDLINE_HOME", str(home))
+    experiment, _, kept = make_records(home, 3)
+    path = kept[1].transcript_path
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = b'{"event": "TrialStateChanged", "state": \xff\x00 damaged'
+    path.write_bytes(b"\n".join(lines))
+    for args in (["report", experiment.id], ["export", experiment.id, "--format", "inspect",
+                                             "--output", str(tmp_path / "out")]):
+        result = redline(*args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "skipped 1 damaged line(s) (line 2)" in result.stderr and path.name in result.stderr, result.stderr
+    (home / "redline.sqlite3").unlink()
+    rebuilt = redline("records", "rebuild")
+    assert rebuilt.returncode == 0 and "3 trial(s)" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    assert f"{path.name}: skipped 1 damaged line(s), kept the rest" in rebuilt.stdout

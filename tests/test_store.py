@@ -156,12 +156,14 @@ def test_transcript_readable_while_open(store):
     writer.close()
 
 
-def test_damage_before_the_last_line_is_reported(tmp_path):
+def test_damage_before_the_last_line_is_skipped_and_counted(tmp_path, caplog):
     path = tmp_path / "t.jsonl"
-    assert read_jsonl(path) == []
-    path.write_text('{"n": 1}\nnot json\n{"n": 3}\n')
-    with pytest.raises(RedlineError, match="line 2 is damaged"):
-        read_jsonl(path)
+    assert read_jsonl(path) == [] and read_jsonl(path).damaged == ()
+    path.write_bytes(b'{"n": 1}\nnot json\n{"n": 3}\n\xff\xfe\n[4]\n{"n": 6}\n{"n": 7, "cut')
+    records = read_jsonl(path)
+    assert records == [{"n": 1}, {"n": 3}, {"n": 6}]
+    assert records.damaged == (2, 4, 5)  # the cut last line is a crash mid-write, not damage
+    assert "skipped 3 damaged line(s) (line 2, 4, 5)" in caplog.text
 
 
 def test_a_new_records_folder_opened_by_many_at_once_is_migrated_once(tmp_path):

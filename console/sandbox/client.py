@@ -33,7 +33,7 @@ def new_client(base_url: str | None = None, timeout: int = 60) -> docker.DockerC
                 probe.close()
         return docker.DockerClient(base_url=url, version=version, timeout=timeout)
     except docker.errors.DockerException as exc:
-        raise EngineUnavailable(str(exc).split("(")[0].strip() or type(exc).__name__) from None
+        raise EngineUnavailable.of(exc, url) from None
 
 
 def new_api(base_url: str | None = None, timeout: int = 60) -> docker.APIClient:

@@ -302,7 +302,7 @@ class DockerEngine:
             self._client.api.ping()
         except docker.errors.DockerException as exc:
             self._client = None
-            raise EngineUnavailable(str(exc).split("(")[0].strip() or type(exc).__name__) from None
+            raise EngineUnavailable.of(exc, client.engine_url(self.base_url)) from None
         return self
 
     def close(self) -> None:

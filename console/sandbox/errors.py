@@ -7,13 +7,27 @@ class SandboxError(RedlineError):
     """Something the engine refused or could not do."""
 
 
-class EngineUnavailable(SandboxError):
-    def __init__(self, detail: str):
+class EngineUnavailable(UsageError, SandboxError):
+    """The engine at an address does not answer: the operator's to fix (exit 2), named with its address."""
+
+    def __init__(self, detail: str, url: str | None = None):
+        where = f" at {url}" if url else ""
         super().__init__(
-            f"Docker engine not reachable ({detail}). Start it (as root: "
+            f"Docker engine{where} not reachable ({detail}). Start it (as root: "
             "`dockerd --bridge=none --iptables=false &`, or `python3 -m console.bootstrap run` "
             "which installs and starts it) or set DOCKER_HOST."
         )
+
+    @classmethod
+    def of(cls, exc: BaseException, url: str | None = None) -> "EngineUnavailable":
+        """From whatever the Docker library raised, in words: the socket is missing, refused, ..."""
+        text = str(exc)
+        for needle, words in (("No such file", "no socket there"), ("Connection refused", "connection refused"),
+                              ("Permission denied", "permission denied on its socket"),
+                              ("timed out", "no answer in time"), ("Name or service not known", "unknown host")):
+            if needle in text:
+                return cls(words, url)
+        return cls(text.split("(")[0].strip() or type(exc).__name__, url)
 
 
 class ImageMissing(SandboxError):

@@ -42,7 +42,7 @@ class KillSwitch:
         try:
             return api.containers(filters={"label": [label]})  # running and paused
         except docker.errors.DockerException as exc:
-            raise EngineUnavailable(str(exc).split("(")[0].strip()) from None
+            raise EngineUnavailable.of(exc, client.engine_url(self.base_url)) from None
         finally:
             api.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -22,7 +23,7 @@ from console.errors import RedlineError, UsageError
 from console.judge.verdict import Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.paths import data_dir
-from console.store.transcript import TranscriptWriter, read_jsonl
+from console.store.transcript import QUOTA_BYTES, TranscriptWriter, read_jsonl
 
 DB_NAME = "redline.sqlite3"
 TERMINAL_STATES = ("done", "killed", "error")
@@ -147,15 +148,35 @@ class Store:
         except (FileExistsError, NotADirectoryError):
             raise UsageError(f"the records folder {self.root} is not a folder (or something in its path is a "
                              "file); set REDLINE_HOME to a folder") from None
-        except PermissionError as exc:
-            raise UsageError(f"cannot write the records folder {self.root} ({exc.strerror}); make it writable "
-                             "or set REDLINE_HOME to another folder") from None
+        except OSError as exc:
+            raise UsageError(f"cannot write the records folder {self.root} ({exc.strerror or exc}); make it "
+                             "writable (and give it room) or set REDLINE_HOME to another folder") from None
         except sqlite3.DatabaseError as exc:
-            if "readonly" in str(exc) or "unable to open" in str(exc):
-                raise UsageError(f"cannot write the records index {self.root / DB_NAME} ({exc}); make the folder "
-                                 "writable or set REDLINE_HOME to another folder") from None
-            raise UsageError(f"the records index {self.root / DB_NAME} is damaged ({exc}); `redline records "
-                             "rebuild` moves it aside and rebuilds it from the trial transcripts") from None
+            raise self._explain(exc) or UsageError(f"the records index {self.root / DB_NAME}: {exc}") from None
+
+    def _explain(self, exc: sqlite3.DatabaseError) -> UsageError | None:
+        """What SQLite's words mean for the operator: a damaged index (anywhere in the file: SQLite
+        finds it on the page it reads), a folder it cannot write or that is full; None otherwise."""
+        text = str(exc)
+        if "malformed" in text or "not a database" in text or "encrypted" in text:
+            return UsageError(f"the records index {self.root / DB_NAME} is damaged ({exc}); `redline records "
+                              "rebuild` moves it aside and rebuilds it from the trial transcripts")
+        if "readonly" in text or "unable to open" in text:
+            return UsageError(f"cannot write the records index {self.root / DB_NAME} ({exc}); make the folder "
+                              "writable or set REDLINE_HOME to another folder")
+        if "full" in text or "disk I/O" in text:
+            return UsageError(f"cannot write the records index {self.root / DB_NAME} ({exc}): its folder is full "
+                              "or failing; free space there or set REDLINE_HOME to another folder")
+        return None
+
+    def check_room(self, trials_at_once: int = 1) -> None:
+        """Before any record of a launch: the folder has room for what its trials may write (each
+        transcript's quota, twice over for the index and the log), else a UsageError naming it."""
+        free, need = shutil.disk_usage(self.root).free, 2 * QUOTA_BYTES * trials_at_once
+        if free < need:
+            raise UsageError(f"the records folder {self.root} has {free / 1024**2:.1f} MiB free; {trials_at_once} "
+                             f"trial(s) at once may write {need / 1024**2:.0f} MiB there: free space or set "
+                             "REDLINE_HOME to another folder")
 
     def _wal(self) -> str:
         """Switch to WAL, waiting for other connections doing the same: a journal-mode change on a new
@@ -209,12 +230,20 @@ class Store:
         self.close()
 
     def _write(self, sql: str, params: tuple) -> int:
-        with self._lock, self._db:
-            return self._db.execute(sql, params).rowcount
+        try:
+            with self._lock, self._db:
+                return self._db.execute(sql, params).rowcount
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._explain(exc) or exc from None
 
     def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        try:
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._explain(exc) or exc from None
 
     def _insert_with_new_id(self, prefix: str, sql: str, params: tuple) -> str:
         """Insert with a fresh id as first parameter; retry on the rare same-second collision."""

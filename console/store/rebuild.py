@@ -53,15 +53,17 @@ def rebuild(root: Path) -> dict:
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{index}{suffix}").exists():
                 os.replace(f"{index}{suffix}", f"{moved}{suffix}")
-    restored, skipped = 0, []
+    restored, skipped, damaged = 0, [], {}
     with Store(root) as store:
         for path in sorted((root / "trials").glob("*.jsonl")):
             try:
                 records = read_jsonl(path)
+                if records.damaged:
+                    damaged[path.name] = len(records.damaged)
                 store.restore(*trial_from_transcript(path, records))
                 restored += 1
             except (RedlineError, KeyError, TypeError, ValueError) as exc:
                 skipped.append(f"{path.name}: {exc}")
         experiments = len(store.list_experiments())
     return {"moved_aside": str(moved) if moved else None, "trials": restored, "experiments": experiments,
-            "skipped": skipped}
+            "skipped": skipped, "damaged_lines": damaged}

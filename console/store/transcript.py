@@ -9,11 +9,11 @@ line inside its AgentEvent); telemetry samples in their own `to_record` form.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
-from console.errors import RedlineError
-
+log = logging.getLogger("redline.records")
 
 QUOTA_BYTES = 32 << 20  # per trial; past it only the records that say how the trial went are kept
 ESSENTIAL = frozenset({"TrialCreated", "TrialStateChanged", "MilestoneReached", "VerdictReady"})
@@ -55,32 +55,45 @@ class TranscriptWriter:
         self.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
+class Transcript(list):
+    """A transcript's records, and the numbers of the lines that were damaged and skipped."""
+
+    damaged: tuple[int, ...] = ()
+
+
+def read_jsonl(path: Path) -> Transcript:
     """Every record of a transcript; a missing file is an empty transcript.
 
-    Only the last line may be damaged (a crash mid-write); damage anywhere else is reported.
+    A damaged line (a crash mid-write cuts the last one; a disk fault anywhere) is skipped, counted in
+    `damaged` and logged: the rest of the trial stays readable for report, export, replay and rebuild.
     """
     path = Path(path)
+    records = Transcript()
     if not path.exists():
-        return []
+        return records
     lines = path.read_bytes().split(b"\n")
     complete, last = lines[:-1], lines[-1]  # `last` is b"" when the file ends with a newline
-    records = []
+    damaged = []
     for number, raw in enumerate(complete, start=1):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RedlineError(f"{path}: line {number} is damaged ({exc}); the transcript cannot be read") from None
-        if not isinstance(record, dict):
-            raise RedlineError(f"{path}: line {number} is not a JSON object")
-        records.append(record)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            damaged.append(number)
     if last.strip():
         try:
             record = json.loads(last.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return records  # cut short by a crash mid-write
+            record = None  # cut short by a crash mid-write: expected, not damage
         if isinstance(record, dict):
             records.append(record)
+    if damaged:
+        records.damaged = tuple(damaged)
+        log.warning("%s: skipped %d damaged line(s) (line %s)", path, len(damaged),
+                    ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else ""))
     return records

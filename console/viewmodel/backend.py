@@ -165,6 +165,7 @@ class ConsoleBackend:
         threads); returns its verdicts."""
         if self.engine is None or self.session is None:
             raise RedlineError("no Docker engine: trials cannot start (see the status bar)")
+        await asyncio.to_thread(self.store.check_room, plan.parallel)
         if plan.cluster:
             placement, joined = await asyncio.to_thread(self._join_cluster, plan)
         else:
