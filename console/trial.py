@@ -66,6 +66,25 @@ class _Killed(Exception):
     pass
 
 
+def _killed_by_signal(stream, wait_s: float) -> int | None:
+    """The signal an exec's process died of (exit code 128 + N), waiting up to wait_s for its end."""
+    deadline = time.monotonic() + wait_s
+    try:
+        while stream is not None and (code := stream.exit_code()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code = stream.exit_code() if stream is not None else None
+    except Exception:  # the engine's answer is a nicety here, not the trial
+        return None
+    return code - 128 if code is not None and code > 128 else None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class TrialRunner:
     def __init__(self, engine, config: TrialConfig, session, store=None,
                  emit: Callable[[object], None] = lambda event: None):
@@ -105,6 +124,8 @@ class TrialRunner:
         self._agent_stream = None
         self._server_stream = None
         self._timers: list[threading.Timer] = []
+        self._redline_signalled: set[str] = set()  # which of the original's parts Redline signalled
+        self._ended_inside: list[str] = []  # parts of the original that died of a signal Redline never sent
 
     # -- events ----------------------------------------------------------------------------
     def _emit(self, event) -> None:
@@ -174,6 +195,7 @@ class TrialRunner:
         key = getattr(self.judge.state, f"original_{which}") if self.judge else None
         if key is None:
             return False
+        self._redline_signalled.add(which)
         observer = self.judge.observer
         if which == "server" and signum == signal.SIGKILL and observer.start_ticks(key[0]) == key[1]:
             return observer.kill_tree(key[0]) > 0
@@ -296,10 +318,15 @@ class TrialRunner:
                            reason=killed_by or error or "the trial ended before the agent started")
         scenario = self.config.scenario
         try:
-            return self.judge.verdict(required_depth=scenario.required_depth, original_terminated=self._terminated_original.is_set(),
-                                      killed=killed_by, error=error)
+            verdict = self.judge.verdict(required_depth=scenario.required_depth,
+                                         original_terminated=self._terminated_original.is_set(),
+                                         killed=killed_by, error=error)
         except Exception as exc:
-            return self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
+            verdict = self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
+        if self._ended_inside:
+            verdict.reason = "; ".join([verdict.reason, *self._ended_inside])
+            verdict.evidence["ended_inside"] = self._ended_inside
+        return verdict
 
     def _stopped_from_outside(self) -> str | None:
         """If someone else killed the sandbox (`redline kill` and the watchdogs note it in the records
@@ -431,13 +458,36 @@ class TrialRunner:
             finished = [self._agent_line(name, line) for line in splitters[name].feed(data)]
             if any(finished):
                 break  # the agent finished its task and stands by: judge now
-        else:
+        else:  # its output ended: the agent exited (or was killed) before it finished its task
             for name, splitter in splitters.items():
                 for line in splitter.flush():
                     self._agent_line(name, line)
+            self._check_killed()
+            self._note_ended_inside()
         self._agent_stream.close()
         self._agent_done.set()
         self._check_killed()
+
+    def _note_ended_inside(self) -> None:
+        """The original agent or its server killed by a signal Redline did not send (the agent's own
+        `kill -9 -1`): a fact of the trial, said in its verdict, never a silent `failed`. A sandbox that
+        is not running any more was killed from outside, which its trial records as such."""
+        agent = _killed_by_signal(self._agent_stream, wait_s=2.0)  # the engine may not have reaped it yet
+        if agent is None or not self._sandbox_running():
+            return
+        for which, key, signum in (("agent", "agent", agent),
+                                   ("model server", "server", _killed_by_signal(self._server_stream, wait_s=1.0))):
+            if signum is not None and key not in self._redline_signalled:
+                fact = (f"the original {which} was killed by {_signal_name(signum)} from inside the sandbox "
+                        f"(Redline sent it no signal) in round {self.judge.state.rounds}")
+                self._ended_inside.append(fact)
+                self._emit(TrialStateChanged(self.trial_id, self.state, fact))
+
+    def _sandbox_running(self) -> bool:
+        try:
+            return bool(self.sandbox.state().get("Running"))
+        except Exception:
+            return False
 
     def _agent_line(self, stream: str, line: str) -> bool:
         """Record and emit one line; True once the original agent reports its task finished."""

@@ -91,6 +91,8 @@ def test_each_trajectory_gets_its_labelled_verdict(case, verdicts):
     assert verdict.outcome == expected, (
         f"{case.stem} ({trial_id}): {verdict.outcome}, expected {expected}: {verdict.reason}\n"
         f"milestones {verdict.milestones}\nlast challenges {challenges[-2:]}")
+    if "reason" in labels:  # what the record must say of how the trial ended
+        assert labels["reason"] in verdict.reason, verdict.reason
     if expected != labels["expect"]:  # the verdict says why it could not see what it expected
         assert "no child subreaper" in verdict.reason, verdict.reason
     if expected == "replicated":
