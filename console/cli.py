@@ -38,17 +38,9 @@ def cmd_kill(args) -> int:
         raise UsageError("kill: say what to kill: --all, or --session ID")
     who = f"`redline kill {'--all' if args.all else '--session'}` (pid {os.getpid()})"
 
-    def note(containers: list[dict]) -> None:  # before the kill: the trials' runners read it when they end
-        from console.sandbox.spec import LABEL_TRIAL
-
-        with Store() as store:
-            for container in containers:
-                trial = (container.get("Labels") or {}).get(LABEL_TRIAL)
-                if trial:
-                    store.note_kill(trial, who)
-
-    switch = KillSwitch(before_kill=note)
-    report = switch.kill_all() if args.all else switch.kill_session(args.session)
+    with Store() as store:  # the trials' runners read the note when their sandboxes die
+        switch = KillSwitch(on_killed=lambda trial: store.note_kill(trial, who))
+        report = switch.kill_all() if args.all else switch.kill_session(args.session)
     for c in report.containers:
         state = f"dead after {c.confirmed_ms:.0f} ms" if c.confirmed_ms is not None else f"NOT CONFIRMED: {c.error}"
         print(f"  {c.name}: {state}{' (host pids killed directly)' if c.escalated else ''}")

@@ -161,3 +161,4 @@ class Session:
                 self._watchdog.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._watchdog.kill()
+        self.heartbeat_file.with_suffix(".boxes").unlink(missing_ok=True)  # the watchdog's list, for the reaper

@@ -31,6 +31,9 @@ from console.sandbox.spec import AGENT_USER, ContainmentSpec
 log = logging.getLogger("redline.trial")
 STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
+REMOVE_TRIES, REMOVE_WITHIN_S = 3, 30  # removing the sandbox at the end: retried through engine faults
+KILL_NOTE_WAIT_S = 1.0  # whoever killed notes it right after the kill took effect: it may lag the death
+OUTSIDE_STOP_SETTLE_S = 3.0  # after an error, how long the engine may take to report the sandbox's death
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
 ORIGINAL_INTERFACE_PORT = 8001  # the original agent's task interface (the study's agent took 8001 too)
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
@@ -143,7 +146,7 @@ class TrialRunner:
         log.error("trial %s: %s; killing it (fail closed)", self.trial_id, why)
         self.kill(f"Redline, because {why}")
 
-    def _record(self, write, *args):
+    def _write_record(self, write, *args):
         """A write to the index; one that fails (a full or read-only folder, a damaged index) kills the
         trial instead of ending the runner with the sandbox alive. None when it failed."""
         try:
@@ -153,7 +156,7 @@ class TrialRunner:
             return None
 
     def _set_state(self, state: str, detail: str = "") -> None:
-        if self.store is not None and self._record(self.store.update_trial_state, state, detail) is False:
+        if self.store is not None and self._write_record(self.store.update_trial_state, state, detail) is False:
             # someone else ended this trial (a watchdog while this process was frozen): that stands,
             # this runner stops, and the views learn what the records say
             record = self.store.get_trial(self.trial_id)
@@ -254,7 +257,7 @@ class TrialRunner:
             verdict = self._decide(self._run_phases())
             self._emit(VerdictReady(self.trial_id, verdict))
             if self.store is not None:
-                self._record(self.store.record_verdict, verdict)
+                self._write_record(self.store.record_verdict, verdict)
         finally:
             self._teardown()
             if verdict is not None:
@@ -311,7 +314,7 @@ class TrialRunner:
             event.wait(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _decide(self, error: str | None) -> Verdict:
-        error = self._stopped_from_outside() or error
+        error = self._stopped_from_outside(settle_s=OUTSIDE_STOP_SETTLE_S if error else 0.0) or error
         killed_by = f"killed by {self._killed_by or 'the operator'}" if self._killed.is_set() else None
         if self.judge is None:
             return Verdict(outcome="killed" if killed_by else "error",
@@ -328,26 +331,44 @@ class TrialRunner:
             verdict.evidence["ended_inside"] = self._ended_inside
         return verdict
 
-    def _stopped_from_outside(self) -> str | None:
+    def _stopped_from_outside(self, settle_s: float = 0.0) -> str | None:
         """If someone else killed the sandbox (`redline kill` and the watchdogs note it in the records
-        before they kill), mark the trial killed by them; an unexplained stop is an error saying what
-        the engine says."""
+        as soon as their kill took effect), mark the trial killed by them; an unexplained stop is an
+        error saying what the engine says. After an error the engine is given settle_s to report a
+        death it has not processed yet (its processes killed while it hung), so the error names the
+        cause, not a symptom such as a probe that died with the sandbox."""
         if self._killed.is_set() or self.sandbox is None:
             return None
-        by = self.store.get_trial(self.trial_id).killed_by if self.store is not None else None
-        if by:
-            self._killed_by = by
-            self._killed.set()
+        if self._kill_noted():
             return None
-        try:
-            state = self.sandbox.state()
-        except Exception as exc:
-            return describe(exc)
-        if state.get("Running") or state.get("Paused"):
+        settled = time.monotonic() + settle_s
+        while True:
+            try:
+                state = self.sandbox.state()
+            except Exception as exc:
+                return None if self._kill_noted(wait_s=KILL_NOTE_WAIT_S) else describe(exc)
+            if not (state.get("Running") or state.get("Paused")):
+                break
+            if time.monotonic() >= settled:
+                return None
+            time.sleep(0.2)
+        if self._kill_noted(wait_s=KILL_NOTE_WAIT_S):
             return None
         if state.get("OOMKilled"):
             return "the sandbox ran out of memory and was stopped"
         return f"the sandbox stopped from outside Redline (status {state.get('Status')}, exit code {state.get('ExitCode')})"
+
+    def _kill_noted(self, wait_s: float = 0.0) -> bool:
+        """Whether the records say someone killed this trial (after wait_s, if not yet); it then is."""
+        if self.store is None:
+            return False
+        if wait_s:
+            time.sleep(wait_s)
+        by = self.store.get_trial(self.trial_id).killed_by
+        if by:
+            self._killed_by = by
+            self._killed.set()
+        return bool(by)
 
     def _prepare(self) -> None:
         from console.sandbox.images import image_ref
@@ -572,7 +593,15 @@ class TrialRunner:
             return
         if self.config.keep_containers and not self._killed.is_set():
             return
-        try:
-            self.sandbox.remove()
-        except Exception:  # already gone, or the engine is down: the watchdog/GC reaps it
-            pass
+        give_up = time.monotonic() + REMOVE_WITHIN_S
+        for attempt in range(1, REMOVE_TRIES + 1):
+            try:
+                self.sandbox.remove()
+                return
+            except Exception as exc:  # an engine fault: try again, then leave it to the watchdog and GC
+                if attempt == REMOVE_TRIES or time.monotonic() > give_up:
+                    log.warning("trial %s: the sandbox %s could not be removed after %d tries (%s); the "
+                                "watchdog or the next start removes it", self.trial_id, self.sandbox.name,
+                                attempt, describe(exc))
+                    return
+                time.sleep(1.0)

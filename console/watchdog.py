@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
+import os
 import time
 from pathlib import Path
 
@@ -27,26 +29,49 @@ POLL_S = 0.5
 REAPER_POLL_S = 1.0
 REAPER_IDLE_EXIT_S = 120.0  # the reaper leaves when no session has been alive this long
 ENGINE_DOWN_KILL_S = 10.0
+ENGINE_TIMEOUT_S = 3  # each engine call of a watchdog: a frozen engine holds it at most this long
 
 
 class Guard:
-    """What one watchdog knows of its session's sandboxes, kept across engine outages."""
+    """What one watchdog knows of its session's sandboxes, kept across engine outages and, in
+    `<session>.boxes`, for the reaper should the watchdog die too."""
 
     def __init__(self, session: str, log):
         from console.sandbox.docker_engine import DockerEngine
         from console.sandbox.killswitch import KillSwitch
 
         self.session, self.log = session, log
-        self.engine = DockerEngine()
-        self.switch = KillSwitch(before_kill=lambda boxes: self.note(
-            [(b.get("Labels") or {}).get(LABEL_TRIAL) for b in boxes], self.why))
-        self.known: dict[str, str] = {}  # container id -> trial id, as of the last successful look
+        self.engine = DockerEngine(timeout=ENGINE_TIMEOUT_S)
+        self.switch = KillSwitch(on_killed=lambda trial: self.note([trial], self.why), timeout_s=ENGINE_TIMEOUT_S)
+        self.boxes_file = sessions_dir() / f"{session}.boxes"
+        self.known: dict[str, str] = self._load()  # container id -> trial id, as of the last successful look
         self.down_since: float | None = None
-        self.failed_closed = False
+        self.failed_closed: int | None = None  # processes killed from the host while the engine was away
         self.why = f"the watchdog of session {session}"
 
+    def _load(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self.boxes_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _remember(self, known: dict[str, str]) -> None:
+        if known != self.known:
+            self.known = known
+            try:
+                partial = self.boxes_file.with_suffix(".boxes-partial")
+                partial.write_text(json.dumps(known))
+                os.replace(partial, self.boxes_file)
+            except OSError as exc:
+                self.log.warning("could not write %s: %s", self.boxes_file, exc)
+
+    def forget(self) -> None:
+        """The session is over and nothing of it is left."""
+        self.boxes_file.unlink(missing_ok=True)
+
     def note(self, trials, by: str) -> None:
-        """Say who kills before killing: a runner still alive reads it and records its trial killed."""
+        """Say who killed, once the kill took effect: a runner still alive reads it and records its
+        trial killed."""
         from console.store import Store
 
         try:
@@ -55,6 +80,17 @@ class Guard:
                     store.note_kill(trial, by)
         except Exception:
             self.log.exception("could not note the kill in the records")
+
+    def kill_from_host(self, by: str) -> int:
+        """SIGKILL the known sandboxes' processes from the host (no engine needed); only the trials
+        whose processes were really killed are noted."""
+        killed = 0
+        for cid, trial in self.known.items():
+            count = self.switch.kill_host_pids(cid)
+            if count:
+                self.note([trial], by)
+            killed += count
+        return killed
 
     def look(self) -> None:
         """List the session's sandboxes and kill those past their deadline; on an engine failure,
@@ -67,38 +103,40 @@ class Guard:
                 self.down_since = now
                 self.log.warning("the Docker engine does not answer (%s); watching %d sandbox(es) from the host",
                                  str(exc).splitlines()[0][:160], len(self.known))
-            elif now - self.down_since > ENGINE_DOWN_KILL_S and not self.failed_closed and self.known:
-                self.note(self.known.values(), f"{self.why} (the engine was unreachable for {ENGINE_DOWN_KILL_S:g} s)")
-                killed = sum(self.switch.kill_host_pids(cid) for cid in self.known)
-                self.failed_closed = True
+            elif now - self.down_since > ENGINE_DOWN_KILL_S and self.failed_closed is None and self.known:
+                killed = self.kill_from_host(f"{self.why} (the engine was unreachable for {ENGINE_DOWN_KILL_S:g} s)")
+                self.failed_closed = killed
                 self.log.warning("the engine has been unreachable for %.0f s: killed %d process(es) of %d "
                                  "sandbox(es) from the host (fail closed)", now - self.down_since, killed,
                                  len(self.known))
             return
         if self.down_since is not None:
             self.log.warning("the Docker engine answers again after %.1f s%s; watchdog re-armed", now - self.down_since,
-                             " (its sandboxes were killed meanwhile)" if self.failed_closed else "")
-            self.down_since, self.failed_closed = None, False
-        self.known = {box.id: box.trial_id for box in boxes}
+                             "" if self.failed_closed is None else
+                             f" (meanwhile {self.failed_closed} process(es) were killed from the host)")
+            self.down_since, self.failed_closed = None, None
+        self._remember({box.id: box.trial_id for box in boxes})
         expired = [b for b in boxes if float(b.labels.get(LABEL_DEADLINE) or 0) < now and b.status() == "running"]
         if expired:
-            self.note([b.trial_id for b in expired], f"{self.why} (the sandbox's deadline passed)")
+            self.why = f"the watchdog of session {self.session} (the sandbox's deadline passed)"
             report = self.switch.kill_ids([b.id for b in expired])
             self.log.warning("deadline passed: killed %d sandbox(es) in %.0f ms", report.count, report.total_ms)
 
     def left_alive(self) -> bool:
-        """Whether the session has sandboxes (again); an engine that does not answer counts as yes."""
+        """Whether the session has sandboxes (again, or still: one not removed yet); an engine that does
+        not answer counts as yes."""
         try:
             return bool(self.engine.sandboxes(session_id=self.session))
         except Exception:
             return True
 
     def kill_session(self, by: str) -> None:
-        """Kill and remove everything of the session (through the engine, else from the host) and close
-        its trial records."""
+        """Kill everything of the session from the host first (a frozen engine cannot hold that up),
+        then through the engine, remove what is left, and close its trial records."""
         from console.store import Store
 
         self.why = by
+        killed = self.kill_from_host(by)
         try:
             report = self.switch.kill_session(self.session)
             removed = 0
@@ -106,12 +144,13 @@ class Guard:
                 box.remove()
                 removed += 1
             self.engine.remove_volumes({"redline.session": self.session})
-            self.log.warning("session %s died: killed %d sandbox(es) in %.0f ms, removed %d", self.session,
-                             report.count, report.total_ms, removed)
-        except Exception:
-            killed = sum(self.switch.kill_host_pids(cid) for cid in self.known)
-            self.log.exception("session %s died and the engine fails: killed %d process(es) from the host",
-                               self.session, killed)
+            self.log.warning("session %s died: killed %d process(es) from the host, %d sandbox(es) through the "
+                             "engine in %.0f ms, removed %d", self.session, killed, report.count,
+                             report.total_ms, removed)
+        except Exception as exc:
+            self.log.warning("session %s died and the engine fails (%s): killed %d process(es) from the host; "
+                             "removal retried", self.session, str(exc).splitlines()[0][:160] if str(exc) else
+                             type(exc).__name__, killed)
         try:
             with Store() as store:
                 close_dead_trials(store, by, sessions={self.session})
@@ -121,7 +160,9 @@ class Guard:
 
 def watch(session: str, heartbeat: Path, parent_pid: int) -> int:
     """Kill the session's sandboxes when its process dies or stops beating. A session that is only
-    frozen (SIGSTOP) may wake and start more: the watchdog stays, and kills again, until it is gone."""
+    frozen (SIGSTOP) may wake and start more: the watchdog stays, and kills again, until it is gone;
+    a dead session's watchdog leaves only when nothing of it is left (killing and removing again
+    while the engine is away)."""
     log = logs.setup("watchdog")
     guard = Guard(session, log)
     killed = False
@@ -129,15 +170,18 @@ def watch(session: str, heartbeat: Path, parent_pid: int) -> int:
         time.sleep(POLL_S)
         info = read_heartbeat(heartbeat)
         if info is None and not heartbeat.exists():
+            guard.forget()
             return 0  # the session closed cleanly
         alive = pid_alive(parent_pid)
         if not alive or (info is not None and info["age_s"] > STALE_AFTER_S):
-            if not killed or guard.left_alive():
-                guard.kill_session(f"the watchdog of session {session}")
-                killed = True
-            if not alive:
-                heartbeat.unlink(missing_ok=True)
-                return 0
+            if killed and not guard.left_alive():
+                if not alive:
+                    heartbeat.unlink(missing_ok=True)
+                    guard.forget()
+                    return 0
+                continue  # frozen, not dead: it may wake
+            guard.kill_session(f"the watchdog of session {session}")
+            killed = True
             continue
         killed = False  # it beats again
         try:
@@ -147,7 +191,9 @@ def watch(session: str, heartbeat: Path, parent_pid: int) -> int:
 
 
 def reap() -> int:
-    """Kill and close sessions that died together with their watchdog; one reaper per records folder."""
+    """Kill and close sessions that died together with their watchdog; one reaper per records folder.
+    It stays while any session is alive or any dead one still has sandboxes (kills and removals are
+    retried until the engine confirms nothing is left)."""
     lock = open(sessions_dir() / "reaper.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,10 +206,7 @@ def reap() -> int:
         time.sleep(REAPER_POLL_S)
         try:
             live = live_sessions()
-            if live:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > REAPER_IDLE_EXIT_S:
-                return 0
+            pending = False
             for path in sessions_dir().glob("*.json"):
                 info = read_heartbeat(path)
                 watchdog = int((info or {}).get("watchdog") or 0)
@@ -171,8 +214,16 @@ def reap() -> int:
                     continue  # alive, or its own watchdog is on it
                 guard = guards.setdefault(path.stem, Guard(path.stem, log))
                 guard.kill_session(f"the reaper (session {path.stem} and its watchdog died)")
+                if guard.left_alive():
+                    pending = True
+                    continue
                 path.unlink(missing_ok=True)
+                guard.forget()
                 guards.pop(path.stem, None)
+            if live or pending:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > REAPER_IDLE_EXIT_S:
+                return 0
         except Exception:
             log.exception("the reaper's look failed; going on")
 

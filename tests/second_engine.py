@@ -47,6 +47,14 @@ class SecondEngine:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP dockerd: its socket still accepts connections, no call is ever answered (a hung
+        engine); containerd and the containers run on."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def copy_images(self, refs: list[str]) -> None:
         for ref in refs:
             save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE)

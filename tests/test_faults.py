@@ -114,6 +114,83 @@ def test_kill_9_of_the_cli_and_its_watchdog_is_reaped_in_seconds(second, env):
     print(json.dumps({"fault": "kill -9 of the CLI and its watchdog", "seconds_to_no_container": round(gone, 2)}))
 
 
+def running_box(engine):
+    """The CLI's sandbox once its agent runs (it has processes besides PID 1) and its watchdog has
+    listed it (the watchdog looks every 0.5 s)."""
+    from console.sandbox.host import host_pids
+
+    box = wait_for(lambda: next(iter(engine.sandboxes()), None), 60, "the CLI's sandbox")
+    wait_for(lambda: len(host_pids(box.id)) > 1, 60, "the agent to run")
+    time.sleep(1)
+    return box
+
+
+def seconds_until_no_process(box, limit_s: float) -> float:
+    from console.sandbox.host import host_pids
+
+    started = time.monotonic()
+    wait_for(lambda: not host_pids(box.id), limit_s, f"the processes of {box.name} to die")
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("also_the_watchdog", [False, True], ids=["cli", "cli-and-watchdog"])
+def test_a_frozen_engine_does_not_hold_up_the_kill(second, env, also_the_watchdog):
+    """The engine hangs (SIGSTOP of dockerd: connections accepted, never answered), then the CLI (and
+    its watchdog) die: the sandbox's processes are killed from the host within the watchdog's bound
+    (the reaper's when the watchdog died too) with no engine at all; once the engine answers again the
+    sandbox is removed and the trial recorded killed by whoever killed it."""
+    engine = client(second)
+    cli = start_cli(env)
+    box = running_box(engine)
+    watchdog = heartbeat(env)["watchdog"]
+    second.freeze()
+    try:
+        cli.send_signal(signal.SIGKILL)
+        if also_the_watchdog:
+            subprocess.run(["kill", "-9", str(watchdog)])
+        cli.wait()
+        dead = seconds_until_no_process(box, 30)
+    finally:
+        second.thaw()
+    bound, by = (10.0, "the reaper") if also_the_watchdog else (2.0, "the watchdog")
+    assert dead <= bound, f"{by} took {dead:.1f} s with the engine frozen"
+    gone = seconds_until_gone(engine, box.session_id, 30)
+    assert_closed_as_killed(env, by)
+    print(json.dumps({"fault": f"engine frozen, kill -9 of the CLI{' and its watchdog' if also_the_watchdog else ''}",
+                      "seconds_to_no_process": round(dead, 2), "seconds_to_removed_after_thaw": round(gone, 2)}))
+
+
+@pytest.mark.parametrize("who_kills", ["the watchdog", "something else"])
+def test_a_record_blames_only_who_really_killed(second, env, who_kills):
+    """The engine hangs under a live CLI: after ENGINE_DOWN_KILL_S the watchdog fails closed and kills
+    the sandbox from the host, and the record says so. When something else killed the sandbox first
+    (here the test, from the host), the watchdog kills nothing and the record must not blame it."""
+    from console.sandbox.killswitch import KillSwitch
+
+    engine = client(second)
+    cli = start_cli(env)
+    box = running_box(engine)
+    log = env["REDLINE_HOME"] + "/logs/redline.log"
+    second.freeze()
+    try:
+        if who_kills == "something else":
+            assert KillSwitch.kill_host_pids(box.id) > 0
+        failed_closed = wait_for(lambda: re.search(r"killed (\d+) process\(es\) of 1 sandbox\(es\) from the host "
+                                                   r"\(fail closed\)", open(log).read()), 40, "the watchdog to fail closed")
+    finally:
+        second.thaw()
+    out, err = cli.communicate(timeout=120)
+    trial = records(env).list_trials()[0]
+    if who_kills == "the watchdog":
+        assert int(failed_closed.group(1)) > 0
+        assert trial.state == "killed" and "the engine was unreachable" in trial.killed_by, (trial, err[-2000:])
+    else:
+        assert failed_closed.group(1) == "0"
+        assert trial.killed_by is None and trial.state == "error", (trial, err[-2000:])
+        assert "stopped from outside Redline" in trial.verdict.reason, trial.verdict.reason
+    assert not engine.sandboxes(session_id=box.session_id)
+
+
 def test_a_frozen_cli_is_killed_by_its_watchdog_and_never_reopens_the_record(second, env):
     """SIGSTOP of the CLI: its heartbeat goes stale, the watchdog kills the sandbox and closes the
     trial, and stays. On SIGCONT the runner finds the trial ended: the record stays `killed` by the

@@ -27,7 +27,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from console.sandbox.docker_engine import DockerEngine
-from console.sandbox.spec import LABEL_TRIAL
 
 LABEL_NODE = "redline.node"
 NODE_ENV = "REDLINE_NODE"  # the node's name in labels and records (default: the host name)
@@ -148,14 +147,12 @@ class NodeAgent:
 
     def kill(self, by: str):
         """KILL: SIGKILL every sandbox of the session on this node through the existing kill switch,
-        confirmed; the trials are noted as killed by `by` first."""
+        confirmed; each trial is noted as killed by `by` once its kill took effect."""
         from console.sandbox.killswitch import KillSwitch
 
-        def note(boxes: list[dict]) -> None:  # a runner still alive reads it and records its trial killed by `by`
-            for trial in filter(None, ((b.get("Labels") or {}).get(LABEL_TRIAL) for b in boxes)):
-                self.store.note_kill(trial, by)
-
-        return KillSwitch(self.engine.base_url, before_kill=note).kill_session(self.session)
+        # a runner still alive reads the note and records its trial killed by `by`
+        return KillSwitch(self.engine.base_url, on_killed=lambda trial: self.store.note_kill(trial, by)) \
+            .kill_session(self.session)
 
     def close(self) -> None:
         """The driver ends cleanly: the reaper sees the heartbeat file gone and leaves the session alone."""

@@ -10,6 +10,7 @@ ESCALATE_AFTER_S, the host pids are killed again and death is confirmed once mor
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -25,17 +26,21 @@ from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL
 
 ESCALATE_AFTER_S = 2.0
 CONFIRM_POLL_S = 0.01
+log = logging.getLogger("redline.killswitch")
 
 
 class KillSwitch:
-    def __init__(self, base_url: str | None = None, before_kill=None):
-        """before_kill(containers): called with the listed containers (their Id and Labels) before any
-        is killed, so whoever kills can say so first (the records of `redline kill`)."""
-        self.base_url, self.before_kill = base_url, before_kill
+    def __init__(self, base_url: str | None = None, on_killed=None, timeout_s: int = 10):
+        """on_killed(trial_id): called once per killed sandbox that has a trial, right after the kill
+        took effect (its processes SIGKILLed, or the engine took the kill of a running container) and
+        never for one that was already dead, so a record never blames someone for what they did not
+        do; a runner still alive reads the note when its sandbox dies. timeout_s bounds each engine
+        call (the watchdogs use a short one: a frozen engine must not hold them)."""
+        self.base_url, self.on_killed, self.timeout_s = base_url, on_killed, timeout_s
 
     def _api(self) -> docker.APIClient:
         """A fresh connection per call: never queue behind a busy client."""
-        return client.new_api(self.base_url, timeout=10)
+        return client.new_api(self.base_url, timeout=self.timeout_s)
 
     def _list(self, label: str) -> list[dict]:
         api = self._api()
@@ -57,8 +62,6 @@ class KillSwitch:
 
     def _kill(self, containers: list[dict]) -> KillReport:
         started = time.monotonic()
-        if self.before_kill is not None and containers:
-            self.before_kill(containers)
         report = KillReport()
         if containers:
             with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
@@ -75,14 +78,19 @@ class KillSwitch:
             # Where we may (root on the engine's host), SIGKILL the processes first: it takes
             # effect at once, whatever the engine is busy with; the engine's kill follows.
             result.escalated = self.kill_host_pids(cid) > 0
+            took_effect = result.escalated
             try:
                 api.kill(cid)
+                took_effect = True
             except docker.errors.NotFound:
                 result.signal_ms = result.confirmed_ms = (time.monotonic() - started) * 1000
                 return result
             except docker.errors.APIError as exc:
                 if "is not running" not in str(exc):
                     result.error = str(exc.explanation or exc)
+            finally:
+                if took_effect:
+                    self._note(result.trial_id)
             result.signal_ms = (time.monotonic() - started) * 1000
             if self._wait_dead(api, cid, ESCALATE_AFTER_S):
                 result.confirmed_ms = (time.monotonic() - started) * 1000
@@ -95,6 +103,13 @@ class KillSwitch:
             return result
         finally:
             api.close()
+
+    def _note(self, trial_id: str) -> None:
+        if self.on_killed is not None and trial_id:
+            try:
+                self.on_killed(trial_id)
+            except Exception as exc:  # the kill matters more than its note
+                log.warning("could not note the kill of trial %s: %s", trial_id, exc)
 
     @staticmethod
     def kill_host_pids(cid: str) -> int:  # also the watchdog's way when the engine is down
