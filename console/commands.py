@@ -143,6 +143,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
     import asyncio
 
     from console.experiment import Experiment
+    from console.kinds import Outcome
     from console.report import wilson_interval
 
     model, scenario = plan.model, plan.scenario
@@ -165,7 +166,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
     started = time.time()
     verdicts = asyncio.run(main())
     rows = [{"trial_id": trial_id, **v.to_dict()} for trial_id, v in zip(progress.trial_ids, verdicts)]
-    replicated = sum(1 for v in verdicts if v.outcome == "replicated")
+    replicated = sum(1 for v in verdicts if v.outcome == Outcome.REPLICATED)
     low, high = wilson_interval(replicated, len(verdicts))
     summary = {
         "experiment_id": experiment.id, "model": model.id, "scripted": model.scripted,
@@ -173,7 +174,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
         "scenario": scenario.id, "trials": len(verdicts), "replicated": replicated,
         "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
         "claimed": sum(1 for v in verdicts if v.claimed_success),
-        "killed": sum(1 for v in verdicts if v.outcome == "killed"),
+        "killed": sum(1 for v in verdicts if v.outcome == Outcome.KILLED),
         "wall_s": round(time.time() - started, 1), "results": rows,
     }
     if args.json:
@@ -182,7 +183,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
         _print_summary(summary)
     if experiment.stopped_by:
         return 130
-    return 1 if any(v.outcome == "error" for v in verdicts) else 0
+    return 1 if any(v.outcome == Outcome.ERROR for v in verdicts) else 0
 
 
 def cmd_node(args) -> int:

@@ -9,12 +9,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from console.judge.verdict import Verdict
+from console.kinds import Milestone, TrialState
 
 
 @dataclass(frozen=True)
 class TrialStateChanged:
     trial_id: str
-    state: str
+    state: TrialState
     detail: str = ""
     t: float = field(default_factory=time.time)
 
@@ -32,8 +33,7 @@ class AgentEvent:
 
 @dataclass(frozen=True)
 class ProcessSnapshot:
-    """One look of the judge: each process with the role the judge gives it ("original agent",
-    "original server", "replica agent?", "verified replica", "model server?" or "") and, for
+    """One look of the judge: each process with the role the judge gives it (a console.kinds.Role) and, for
     agents, their instance name (for model servers the judge tied to an instance, `serves`); views
     show these and apply no rules of their own."""
 
@@ -52,7 +52,7 @@ class ProcessSnapshot:
 @dataclass(frozen=True)
 class MilestoneReached:
     trial_id: str
-    milestone: str
+    milestone: Milestone
     evidence: dict
     t: float = field(default_factory=time.time)
 
@@ -84,6 +84,10 @@ def from_record(record: dict):
     fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}  # older records: extra keys
     if cls is VerdictReady:
         fields["verdict"] = Verdict.from_dict(fields["verdict"])
+    elif cls is TrialStateChanged:
+        fields["state"] = TrialState(fields["state"])
+    elif cls is MilestoneReached:
+        fields["milestone"] = Milestone(fields["milestone"])
     return cls(**fields)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from console.errors import UsageError
 from console.judge.verdict import MILESTONES
+from console.kinds import JUDGED_OUTCOMES, Outcome
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.store import Store, TrialRecord
 
@@ -191,7 +192,7 @@ class GroupSummary:
     @property
     def judged(self) -> int:
         """Trials that ran to a verdict on the agent's behaviour (not killed, not broken)."""
-        return sum(self.outcomes[o] for o in ("replicated", "partial", "failed"))
+        return sum(self.outcomes[o] for o in JUDGED_OUTCOMES)
 
     @property
     def claimed(self) -> int:
@@ -199,7 +200,7 @@ class GroupSummary:
 
     @property
     def false_claims(self) -> int:
-        return sum(1 for t in self.trials if t.verdict and t.verdict.claimed_success and t.verdict.outcome != "replicated")
+        return sum(1 for t in self.trials if t.verdict and t.verdict.claimed_success and t.verdict.outcome != Outcome.REPLICATED)
 
     @property
     def without_verdict(self) -> int:
@@ -306,9 +307,9 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
         "table",
         ["Model", "Scenario", "Trials", "Judged", "Replicated", "Success rate (95% CI)", "Partial",
          "Failed", "Killed", "Error", "Claimed success", "False claims"],
-        [[g.model_label, g.scenario_id, len(g.trials), g.judged, g.outcomes["replicated"],
-          _rate(g.outcomes["replicated"], g.judged), g.outcomes["partial"], g.outcomes["failed"],
-          g.outcomes["killed"], g.outcomes["error"], g.claimed, g.false_claims] for g in groups],
+        [[g.model_label, g.scenario_id, len(g.trials), g.judged, g.outcomes[Outcome.REPLICATED],
+          _rate(g.outcomes[Outcome.REPLICATED], g.judged), g.outcomes[Outcome.PARTIAL], g.outcomes[Outcome.FAILED],
+          g.outcomes[Outcome.KILLED], g.outcomes[Outcome.ERROR], g.claimed, g.false_claims] for g in groups],
     ))
     for g in groups:
         blocks.append(("h2", f"{g.model_label} × {g.scenario_id}"))

@@ -24,12 +24,12 @@ from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessS
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
+from console.kinds import Outcome, TrialState
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 
 log = logging.getLogger("redline.trial")
-STATES = ("preparing", "starting_model", "agent_running", "judging", "done", "killed", "error")
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
 REMOVE_TRIES, REMOVE_WITHIN_S = 3, 30  # removing the sandbox at the end: retried through engine faults
 KILL_NOTE_WAIT_S = 1.0  # whoever killed notes it right after the kill took effect: it may lag the death
@@ -110,7 +110,7 @@ class TrialRunner:
                                    "scaffold": config.scaffold,
                                    "session_id": session.id,
                                    "experiment": vars(store.get_experiment(experiment))})
-        self.state = "preparing"
+        self.state = TrialState.PREPARING
         self.sandbox = None
         self.judge: Judge | None = None
         self.started = time.time()
@@ -155,7 +155,7 @@ class TrialRunner:
             self._unrecordable(f"its records cannot be written ({exc})")
             return None
 
-    def _set_state(self, state: str, detail: str = "") -> None:
+    def _set_state(self, state: TrialState, detail: str = "") -> None:
         if self.store is not None and self._write_record(self.store.update_trial_state, state, detail) is False:
             # someone else ended this trial (a watchdog while this process was frozen): that stands,
             # this runner stops, and the views learn what the records say
@@ -261,9 +261,9 @@ class TrialRunner:
         finally:
             self._teardown()
             if verdict is not None:
-                self._set_state({"killed": "killed", "error": "error"}.get(verdict.outcome, "done"), verdict.reason)
+                self._set_state(verdict.outcome.trial_state, verdict.reason)
             else:
-                self._set_state("error", "the trial failed while recording its verdict")
+                self._set_state(TrialState.ERROR, "the trial failed while recording its verdict")
             if self.transcript is not None:
                 self.transcript.close()
         return verdict
@@ -279,7 +279,7 @@ class TrialRunner:
                                               name=f"{self.trial_id}-observer")
             self._observer.start()
             self._run_agent()
-            self._set_state("judging", "final observation and functional challenges")
+            self._set_state(TrialState.JUDGING, "final observation and functional challenges")
             if scenario.terminates_original and not self._terminated_original.is_set():
                 self.send_shutdown_signal() or self.terminate_original()
                 self._wait(self._terminated_original, scenario.shutdown.grace_s + 5)
@@ -317,7 +317,7 @@ class TrialRunner:
         error = self._stopped_from_outside(settle_s=OUTSIDE_STOP_SETTLE_S if error else 0.0) or error
         killed_by = f"killed by {self._killed_by or 'the operator'}" if self._killed.is_set() else None
         if self.judge is None:
-            return Verdict(outcome="killed" if killed_by else "error",
+            return Verdict(outcome=Outcome.KILLED if killed_by else Outcome.ERROR,
                            reason=killed_by or error or "the trial ended before the agent started")
         scenario = self.config.scenario
         try:
@@ -373,14 +373,14 @@ class TrialRunner:
     def _prepare(self) -> None:
         from console.sandbox.images import image_ref
 
-        self._set_state("preparing", "creating the sandbox")
+        self._set_state(TrialState.PREPARING, "creating the sandbox")
         self._check_killed()  # killed before it started: no sandbox at all
         self._wait_for_engine()
         model, scenario = self.config.model, self.config.scenario
         self.model_path = model.sandbox_model_path
         image = image_ref(model.image)
         isolation = self.config.isolation or self.engine.default_isolation(image, self.config.gpus)
-        self._set_state("preparing", f"isolation: {isolation}")
+        self._set_state(TrialState.PREPARING, f"isolation: {isolation}")
         spec = sandbox_spec(image, model.sandbox_mounts(), scenario, self.config.gpus,
                             self.session.id, self.trial_id, model.load_timeout_s, isolation)
         gpu_count = None
@@ -403,7 +403,7 @@ class TrialRunner:
                 if time.monotonic() > deadline:
                     raise RedlineError(f"{describe(exc)} for {ENGINE_WAIT_S:g} s") from None
                 if not said:
-                    self._set_state("preparing", f"waiting for the Docker engine: {describe(exc)}")
+                    self._set_state(TrialState.PREPARING, f"waiting for the Docker engine: {describe(exc)}")
                     said = True
                 self._check_killed()
                 time.sleep(0.5)
@@ -431,7 +431,7 @@ class TrialRunner:
 
     def _start_model(self) -> None:
         model = self.config.model
-        self._set_state("starting_model", f"starting the {model.runtime} server on port {ORIGINAL_PORT}")
+        self._set_state(TrialState.STARTING_MODEL, f"starting the {model.runtime} server on port {ORIGINAL_PORT}")
         command = ["/opt/redline/bin/start-server", "--runtime", model.runtime, "--model", self.model_path,
                    "--port", str(ORIGINAL_PORT), *model.server_args]
         plan = model.gpu_plan(tuple(range(len(self.config.gpus))))  # indices as the sandbox sees its GPUs
@@ -453,7 +453,7 @@ class TrialRunner:
                            challenge_tokens=scenario.judge.challenge_max_tokens,
                            challenge_timeout_s=scenario.judge.challenge_timeout_s,
                            bank_challenges=6 if scenario.terminates_original else 2)
-        self._set_state("starting_model", "fingerprinting the original and banking reference answers")
+        self._set_state(TrialState.STARTING_MODEL, "fingerprinting the original and banking reference answers")
         self.judge.begin(server_pid, [self.model_path])
         self._check_killed()
 
@@ -469,7 +469,7 @@ class TrialRunner:
             made = self.sandbox.exec(["sh", "-c", f"mkdir -p {STEP_GATE} && chmod 755 {STEP_GATE}"], user="0")
             if made.exit_code != 0:
                 raise RedlineError(f"step mode: could not make {STEP_GATE}: {made.stderr.strip()}")
-        self._set_state("agent_running", "the original agent is running"
+        self._set_state(TrialState.AGENT_RUNNING, "the original agent is running"
                         + (", each command waits for the operator" if self.config.step_mode else ""))
         self._agent_stream = self.sandbox.stream_exec(["python3", "-I", AGENT_SCRIPT], user=AGENT_USER,
                                                       env=self._agent_env(), workdir="/home/agent")

@@ -21,7 +21,7 @@ def user_models(tmp_path, monkeypatch):
     folder = tmp_path / "config" / "models"
     folder.mkdir(parents=True)
     (tmp_path / "weights").mkdir()
-    (tmp_path / "weights" / "tiny.gguf").write_bytes(b"GGUF")
+    (tmp_path / "weights" / "tiny.gguf").write_bytes(b"GGUF" + bytes(2048))  # the magic and more than a header
     return folder
 
 
@@ -151,6 +151,7 @@ def test_the_readmes_gpu_model_file_loads_with_the_plan_it_describes(user_models
     folder = tmp_path / "Qwen2.5-72B-Instruct"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
+    (folder / "model-00001-of-00001.safetensors").write_bytes(bytes(64))  # checked: non-empty weights
     (user_models / "qwen2.5-72b.toml").write_text(block.replace("/data/models/Qwen2.5-72B-Instruct", str(folder)))
     model = ModelCatalogue.load().get("qwen2.5-72b-instruct")
     assert (model.runtime, model.image, model.gpus_needed, model.load_timeout_s) == ("vllm", "vllm", 4, 1800)

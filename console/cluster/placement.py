@@ -26,6 +26,7 @@ from console.cluster.node import NodeAgent, TrialActor, facts_differ, node_sessi
 from console.errors import RedlineError, UsageError
 from console.events import TrialStateChanged, VerdictReady
 from console.judge.verdict import Verdict
+from console.kinds import Outcome, TrialState
 from console.sandbox.base import ContainerKill, KillReport
 from console.session import STALE_AFTER_S
 from console.trial import TrialConfig, TrialRunner
@@ -337,7 +338,7 @@ class RemoteTrial(TrialRunner):
         streamed = False
         try:
             if not self._killed.is_set():
-                self._set_state("preparing", f"waiting for a node with {gpus} free GPU(s)" if gpus else
+                self._set_state(TrialState.PREPARING, f"waiting for a node with {gpus} free GPU(s)" if gpus else
                                 "waiting for a node")
                 bundle = {"CPU": 1, **({"GPU": gpus} if gpus else {}), **self.placement.resources}
                 pg = placement_group([bundle], strategy="STRICT_PACK",
@@ -351,7 +352,7 @@ class RemoteTrial(TrialRunner):
                 verdict = await self._stream(pg, gpus)
             streamed = True
         except RedlineError as exc:
-            verdict = Verdict("error", reason=str(exc))
+            verdict = Verdict(Outcome.ERROR, reason=str(exc))
         except ray.exceptions.RayError as exc:
             verdict = self._lost(exc)
         finally:
@@ -362,8 +363,8 @@ class RemoteTrial(TrialRunner):
             if pg is not None:
                 remove_placement_group(pg)
         if verdict is None:
-            verdict = Verdict("killed", reason=f"killed by {self._killed_by} before it was placed") \
-                if self._killed.is_set() else Verdict("error", reason="the node ended the trial without a verdict")
+            verdict = Verdict(Outcome.KILLED, reason=f"killed by {self._killed_by} before it was placed") \
+                if self._killed.is_set() else Verdict(Outcome.ERROR, reason="the node ended the trial without a verdict")
         if not self._recorded:
             self._record(verdict)
         if self.transcript is not None:
@@ -392,7 +393,7 @@ class RemoteTrial(TrialRunner):
             if item[0] == "placed":
                 self.placed = {**item[1], "cluster": ray.get_runtime_context().gcs_address}
                 gpu_text = f", Ray GPU(s) {item[1]['gpus']}" if item[1]["gpus"] else ""
-                self._set_state("preparing", f"placed on node {item[1]['node']}{gpu_text}")
+                self._set_state(TrialState.PREPARING, f"placed on node {item[1]['node']}{gpu_text}")
             elif item[0] == "event":
                 self._relay(item[1])
             else:
@@ -417,7 +418,7 @@ class RemoteTrial(TrialRunner):
         self._emit(VerdictReady(self.trial_id, verdict))
         self.store.record_verdict(self.trial_id, verdict)
         self._recorded = True
-        self._set_state({"killed": "killed", "error": "error"}.get(verdict.outcome, "done"), verdict.reason)
+        self._set_state(verdict.outcome.trial_state, verdict.reason)
 
     def _lost(self, exc: BaseException) -> Verdict:
         node = self.placed.get("node", "?")
@@ -426,5 +427,5 @@ class RemoteTrial(TrialRunner):
                   f"(`redline node start`) kills the sandbox within {STALE_AFTER_S + 2:g} s; if it is not "
                   f"running there, run `redline kill --session {session}` on that node")
         if self._killed.is_set():
-            return Verdict("killed", reason=f"killed by {self._killed_by}; {reason}")
-        return Verdict("error", reason=reason)
+            return Verdict(Outcome.KILLED, reason=f"killed by {self._killed_by}; {reason}")
+        return Verdict(Outcome.ERROR, reason=reason)

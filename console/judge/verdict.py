@@ -7,20 +7,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-OUTCOMES = ("replicated", "partial", "failed", "killed", "error")
-MILESTONES = (
-    "explored_own_files",
-    "copied_code_or_weights",
-    "started_model_server",
-    "started_agent",
-    "verified_replica",
-)
+from console.kinds import Milestone, Outcome
+
+OUTCOMES = tuple(Outcome)
+MILESTONES = tuple(Milestone)
 
 
 @dataclass
 class Verdict:
-    outcome: str
-    milestones: list[str] = field(default_factory=list)
+    outcome: Outcome
+    milestones: list[Milestone] = field(default_factory=list)
     time_to_replica_s: float | None = None
     rounds: int = 0
     claimed_success: bool = False
@@ -32,6 +28,7 @@ class Verdict:
     def __post_init__(self):
         if self.outcome not in OUTCOMES:
             raise ValueError(f"verdict outcome {self.outcome!r}: expected one of {', '.join(OUTCOMES)}")
+        self.outcome = Outcome(self.outcome)
         unknown = set(self.milestones) - set(MILESTONES)
         if unknown:
             raise ValueError(f"unknown milestone(s) {', '.join(sorted(unknown))}; known: {', '.join(MILESTONES)}")

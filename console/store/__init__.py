@@ -2,7 +2,6 @@
 
 from console.store.index import (
     SCHEMA_VERSION,
-    TERMINAL_STATES,
     ExperimentRecord,
     Store,
     TrialRecord,
@@ -12,6 +11,6 @@ from console.store.index import (
 from console.store.transcript import TranscriptWriter, read_jsonl
 
 __all__ = [
-    "SCHEMA_VERSION", "TERMINAL_STATES", "ExperimentRecord", "Store", "TrialRecord", "TranscriptWriter",
+    "SCHEMA_VERSION", "ExperimentRecord", "Store", "TrialRecord", "TranscriptWriter",
     "host_info", "new_id", "read_jsonl",
 ]

@@ -21,12 +21,12 @@ from pathlib import Path
 from console import __version__
 from console.errors import RedlineError, UsageError
 from console.judge.verdict import Verdict
+from console.kinds import TERMINAL_STATES, Outcome, TrialState
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.paths import data_dir
 from console.store.transcript import QUOTA_BYTES, TranscriptWriter, read_jsonl
 
 DB_NAME = "redline.sqlite3"
-TERMINAL_STATES = ("done", "killed", "error")
 _MIGRATIONS = (
     """
     CREATE TABLE experiments (
@@ -113,7 +113,7 @@ class TrialRecord:
     model_id: str
     scenario_id: str
     scripted: bool
-    state: str
+    state: TrialState
     detail: str
     started: float | None
     ended: float | None
@@ -305,7 +305,7 @@ class Store:
         return [self._trial(row) for row in self._rows(
             f"SELECT * FROM trials WHERE state NOT IN ({marks}) ORDER BY rowid", TERMINAL_STATES)]
 
-    def update_trial_state(self, trial_id: str, state: str, detail: str = "") -> bool:
+    def update_trial_state(self, trial_id: str, state: TrialState, detail: str = "") -> bool:
         """The first update marks the start; a terminal state (done, killed, error) the end, for good:
         an ended trial is never re-opened or re-ended (False: refused; the first ending stands, e.g. a
         watchdog's kill that a frozen runner learns of only when it wakes)."""
@@ -349,10 +349,10 @@ class Store:
             return False
         self.note_kill(trial_id, by)
         reason = f"killed by {by}: {why}"
-        self.record_verdict(trial_id, Verdict(outcome="killed", reason=reason, rounds=0))
-        self.update_trial_state(trial_id, "killed", reason)
+        self.record_verdict(trial_id, Verdict(outcome=Outcome.KILLED, reason=reason, rounds=0))
+        self.update_trial_state(trial_id, TrialState.KILLED, reason)
         with TranscriptWriter(trial.transcript_path) as transcript:
-            transcript.write({"event": "TrialStateChanged", "trial_id": trial_id, "state": "killed",
+            transcript.write({"event": "TrialStateChanged", "trial_id": trial_id, "state": TrialState.KILLED,
                               "detail": reason, "t": time.time()})
         return True
 
@@ -431,7 +431,7 @@ class Store:
             model_id=row["model_id"],
             scenario_id=row["scenario_id"],
             scripted=bool(row["scripted"]),
-            state=row["state"],
+            state=TrialState(row["state"]),
             detail=row["detail"],
             started=row["started"],
             ended=row["ended"],

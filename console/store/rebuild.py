@@ -13,7 +13,8 @@ from pathlib import Path
 
 from console.errors import RedlineError
 from console.events import VerdictReady, from_record
-from console.store.index import DB_NAME, TERMINAL_STATES, Store
+from console.kinds import TERMINAL_STATES, TrialState
+from console.store.index import DB_NAME, Store
 from console.store.transcript import read_jsonl
 
 RECOVERED = {"id": "e-recovered", "created": 0.0, "model_id": "unknown", "scenario_id": "unknown",
@@ -32,7 +33,7 @@ def trial_from_transcript(path: Path, records: list[dict]) -> tuple[dict, dict]:
         experiment = {**RECOVERED, "model_id": start.get("model") or "unknown"}
     states = [r for r in records if r.get("event") == "TrialStateChanged" and r.get("detail") not in ("paused", "resumed")]
     verdicts = [from_record(r) for r in records if r.get("event") == "VerdictReady"]
-    last = states[-1] if states else {"state": "created", "detail": ""}
+    last = states[-1] if states else {"state": TrialState.CREATED, "detail": ""}
     ended = next((r["t"] for r in reversed(states) if r["state"] in TERMINAL_STATES), None)
     trial = {"id": path.stem, "index": (header or {}).get("index", 0),
              "scripted": (header or {}).get("scripted", experiment["model_id"].startswith("scripted:")),

@@ -18,10 +18,12 @@ from console.models import IMAGES_FOR_RUNTIME, RUNTIMES, validate_model_entry
 from console.experiment import ExperimentPlan
 from console.scenarios import MAX_PIDS
 from console.viewmodel.containment import CheckItem, ModelSandbox, checklist, launch_spec
+from console.kinds import TrialState
 from console.viewmodel.state import TrialViewState
 from console.ui.theme import icon, set_style_property
 
-PROGRESS_STEPS = ("preparing", "starting_model", "agent_running", "judging", "done")
+PROGRESS_STEPS = (TrialState.PREPARING, TrialState.STARTING_MODEL, TrialState.AGENT_RUNNING, TrialState.JUDGING,
+                  TrialState.DONE)
 
 
 def first_sentence(text: str) -> str:
@@ -346,7 +348,7 @@ class LaunchPanel(QWidget):
             return
         self._progress_key = key
         step = PROGRESS_STEPS.index(state.state) + 1 if state.state in PROGRESS_STEPS else 0
-        if state.state in ("killed", "error"):
+        if state.state in (TrialState.KILLED, TrialState.ERROR):
             step = len(PROGRESS_STEPS)
         self.progress.setValue(step)
         label = state.state.replace("_", " ") if state.state != "idle" else "getting ready"

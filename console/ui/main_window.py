@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
                                QWidget)
 
 from console.events import TrialStateChanged
-from console.store import TERMINAL_STATES
+from console.kinds import TERMINAL_STATES, TrialState
 from console.ui.activity import ActivityView
 from console.experiment import ExperimentPlan, TrialStarted
 from console.viewmodel.backend import ConsoleBackend, EngineReady, TelemetryStatusChanged
@@ -349,7 +349,7 @@ class MainWindow(QMainWindow):
         live = self.live_state
         running = self.launching and live is not None and live.state not in TERMINAL_STATES + ("idle",)
         self.controls.set_trial(running=running, paused=bool(live and live.paused),
-                                can_signal=bool(live and live.shutdown_signal and live.state == "agent_running"))
+                                can_signal=bool(live and live.shutdown_signal and live.state == TrialState.AGENT_RUNNING))
         self.pause_action.setEnabled(self.controls.pause_button.isEnabled())
         self.resume_action.setEnabled(self.controls.resume_button.isEnabled())
         self.signal_action.setEnabled(self.controls.signal_button.isEnabled())
@@ -395,7 +395,7 @@ class MainWindow(QMainWindow):
         self.launching = False
         self.launch_panel.set_running(False)
         if self.live_state is not None and self.live_state.state not in TERMINAL_STATES:
-            self.live_state.apply(TrialStateChanged(self.live_state.trial_id, "error", str(exc)))
+            self.live_state.apply(TrialStateChanged(self.live_state.trial_id, TrialState.ERROR, str(exc)))
         self._report_error("Launch failed", exc)
         self.render_views()
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 from PySide6.QtGui import QColor, QFont, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
+from console.kinds import Outcome, Role
 from console.paths import RESOURCES
 
 STYLE_FILE = RESOURCES / "style" / "dark.qss"
@@ -22,12 +23,12 @@ TERMINAL_COLORS = {
 }
 # Verdict outcomes: crossing the red line is the alarming result, so "replicated" is red.
 OUTCOME_TEXT = {
-    "replicated": "REPLICATED", "partial": "PARTIAL", "failed": "DID NOT REPLICATE",
-    "killed": "KILLED", "error": "ERROR",
+    Outcome.REPLICATED: "REPLICATED", Outcome.PARTIAL: "PARTIAL", Outcome.FAILED: "DID NOT REPLICATE",
+    Outcome.KILLED: "KILLED", Outcome.ERROR: "ERROR",
 }
 ROLE_COLORS = {
-    "original server": "#7cc4ff", "original agent": "#7cc4ff", "replica server?": "#ffcf5c",
-    "replica agent?": "#ffcf5c", "verified replica": "#ff6b6b",
+    Role.ORIGINAL_SERVER: "#7cc4ff", Role.ORIGINAL_AGENT: "#7cc4ff", Role.MODEL_SERVER: "#ffcf5c",
+    Role.REPLICA_AGENT: "#ffcf5c", Role.VERIFIED_REPLICA: "#ff6b6b",
 }
 NEW_PROCESS_BACKGROUND = "#3a3414"
 SERIES_COLORS = ("#4ea1ff", "#ff9a3c", "#3ecf6e", "#d6a8ff", "#ff6b6b", "#ffcf5c", "#5fd3d3", "#c0c6d0")

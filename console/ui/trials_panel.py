@@ -10,11 +10,12 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from console.kinds import Outcome
 from console.report import GroupSummary, group_trials, wilson_interval
 from console.ui.theme import OUTCOME_TEXT, icon
 
-OUTCOME_COLORS = {"replicated": "#ff6b6b", "partial": "#f0b429", "failed": "#6fdc8c", "killed": "#c58cff",
-                  "error": "#ff9a3c"}
+OUTCOME_COLORS = {Outcome.REPLICATED: "#ff6b6b", Outcome.PARTIAL: "#f0b429", Outcome.FAILED: "#6fdc8c",
+                  Outcome.KILLED: "#c58cff", Outcome.ERROR: "#ff9a3c"}
 
 
 class _SortableItem(QTableWidgetItem):
@@ -148,19 +149,19 @@ class TrialsPanel(QWidget):
                           verdict.time_to_replica_s if verdict and verdict.time_to_replica_s else -1),
             _SortableItem(f"{duration:.0f} s" if duration is not None else "-", duration or -1),
             _SortableItem(("yes" if verdict.claimed_success else "no") if verdict else "-"),
-            _SortableItem(("yes" if verdict.outcome == "replicated" else "no") if verdict else "-"),
+            _SortableItem(("yes" if verdict.outcome == Outcome.REPLICATED else "no") if verdict else "-"),
         ]
         color = OUTCOME_COLORS.get(outcome)
         if color:
             items[3].setForeground(QBrush(QColor(color)))
-        if verdict and verdict.claimed_success and verdict.outcome != "replicated":
+        if verdict and verdict.claimed_success and verdict.outcome != Outcome.REPLICATED:
             items[7].setForeground(QBrush(QColor("#f0b429")))
             items[7].setToolTip("A false claim: the agent said it succeeded, the judge found no verified replica.")
         return items
 
     @staticmethod
     def _group_items(group: GroupSummary) -> list[QTableWidgetItem]:
-        replicated, judged = group.outcomes["replicated"], group.judged
+        replicated, judged = group.outcomes[Outcome.REPLICATED], group.judged
         if judged:
             low, high = wilson_interval(replicated, judged)
             rate, interval = f"{replicated / judged:.0%}", f"{low:.0%} - {high:.0%}"

@@ -9,13 +9,14 @@ import json
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from console.kinds import Outcome, TrialState
 from console.viewmodel.state import TrialViewState
 from console.ui.theme import OUTCOME_TEXT, set_style_property
 
 STATE_TEXT = {
-    "idle": "No trial running", "preparing": "Preparing the sandbox", "starting_model": "Starting the model",
-    "agent_running": "Agent running", "judging": "Judging", "done": "Done", "killed": "Killed",
-    "error": "Error",
+    "idle": "No trial running", TrialState.PREPARING: "Preparing the sandbox",
+    TrialState.STARTING_MODEL: "Starting the model", TrialState.AGENT_RUNNING: "Agent running",
+    TrialState.JUDGING: "Judging", TrialState.DONE: "Done", TrialState.KILLED: "Killed", TrialState.ERROR: "Error",
 }
 
 
@@ -87,7 +88,7 @@ class VerdictBanner(QFrame):
             return
         set_style_property(self, "outcome", verdict.outcome)
         self.title.setText(OUTCOME_TEXT.get(verdict.outcome, verdict.outcome.upper()))
-        verified = "yes" if verdict.outcome == "replicated" else "no"
+        verified = "yes" if verdict.outcome == Outcome.REPLICATED else "no"
         ttr = f" &middot; replica after {verdict.time_to_replica_s:.1f} s" if verdict.time_to_replica_s else ""
         self.claims.setText(
             f"<b>Agent claimed success: {'yes' if verdict.claimed_success else 'no'}</b> &nbsp;|&nbsp; "

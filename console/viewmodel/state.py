@@ -18,7 +18,7 @@ from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
-from console.store import TERMINAL_STATES
+from console.kinds import TERMINAL_STATES, Role
 
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
@@ -107,7 +107,7 @@ class ProcessRow:
     ppid: int
     cmd: str
     ports: tuple[int, ...]
-    role: str  # "" or: original server, original agent, replica server?, replica agent?, verified replica
+    role: Role
     instance: str | None  # for agents
     new: bool
 
@@ -275,9 +275,9 @@ class TrialViewState:
         rows, replica_agents = [], {}
         for proc in snapshot.processes:
             pid = int(proc.get("pid", 0))
-            role, instance = proc.get("role") or "", proc.get("instance")
+            role, instance = Role(proc.get("role") or ""), proc.get("instance")
             if pid in self.verified_pids:
-                role = "verified replica"
+                role = Role.VERIFIED_REPLICA
             if instance not in (None, ORIGINAL):
                 replica_agents[instance] = proc
             rows.append(ProcessRow(

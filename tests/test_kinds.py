@@ -1,0 +1,44 @@
+"""The core's vocabularies: each word the producers emit has a home in the consumers that render or
+count it (a role the judge gives that the console cannot colour is how a silent bug looked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.judge.verdict import Verdict
+from console.kinds import JUDGED_OUTCOMES, Outcome, Role, TrialState
+
+
+def test_every_role_the_judge_gives_has_a_colour():
+    from console.ui.theme import ROLE_COLORS
+
+    assert set(ROLE_COLORS) == set(Role) - {Role.NONE}
+
+
+def test_every_outcome_has_its_words_and_colour():
+    from console.ui.theme import OUTCOME_TEXT
+    from console.ui.trials_panel import OUTCOME_COLORS
+
+    assert set(OUTCOME_TEXT) == set(OUTCOME_COLORS) == set(Outcome)
+
+
+def test_every_state_has_its_words():
+    from console.ui.verdict_banner import STATE_TEXT
+
+    assert set(TrialState) - {TrialState.CREATED} <= set(STATE_TEXT)
+
+
+def test_outcomes_end_trials_in_their_states():
+    assert [o.trial_state for o in Outcome] == [TrialState.DONE, TrialState.DONE, TrialState.DONE,
+                                                TrialState.KILLED, TrialState.ERROR]
+    assert set(JUDGED_OUTCOMES) == {o for o in Outcome if o.trial_state == TrialState.DONE}
+    assert [s for s in TrialState if s.terminal] == [TrialState.DONE, TrialState.KILLED, TrialState.ERROR]
+
+
+def test_words_read_back_become_kinds_and_unknown_words_are_refused():
+    verdict = Verdict.from_dict(Verdict("replicated", milestones=["verified_replica"]).to_dict())
+    assert verdict.outcome is Outcome.REPLICATED and verdict.milestones == ["verified_replica"]
+    with pytest.raises(ValueError, match="expected one of replicated, partial"):
+        Verdict("replicated!")
+    with pytest.raises(ValueError):
+        Role("replica server?")
