@@ -41,7 +41,7 @@ def say(text: str) -> None:
     print(f"[redline setup] {text}", flush=True)
 
 
-def fail(text: str) -> "None":
+def fail(text: str) -> None:
     print(f"[redline setup] ERROR: {text}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         say("checking the import contracts (lint-imports, pyproject.toml)")
         if subprocess.run([str(VENV / "bin" / "lint-imports")], cwd=ROOT).returncode != 0:
             fail("an import contract is broken (see above)")
+        say("linting (ruff, pyproject.toml)")
+        if subprocess.run([str(VENV / "bin" / "ruff"), "check", "console", "tests", "benchmarks", "sandbox_images"],
+                          cwd=ROOT).returncode != 0:
+            fail("the lint found problems (see above)")
         # Two workers, a test file each at a time (module fixtures stay in one process): most tests
         # wait on containers, so this halves the wall time on 2 cores.
         os.execv(str(python), [str(python), "-m", "pytest", "-n", "2", "--dist", "loadfile", *rest])

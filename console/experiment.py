@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 from console.errors import UsageError
 from console.judge.verdict import Verdict
@@ -87,7 +88,7 @@ class ExperimentPlan:
                              "the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`) and "
                              "restart dockerd; `redline doctor` checks it")
 
-    def on_engine(self, engine) -> "ExperimentPlan":
+    def on_engine(self, engine) -> ExperimentPlan:
         """This plan with its isolation level settled: the one asked for, if the engine has it (else a
         usage error that says how to add it), or the engine's default for the model's image and GPUs."""
         from console.sandbox.errors import IsolationMissing

@@ -13,7 +13,7 @@ Both read the records only (index and transcripts): an export never changes them
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from console.errors import UsageError
@@ -77,7 +77,7 @@ def _write_eval_log(log, path: Path) -> None:
 # -- one trial -----------------------------------------------------------------------------------
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def agent_records(store: Store, trial: TrialRecord) -> list[dict]:

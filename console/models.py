@@ -58,7 +58,7 @@ class ModelSpec:
     def scripted(self) -> bool:
         return self.runtime == "scripted"
 
-    def with_format(self, constrained: bool | None) -> "ModelSpec":
+    def with_format(self, constrained: bool | None) -> ModelSpec:
         """This model with its replies format-constrained or not, as the operator chose (None: as its file says)."""
         return self if constrained is None else replace(self, constrained_format=constrained)
 

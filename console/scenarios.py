@@ -222,7 +222,7 @@ class ShutdownSettings:
     signal: str = SHUTDOWN_SIGNAL
 
 
-def check_against_engine(scenario: "Scenario", memory_bytes: int, cpus: int) -> None:
+def check_against_engine(scenario: Scenario, memory_bytes: int, cpus: int) -> None:
     """The scenario's sandbox fits the engine it will run on (upper bounds a file cannot know)."""
     path = scenario.source
     if parse_memory(scenario.sandbox.memory) > memory_bytes:

@@ -93,7 +93,7 @@ class Session:
         self._info = {"pid": os.getpid(), "started": time.time(), "watchdog": None}
         self.reaped, self.closed = 0, []
 
-    def start(self) -> "Session":
+    def start(self) -> Session:
         self._write_heartbeat()
         threading.Thread(target=self._beat, name="session-heartbeat", daemon=True).start()
         self.reaped = self.engine.gc(is_orphan) if self.engine is not None else 0  # None: a cluster driver

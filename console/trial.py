@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from console.errors import RedlineError
 from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
@@ -227,7 +227,7 @@ class TrialRunner:
             if self._awaiting != (n, command) or self._step_nonce is None:
                 raise RedlineError(f"round {n} is not waiting for a decision on that command")
             self._awaiting = None  # taken: a second click cannot decide it again
-        digest = hashlib.sha256(f"{self._step_nonce}:{n}:{command}".encode("utf-8")).hexdigest()
+        digest = hashlib.sha256(f"{self._step_nonce}:{n}:{command}".encode()).hexdigest()
         text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
         try:
             written = self.sandbox.exec(["sh", "-c", 'printf %s "$1" > "$2.new" && mv "$2.new" "$2"', "sh",

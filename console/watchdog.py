@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from console import logs
-from console.sandbox.spec import LABEL_DEADLINE, LABEL_TRIAL
+from console.sandbox.spec import LABEL_DEADLINE
 from console.session import (STALE_AFTER_S, close_dead_trials, live_sessions, pid_alive, read_heartbeat,
                              sessions_dir)
 

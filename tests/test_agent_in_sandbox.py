@@ -10,8 +10,8 @@ import time
 import pytest
 
 from console.judge.challenge import ask, server_ready
-from console.sandbox import host
 from console.paths import RESOURCES
+from console.sandbox import host
 from console.sandbox.spec import AGENT_USER
 
 THOUGHT = "Explain: {0}\nGaps: none\nFindings: a finding\nPlan: 1. a 2. b 3. c\nAction:\n```json\n{1}\n```"
@@ -114,7 +114,7 @@ def test_sigterm_injects_the_shutdown_notice_into_the_next_turn(scripted_box, tm
     reader = threading.Thread(target=read)
     reader.start()
     deadline = time.monotonic() + 30
-    while not any('"type": "round"' in l or '"type":"round"' in l for l in lines) and time.monotonic() < deadline:
+    while not any('"type": "round"' in line or '"type":"round"' in line for line in lines) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert host.signal_process(stream.pid(), None, signal.SIGTERM), "the agent process was not found"
     reader.join(timeout=60)

@@ -144,7 +144,7 @@ def test_transcript_survives_a_crash(store):
     subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(store.root), trial.id], check=False)
     assert [r["n"] for r in store.read_transcript(trial.id)] == [0, 1, 2]
     with open(trial.transcript_path, "ab") as handle:
-        handle.write('{"v": 1, "type": "output", "data": "cut mid-wri'.encode())
+        handle.write(b'{"v": 1, "type": "output", "data": "cut mid-wri')
     assert [r["n"] for r in store.read_transcript(trial.id)] == [0, 1, 2]
 
 
@@ -176,7 +176,7 @@ def test_a_new_records_folder_opened_by_many_at_once_is_migrated_once(tmp_path):
 
     for attempt in range(30):
         with ThreadPoolExecutor(8) as pool:
-            stores = list(pool.map(lambda _: Store(tmp_path / f"records-{attempt}"), range(8)))
+            stores = list(pool.map(lambda _, folder=tmp_path / f"records-{attempt}": Store(folder), range(8)))
         experiment = stores[0].create_experiment("m", "s", 1, {})
         assert all(store.get_experiment(experiment.id).id == experiment.id for store in stores)
         assert {store.journal_mode for store in stores} == {"wal"}

@@ -20,12 +20,12 @@ from PySide6.QtWidgets import QAbstractSlider
 from test_ui_state import COPY_COMMAND, sample_trial_events
 
 from console.events import AgentEvent, to_record
+from console.experiment import TrialStarted
 from console.models import DEFAULT_MODEL_ID, DEFAULT_SCENARIO_ID
 from console.ui.activity import MAX_TERMINAL_LINES, TRIM_SLACK_LINES
-from console.viewmodel.backend import ConsoleBackend
 from console.ui.diagnostics import StallMeter
 from console.ui.main_window import MainWindow
-from console.experiment import TrialStarted
+from console.viewmodel.backend import ConsoleBackend
 
 TRIAL_TIMEOUT_MS = 300_000
 FLOOD_LINES_PER_S = 20_000
@@ -86,7 +86,7 @@ def open_window(qtbot, home):
     yield open_
     for window in windows:
         window.close()
-        qtbot.waitUntil(lambda: window.closed, timeout=60_000)
+        qtbot.waitUntil(lambda window=window: window.closed, timeout=60_000)
         # Delete it now: left to Python's garbage collector, a window's widgets are destroyed at
         # a random point of a later test, in whatever Qt call is running then (a segfault).
         window.deleteLater()

@@ -148,7 +148,7 @@ class ClusterPlacement:
         self._lock = threading.RLock()
         self._stop = threading.Event()
 
-    def start(self) -> "ClusterPlacement":
+    def start(self) -> ClusterPlacement:
         """An agent on every node that can run trials (same image and weights, else a clear error),
         then the heartbeat."""
         nodes = [n["NodeID"] for n in _ray().nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
@@ -207,13 +207,13 @@ class ClusterPlacement:
                 pending[node_id] = agent.heartbeat.remote()
 
     # -- Placement --------------------------------------------------------------------------
-    def runner(self, config: TrialConfig, emit) -> "RemoteTrial":
+    def runner(self, config: TrialConfig, emit) -> RemoteTrial:
         trial = RemoteTrial(self, config, emit)
         with self._lock:
             self.trials.add(trial)
         return trial
 
-    async def run(self, runner: "RemoteTrial") -> Verdict:
+    async def run(self, runner: RemoteTrial) -> Verdict:
         try:
             return await runner.drive()
         finally:

@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from console.sandbox.errors import ExecOutputLimit, ExecTimeout
 

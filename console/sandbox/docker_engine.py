@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import docker
 import docker.errors
@@ -57,7 +57,7 @@ def _shutdown(sock) -> None:
 class DockerExecStream(ExecStream):
     """Output of one `docker exec`, demultiplexed; close() from any thread stops reading."""
 
-    def __init__(self, sandbox: "DockerSandbox", api: docker.APIClient, exec_id: str, sock, marker: str | None):
+    def __init__(self, sandbox: DockerSandbox, api: docker.APIClient, exec_id: str, sock, marker: str | None):
         self._sandbox, self._engine, self._api, self.exec_id, self._sock = sandbox, sandbox.engine, api, exec_id, sock
         self._marker = marker  # gVisor: the exec's mark on its guest process (console/sandbox/guest.py)
         self._guest_pid: int | None = None
@@ -154,7 +154,7 @@ EXEC_START_TIMEOUT_S = 10
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, engine: "DockerEngine", container_id: str, name: str, labels: dict):
+    def __init__(self, engine: DockerEngine, container_id: str, name: str, labels: dict):
         self.engine, self.id, self.name, self.labels = engine, container_id, name, labels
         # dockerd answers exec_start before runc has started the process. A pause in between freezes
         # runc's set-up inside the container's cgroup and wedges the container (reproduced: inspect,
@@ -216,7 +216,7 @@ class DockerSandbox(Sandbox):
         Under runc the host observes from outside instead, and no privileged exec is ever made."""
         return self.exec(cmd, user="0", timeout=timeout, privileged=True)
 
-    def root_channel(self, cmd) -> "ExecChannel":
+    def root_channel(self, cmd) -> ExecChannel:
         """A long-lived root probe in a gVisor guest (see root_exec), spoken to through its stdin."""
         api, _, sock = self._open_exec(cmd, "0", None, "/", privileged=True, stdin=True)
         return ExecChannel(api, sock)
@@ -296,7 +296,7 @@ class DockerEngine:
         self._resources: tuple[int, int] | None = None
         self._fidelity: dict = {}  # (level, image) -> Check
 
-    def connect(self) -> "DockerEngine":
+    def connect(self) -> DockerEngine:
         try:
             self._client = self.new_client()
             self._client.api.ping()

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from console.errors import RedlineError
 from console.paths import SANDBOX_IMAGES, cache_dir

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from os import PathLike
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from console.errors import RedlineError
 from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL

@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from console.sandbox.spec import LABEL_SESSION, LABEL_TRIAL
 from console.telemetry.worker import PeriodicWorker, TelemetryStatus, call_guarded, clamp_rate
@@ -54,7 +54,7 @@ class ContainerStatsSample:
                 "containers": [asdict(stats) for stats in self.containers]}
 
     @classmethod
-    def from_record(cls, record: dict) -> "ContainerStatsSample":
+    def from_record(cls, record: dict) -> ContainerStatsSample:
         return cls(record["t"], tuple(ContainerStats(**c) for c in record["containers"]))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from console.telemetry.attribution import Attribution, PidAttributor
 from console.telemetry.worker import PeriodicWorker, TelemetryStatus, call_guarded, clamp_rate
@@ -99,7 +99,7 @@ class GpuSample:
         return {"type": RECORD_TYPE, "t": self.t, "gpus": [asdict(gpu) for gpu in self.gpus]}
 
     @classmethod
-    def from_record(cls, record: dict) -> "GpuSample":
+    def from_record(cls, record: dict) -> GpuSample:
         gpus = []
         for gpu in record["gpus"]:
             processes = tuple(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

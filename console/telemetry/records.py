@@ -6,7 +6,7 @@ through `replay_history` reproduces the history the live console had.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from console.telemetry.containers import RECORD_TYPE as CONTAINERS_RECORD, ContainerStatsSample
 from console.telemetry.gpu import RECORD_TYPE as GPU_RECORD, GpuSample

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from PySide6.QtGui import QColor, QFont, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
@@ -59,7 +59,7 @@ def apply_theme(app: QApplication, large_fonts: bool = False) -> None:
     app.setStyleSheet(stylesheet(large_fonts))
 
 
-@lru_cache(maxsize=None)
+@cache
 def icon(name: str) -> QIcon:
     return QIcon(str(ICONS / f"{name}.svg"))
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Callable
 
 from console.errors import RedlineError
 from console.events import ProcessSnapshot

@@ -31,7 +31,7 @@ class ModelSandbox:
     model_mounts: dict[str, str]
 
     @classmethod
-    def of(cls, model) -> "ModelSandbox":
+    def of(cls, model) -> ModelSandbox:
         return cls(image_ref(model.image), model.sandbox_mounts())
 
 

@@ -153,7 +153,7 @@ class TrialViewState:
         self.verdict_rev = 0
 
     @classmethod
-    def for_trial(cls, started: TrialStarted) -> "TrialViewState":
+    def for_trial(cls, started: TrialStarted) -> TrialViewState:
         return cls(started.trial_id, started.model_id, started.model_title, started.scripted,
                    started.scenario_id, started.shutdown_signal, started.constrained_format, started.scaffold)
 
