@@ -19,7 +19,7 @@ from collections.abc import Callable
 from console.errors import UsageError
 from console.judge.verdict import Verdict
 from console.models import DEFAULT_SCAFFOLD, SCAFFOLDS
-from console.sandbox.spec import ISOLATION_RUNTIMES, parse_memory
+from console.sandbox.spec import GVISOR_HAS_NO_GPUS, ISOLATION_RUNTIMES, parse_memory
 from console.trial import TrialConfig, TrialRunner
 
 MAX_PACE_S = 60
@@ -53,7 +53,7 @@ class ExperimentPlan:
         if self.isolation is not None and self.isolation not in ISOLATION_RUNTIMES:
             raise UsageError(f"--isolation {self.isolation}: expected one of {', '.join(ISOLATION_RUNTIMES)}")
         if self.isolation == "gvisor" and self.gpus:
-            raise UsageError("--isolation gvisor: GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)")
+            raise UsageError(f"--isolation gvisor: {GVISOR_HAS_NO_GPUS}")
         if self.step_mode and self.parallel > 1:
             raise UsageError("step mode approves one trial's commands at a time: use --parallel 1")
         if self.gpus and len(self.gpus) % self.parallel:

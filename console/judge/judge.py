@@ -370,6 +370,7 @@ class Judge:
             conversations, references = self.bank.pop(0)
             record["reference"] = "banked: answers the original gave before the agent started"
         else:
+            record["no_reference"] = True
             record["detail"] = "no reference: the original server is gone and every banked answer is used"
             return self._keep_record(record)
         try:
@@ -493,7 +494,7 @@ class Judge:
                     record = self._challenge(candidate, look)
                     if record["ok"]:
                         passed[candidate.agent.key] = (candidate, record)
-                    elif record["detail"].startswith("no reference") and candidate.agent.key in self.verified:
+                    elif record.get("no_reference") and candidate.agent.key in self.verified:
                         passed[candidate.agent.key] = (candidate, self.verified[candidate.agent.key])
                 verified = set(passed)
                 for key, (candidate, record) in passed.items():

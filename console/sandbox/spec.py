@@ -18,6 +18,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from console.sandbox.errors import InvalidSpec
 
@@ -44,6 +45,22 @@ SCRATCH_SHARE = 8
 SELF_END_MARGIN_S = 180  # past the deadline label (when the reaper acts), PID 1 ends the sandbox itself
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+GVISOR_HAS_NO_GPUS = "GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)"
+
+
+class Bounds(NamedTuple):
+    """A limit's allowed range, declared once: the scenario reader, the spec and the launch panel's
+    widgets all take it from here."""
+
+    low: float
+    high: float
+
+    def __contains__(self, value) -> bool:
+        return self.low <= value <= self.high
+
+
+PIDS_LIMIT_BOUNDS = Bounds(16, 4096)  # processes and threads of one sandbox: a 70B vLLM server and its replica fit
+CPUS_BOUNDS = Bounds(0.1, 256)
 
 
 def engine_sockets(extra: tuple[str, ...] = ()) -> set[str]:
@@ -100,20 +117,20 @@ class ContainmentSpec:
         raise InvalidSpec naming the field."""
         if not self.image:
             raise InvalidSpec("image: expected an image name")
-        if not (16 <= self.pids_limit <= 4096):
-            raise InvalidSpec(f"pids_limit {self.pids_limit}: expected 16..4096")
+        if self.pids_limit not in PIDS_LIMIT_BOUNDS:
+            raise InvalidSpec(f"pids_limit {self.pids_limit}: expected {PIDS_LIMIT_BOUNDS.low}..{PIDS_LIMIT_BOUNDS.high}")
         memory = parse_memory(self.mem_limit)
         if memory < 64 * 1024**2:
             raise InvalidSpec(f"mem_limit {self.mem_limit!r}: expected at least 64m")
         if engine_memory is not None and memory > engine_memory:
             raise InvalidSpec(f"mem_limit {self.mem_limit!r}: expected at most the engine's "
                               f"{engine_memory / 1024**3:.1f} GiB")
-        if not (0.1 <= self.cpus <= (engine_cpus or 256)):
-            raise InvalidSpec(f"cpus {self.cpus}: expected 0.1..{engine_cpus or 256}")
+        if not (CPUS_BOUNDS.low <= self.cpus <= (engine_cpus or CPUS_BOUNDS.high)):
+            raise InvalidSpec(f"cpus {self.cpus}: expected {CPUS_BOUNDS.low}..{engine_cpus or CPUS_BOUNDS.high}")
         if self.isolation not in ISOLATION_RUNTIMES:
             raise InvalidSpec(f"isolation {self.isolation!r}: expected one of {', '.join(ISOLATION_RUNTIMES)}")
         if self.isolation == "gvisor" and self.gpus:
-            raise InvalidSpec("isolation 'gvisor': GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)")
+            raise InvalidSpec(f"isolation 'gvisor': {GVISOR_HAS_NO_GPUS}")
         if self.user.split(":")[0] in ("0", "root"):
             raise InvalidSpec("user: the agent never runs as root")
         for gpu in self.gpus:

@@ -16,7 +16,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from console.errors import ConfigError, RedlineError
 from console.models import IMAGES_FOR_RUNTIME, RUNTIMES, validate_model_entry
 from console.experiment import ExperimentPlan
-from console.scenarios import MAX_PIDS
+from console.sandbox.spec import CPUS_BOUNDS, PIDS_LIMIT_BOUNDS
+from console.scenarios import MAX_ROUNDS_BOUNDS, WALL_TIME_BOUNDS
 from console.viewmodel.containment import CheckItem, ModelSandbox, checklist, launch_spec
 from console.kinds import TrialState
 from console.viewmodel.state import TrialViewState
@@ -156,11 +157,12 @@ class LaunchPanel(QWidget):
         self.gpu_note.setProperty("role", "warning")
         self.gpu_layout.addWidget(self.gpu_note)
 
-        self.max_rounds = QSpinBox(minimum=1, maximum=1000)
-        self.wall_time = QSpinBox(minimum=10, maximum=86400, singleStep=60, suffix=" s")
+        self.max_rounds = QSpinBox(minimum=MAX_ROUNDS_BOUNDS.low, maximum=MAX_ROUNDS_BOUNDS.high)
+        self.wall_time = QSpinBox(minimum=WALL_TIME_BOUNDS.low, maximum=WALL_TIME_BOUNDS.high, singleStep=60,
+                                  suffix=" s")
         self.memory = QLineEdit()
-        self.cpus = QDoubleSpinBox(minimum=0.1, maximum=256, singleStep=0.5, decimals=1)
-        self.pids = QSpinBox(minimum=16, maximum=MAX_PIDS, singleStep=64)
+        self.cpus = QDoubleSpinBox(minimum=CPUS_BOUNDS.low, maximum=CPUS_BOUNDS.high, singleStep=0.5, decimals=1)
+        self.pids = QSpinBox(minimum=PIDS_LIMIT_BOUNDS.low, maximum=PIDS_LIMIT_BOUNDS.high, singleStep=64)
         self.trials = QSpinBox(minimum=1, maximum=100)
         self.parallel = QSpinBox(minimum=1, maximum=16, toolTip="trials at once (each gets its share of the "
                                                                    "ticked GPUs); step mode needs 1")
