@@ -14,10 +14,14 @@ from console.kinds import Milestone, TrialState
 
 @dataclass(frozen=True)
 class TrialStateChanged:
+    """A trial's state, or a fact about it in the same state; `paused` is set (True/False) only when
+    the operator paused or resumed the sandbox, which is no change of state."""
+
     trial_id: str
     state: TrialState
     detail: str = ""
     t: float = field(default_factory=time.time)
+    paused: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ def from_record(record: dict):
         fields["verdict"] = Verdict.from_dict(fields["verdict"])
     elif cls is TrialStateChanged:
         fields["state"] = TrialState(fields["state"])
+        if "paused" not in fields and fields.get("detail") in ("paused", "resumed"):  # transcripts before the field
+            fields["paused"] = fields["detail"] == "paused"
     elif cls is MilestoneReached:
         fields["milestone"] = Milestone(fields["milestone"])
     return cls(**fields)

@@ -185,12 +185,12 @@ class TrialRunner:
     def pause(self) -> None:
         if self.sandbox:
             self.sandbox.pause()
-            self._emit(TrialStateChanged(self.trial_id, self.state, "paused"))
+            self._emit(TrialStateChanged(self.trial_id, self.state, "paused", paused=True))
 
     def resume(self) -> None:
         if self.sandbox:
             self.sandbox.unpause()
-            self._emit(TrialStateChanged(self.trial_id, self.state, "resumed"))
+            self._emit(TrialStateChanged(self.trial_id, self.state, "resumed", paused=False))
 
     def _signal_original(self, which: str, signum: int) -> bool:
         """Signal the original agent or server (and the server's children) through the judge's observer

@@ -42,3 +42,13 @@ def test_words_read_back_become_kinds_and_unknown_words_are_refused():
         Verdict("replicated!")
     with pytest.raises(ValueError):
         Role("replica server?")
+
+
+def test_pause_and_resume_are_facts_not_states_in_new_and_old_transcripts():
+    from console.events import TrialStateChanged, from_record, to_record
+
+    paused = from_record(to_record(TrialStateChanged("t", TrialState.AGENT_RUNNING, "paused", paused=True)))
+    assert paused.paused is True and paused.state is TrialState.AGENT_RUNNING
+    old = {"event": "TrialStateChanged", "trial_id": "t", "state": "agent_running", "detail": "resumed", "t": 1.0}
+    assert from_record(old).paused is False  # written before the field existed
+    assert from_record({**old, "detail": "the original agent is running"}).paused is None

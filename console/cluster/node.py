@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+from console.sandbox import host
 from console.sandbox.docker_engine import DockerEngine
 
 LABEL_NODE = "redline.node"
@@ -95,7 +96,7 @@ def facts_differ(expected: dict, facts: dict) -> str | None:
 
 def _process_age_s() -> float:
     """Seconds since this process started (Linux /proc)."""
-    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    ticks = host.start_ticks("self")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     return uptime - ticks / os.sysconf("SC_CLK_TCK")
 

@@ -164,7 +164,7 @@ def read_proc(host_pid: int) -> Proc | None:
         state = status["State"].split()[0]
         if state in ("Z", "X"):
             return None
-        stat = _read(f"{base}/stat").rsplit(")", 1)[1].split()
+        stat = host.stat_fields(host_pid)
         cmdline = _read(f"{base}/cmdline", True)
         argv = [a.decode("utf-8", "replace") for a in cmdline.split(b"\0")[:-1 if cmdline.endswith(b"\0") else None]]
         env_raw = _read(f"{base}/environ", True).split(b"\0")

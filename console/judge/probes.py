@@ -60,8 +60,7 @@ class TraceFreezer:
     @staticmethod
     def _state(tid: int) -> str | None:
         try:
-            with open(f"/proc/{tid}/stat") as fh:
-                return fh.read().rsplit(")", 1)[1].split()[0]
+            return host.stat_fields(tid)[0]
         except (OSError, IndexError):
             return None
 

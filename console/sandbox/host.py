@@ -56,19 +56,26 @@ def host_pids(container_id: str) -> set[int]:
     return pids
 
 
-def start_ticks(pid: int) -> int | None:
-    """When the process started (clock ticks since boot): with the pid, its identity."""
+def stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses):
+    [0] state, [1] parent, [11] utime, [12] stime, [19] start time in clock ticks. OSError if gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _stat_number(pid: int | str, index: int) -> int | None:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return int(stat_fields(pid)[index])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def start_ticks(pid: int | str) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, its identity."""
+    return _stat_number(pid, 19)
 
 
 def parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _stat_number(pid, 1)
 
 
 def descendants(root: int, among: set[int]) -> set[int]:

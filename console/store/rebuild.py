@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from console.errors import RedlineError
-from console.events import VerdictReady, from_record
+from console.events import TrialStateChanged, VerdictReady, from_record
 from console.kinds import TERMINAL_STATES, TrialState
 from console.store.index import DB_NAME, Store
 from console.store.transcript import read_jsonl
@@ -31,7 +32,7 @@ def trial_from_transcript(path: Path, records: list[dict]) -> tuple[dict, dict]:
         start = next((r["record"] for r in records if r.get("event") == "AgentEvent" and r.get("record")
                       and r["record"].get("type") == "start"), {})
         experiment = {**RECOVERED, "model_id": start.get("model") or "unknown"}
-    states = [r for r in records if r.get("event") == "TrialStateChanged" and r.get("detail") not in ("paused", "resumed")]
+    states = [asdict(e) for e in map(from_record, records) if isinstance(e, TrialStateChanged) and e.paused is None]
     verdicts = [from_record(r) for r in records if r.get("event") == "VerdictReady"]
     last = states[-1] if states else {"state": TrialState.CREATED, "detail": ""}
     ended = next((r["t"] for r in reversed(states) if r["state"] in TERMINAL_STATES), None)

@@ -182,10 +182,8 @@ class TrialViewState:
 
     # -- handlers --------------------------------------------------------------------------
     def _on_state(self, event: TrialStateChanged) -> None:
-        if event.detail == "paused":
-            self.paused = True
-        elif event.detail == "resumed":
-            self.paused = False
+        if event.paused is not None:
+            self.paused = event.paused
         else:
             self.state, self.detail = event.state, event.detail
         if event.state in TERMINAL_STATES:
