@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from console.events import (AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady,
                             from_record, to_record)
 from console.judge.verdict import MILESTONES, Verdict
+from console.kinds import TrialState
 from console.viewmodel.containment import ModelSandbox, checklist, launch_spec
 from console.viewmodel.replay import TranscriptReplay
 from console.viewmodel.state import MAX_CHUNK_CHARS, MAX_TERMINAL_ENTRIES, TrialViewState, clip_chunk
@@ -232,3 +233,18 @@ def test_the_checklist_shows_the_isolation_level_the_engine_will_be_given():
     assert items["Processes"].value == "at most 352"  # gVisor's own threads count too: 96 on top
     gpu = {item.name: item for item in checklist(launch_spec(model, scenario, (0,), "gvisor"), gpu_count=1)}
     assert not gpu["Limits"].ok and "GPU sandboxes run on runc" in gpu["Limits"].value
+
+
+def test_the_view_model_decides_which_trial_controls_apply():
+    from console.viewmodel.state import ControlStates
+
+    live = TrialViewState("t", shutdown_signal=True)
+    assert ControlStates.of(live, launching=True) == ControlStates() == ControlStates.of(None, launching=True)
+    live.apply(TrialStateChanged("t", TrialState.STARTING_MODEL))
+    assert ControlStates.of(live, launching=True) == ControlStates(running=True)
+    assert ControlStates.of(live, launching=False) == ControlStates()  # a replayed or finished launch
+    live.apply(TrialStateChanged("t", TrialState.AGENT_RUNNING))
+    live.apply(TrialStateChanged("t", TrialState.AGENT_RUNNING, "paused", paused=True))
+    assert ControlStates.of(live, launching=True) == ControlStates(running=True, paused=True, can_signal=True)
+    live.apply(TrialStateChanged("t", TrialState.KILLED, "killed by the operator"))
+    assert ControlStates.of(live, launching=True) == ControlStates()

@@ -20,7 +20,7 @@ from console.sandbox.spec import CPUS_BOUNDS, PIDS_LIMIT_BOUNDS
 from console.scenarios import MAX_ROUNDS_BOUNDS, WALL_TIME_BOUNDS
 from console.viewmodel.containment import CheckItem, ModelSandbox, checklist, launch_spec
 from console.kinds import TrialState
-from console.viewmodel.state import TrialViewState
+from console.viewmodel.state import IDLE, TrialViewState
 from console.ui.theme import icon, set_style_property
 
 PROGRESS_STEPS = (TrialState.PREPARING, TrialState.STARTING_MODEL, TrialState.AGENT_RUNNING, TrialState.JUDGING,
@@ -353,7 +353,7 @@ class LaunchPanel(QWidget):
         if state.state in (TrialState.KILLED, TrialState.ERROR):
             step = len(PROGRESS_STEPS)
         self.progress.setValue(step)
-        label = state.state.replace("_", " ") if state.state != "idle" else "getting ready"
+        label = state.state.replace("_", " ") if state.state != IDLE else "getting ready"
         self.progress.setFormat(f"{trial_text}{label}")
         self.progress_detail.setText(state.detail[-300:])
 

@@ -28,7 +28,7 @@ from console.ui.controls import KILL_SHORTCUTS, ControlBar, ReplayBar
 from console.ui.dispatch import GuiDispatcher
 from console.ui.launch_panel import LaunchPanel
 from console.ui.sandbox_view import MilestoneTimeline, SandboxView
-from console.viewmodel.state import LaunchProgress, TrialViewState
+from console.viewmodel.state import ControlStates, LaunchProgress, TrialViewState
 from console.ui.theme import apply_theme, icon, set_style_property
 from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
@@ -347,13 +347,12 @@ class MainWindow(QMainWindow):
             for view in self.trial_views:
                 view.render()
         live = self.live_state
-        running = self.launching and live is not None and live.state not in TERMINAL_STATES + ("idle",)
-        self.controls.set_trial(running=running, paused=bool(live and live.paused),
-                                can_signal=bool(live and live.shutdown_signal and live.state == TrialState.AGENT_RUNNING))
+        controls = ControlStates.of(live, self.launching)
+        self.controls.set_trial(running=controls.running, paused=controls.paused, can_signal=controls.can_signal)
         self.pause_action.setEnabled(self.controls.pause_button.isEnabled())
         self.resume_action.setEnabled(self.controls.resume_button.isEnabled())
         self.signal_action.setEnabled(self.controls.signal_button.isEnabled())
-        self.controls.set_awaiting(live.awaiting if running else None)
+        self.controls.set_awaiting(controls.awaiting)
         self.launch_panel.show_progress(live, self._launch_text)
         if shown is not None:
             mode = "replay" if self.replay is not None else "live"

@@ -10,11 +10,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from console.kinds import Outcome, TrialState
-from console.viewmodel.state import TrialViewState
+from console.viewmodel.state import IDLE, TrialViewState
 from console.ui.theme import OUTCOME_TEXT, set_style_property
 
 STATE_TEXT = {
-    "idle": "No trial running", TrialState.PREPARING: "Preparing the sandbox",
+    IDLE: "No trial running", TrialState.PREPARING: "Preparing the sandbox",
     TrialState.STARTING_MODEL: "Starting the model", TrialState.AGENT_RUNNING: "Agent running",
     TrialState.JUDGING: "Judging", TrialState.DONE: "Done", TrialState.KILLED: "Killed", TrialState.ERROR: "Error",
 }

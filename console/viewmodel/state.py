@@ -18,7 +18,7 @@ from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
-from console.kinds import TERMINAL_STATES, Role
+from console.kinds import TERMINAL_STATES, Role, TrialState
 
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
@@ -27,6 +27,7 @@ MAX_RAW_REPLY_CHARS = 1500
 MAX_STATE_LOG = 200
 NEW_PROCESS_HIGHLIGHT_S = 6.0
 ORIGINAL = "original"
+IDLE = "idle"  # the view's state before its trial has one
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class TrialViewState:
         self.scripted, self.constrained_format, self.scaffold = scripted, constrained_format, scaffold
         self.scenario_id, self.shutdown_signal = scenario_id, shutdown_signal
         self.started_t: float | None = None
-        self.state = "idle"
+        self.state = IDLE
         self.detail = ""
         self.paused = False
         self.awaiting: AwaitingCommand | None = None
@@ -365,3 +366,21 @@ _HANDLERS = {
     VerdictReady: TrialViewState._on_verdict,
     OutputDropped: TrialViewState._on_dropped,
 }
+
+
+@dataclass(frozen=True)
+class ControlStates:
+    """Which of a live trial's controls apply now, decided here from its state, so that the window
+    only renders them: pause, resume and the shutdown signal only while a launched trial runs."""
+
+    running: bool = False
+    paused: bool = False
+    can_signal: bool = False
+    awaiting: AwaitingCommand | None = None
+
+    @classmethod
+    def of(cls, live: TrialViewState | None, launching: bool) -> ControlStates:
+        if not launching or live is None or live.state == IDLE or live.state in TERMINAL_STATES:
+            return cls()
+        return cls(running=True, paused=live.paused,
+                   can_signal=live.shutdown_signal and live.state == TrialState.AGENT_RUNNING, awaiting=live.awaiting)
