@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import signal
 import threading
 import time
@@ -19,12 +18,12 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 from console.errors import RedlineError
-from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
-                            VerdictReady, to_record)
+from console.events import AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
 from console.kinds import Outcome, TrialState
+from console.recorder import TrialRecorder
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
@@ -92,25 +91,8 @@ class TrialRunner:
     def __init__(self, engine, config: TrialConfig, session, store=None,
                  emit: Callable[[object], None] = lambda event: None):
         self.engine, self.config, self.session, self.store = engine, config, session, store
-        self._emit_to = emit
-        if store is not None:
-            experiment = config.experiment_id or store.create_experiment(
-                config.model.id, config.scenario.id, 1, config={"gpus": list(config.gpus)}).id
-            self.trial_id = store.create_trial(experiment, config.index, scripted=config.model.scripted,
-                                               session_id=session.id,
-                                               constrained_format=config.model.constrained_format,
-                                               scaffold=config.scaffold).id
-        else:
-            self.trial_id = f"t{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        self.transcript = store.transcript_writer(self.trial_id) if store is not None else None
-        if self.transcript is not None:  # what `redline records rebuild` needs to restore the index
-            self.transcript.write({"event": "TrialCreated", "t": time.time(), "trial_id": self.trial_id,
-                                   "index": config.index, "scripted": config.model.scripted,
-                                   "constrained_format": config.model.constrained_format,
-                                   "scaffold": config.scaffold,
-                                   "session_id": session.id,
-                                   "experiment": vars(store.get_experiment(experiment))})
-        self.state = TrialState.PREPARING
+        self.recorder = TrialRecorder(config, session, store, emit, on_unrecordable=self._unrecordable)
+        self.trial_id = self.recorder.trial_id
         self.sandbox = None
         self.judge: Judge | None = None
         self.started = time.time()
@@ -130,41 +112,22 @@ class TrialRunner:
         self._redline_signalled: set[str] = set()  # which of the original's parts Redline signalled
         self._ended_inside: list[str] = []  # parts of the original that died of a signal Redline never sent
 
-    # -- events ----------------------------------------------------------------------------
+    @property
+    def state(self) -> TrialState:
+        return self.recorder.state
+
     def _emit(self, event) -> None:
-        if self.transcript is not None:
-            try:
-                self.transcript.write(to_record(event))
-            except OSError as exc:
-                self._unrecordable(f"its transcript {self.transcript.path} cannot be written ({exc.strerror or exc})")
-        self._emit_to(event)
+        self.recorder.emit(event)
 
     def _unrecordable(self, why: str) -> None:
-        """A trial that cannot be recorded is not supervised: kill it (fail closed), once, saying why."""
-        if self._killed.is_set():
-            return
-        log.error("trial %s: %s; killing it (fail closed)", self.trial_id, why)
-        self.kill(f"Redline, because {why}")
-
-    def _write_record(self, write, *args):
-        """A write to the index; one that fails (a full or read-only folder, a damaged index) kills the
-        trial instead of ending the runner with the sandbox alive. None when it failed."""
-        try:
-            return write(self.trial_id, *args)
-        except (OSError, RedlineError) as exc:
-            self._unrecordable(f"its records cannot be written ({exc})")
-            return None
+        if not self._killed.is_set():
+            self.kill(f"Redline, because {why}")
 
     def _set_state(self, state: TrialState, detail: str = "") -> None:
-        if self.store is not None and self._write_record(self.store.update_trial_state, state, detail) is False:
-            # someone else ended this trial (a watchdog while this process was frozen): that stands,
-            # this runner stops, and the views learn what the records say
-            record = self.store.get_trial(self.trial_id)
-            self._killed_by = self._killed_by or record.killed_by or f"the records ({record.detail})"
+        ended = self.recorder.set_state(state, detail)
+        if ended is not None:  # ended by someone else (a watchdog while this process was frozen): this runner stops
+            self._killed_by = self._killed_by or ended.killed_by or f"the records ({ended.detail})"
             self._killed.set()
-            state, detail = record.state, record.detail
-        self.state = state
-        self._emit(TrialStateChanged(self.trial_id, state, detail))
 
     def _check_killed(self) -> None:
         if self._killed.is_set():
@@ -255,17 +218,14 @@ class TrialRunner:
         verdict = None
         try:
             verdict = self._decide(self._run_phases())
-            self._emit(VerdictReady(self.trial_id, verdict))
-            if self.store is not None:
-                self._write_record(self.store.record_verdict, verdict)
+            self.recorder.verdict(verdict)
         finally:
             self._teardown()
             if verdict is not None:
                 self._set_state(verdict.outcome.trial_state, verdict.reason)
             else:
                 self._set_state(TrialState.ERROR, "the trial failed while recording its verdict")
-            if self.transcript is not None:
-                self.transcript.close()
+            self.recorder.close()
         return verdict
 
     def _run_phases(self) -> str | None:

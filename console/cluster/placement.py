@@ -5,7 +5,7 @@ the same image and weights as the others and carries this session's heartbeat to
 dead-man's switch. Per trial, a STRICT_PACK placement group of one bundle (a CPU and the trial's
 GPUs) and a TrialActor in it; a trial waiting for resources is a pending placement group, so the
 only cap that is ours is the experiment's `parallel`. The trial's events stream back and are
-written to this driver's records as they arrive (RemoteTrial reuses TrialRunner's record keeping);
+written to this driver's records as they arrive (RemoteTrial keeps them with the local TrialRecorder);
 the node keeps its own copy. KILL fans out to every node agent's KillSwitch; ray.kill never stops a
 container, so actors and placement groups are removed only after the nodes answered.
 """
@@ -29,7 +29,8 @@ from console.judge.verdict import Verdict
 from console.kinds import Outcome, TrialState
 from console.sandbox.base import ContainerKill, KillReport
 from console.session import STALE_AFTER_S
-from console.trial import TrialConfig, TrialRunner
+from console.recorder import TrialRecorder
+from console.trial import TrialConfig
 
 HEARTBEAT_S = 1.0
 KILL_WAIT_S = 10.0  # a node that has not confirmed its kills by then is reported unreachable
@@ -266,12 +267,19 @@ class ClusterPlacement:
             ray.kill(agent)
 
 
-class RemoteTrial(TrialRunner):
-    """A trial as the driver sees it: the record and transcript are TrialRunner's own (same records as
-    a local trial), the work happens in a TrialActor on a node; operator intents are forwarded."""
+class RemoteTrial:
+    """A trial as the driver sees it: its records are kept by the same TrialRecorder as a local
+    trial's, the work happens in a TrialActor on a node; operator intents are forwarded."""
+
+    sandbox = None  # it lives on the node
 
     def __init__(self, placement: ClusterPlacement, config: TrialConfig, emit):
-        super().__init__(None, config, placement.session, placement.store, emit=emit)
+        self.config, self.store = config, placement.store
+        self._killed = threading.Event()
+        self._killed_by: str | None = None
+        self.recorder = TrialRecorder(config, placement.session, placement.store, emit,
+                                      on_unrecordable=lambda why: self.kill(f"Redline, because {why}"))
+        self.trial_id = self.recorder.trial_id
         self.placement = placement
         self.actor = None
         self.placed: dict = {}
@@ -322,8 +330,17 @@ class RemoteTrial(TrialRunner):
     def decide(self, n: int, command: str, approve: bool, reason: str = "") -> None:
         self._call("decide", n, command, approve, reason)
 
-    def run(self) -> Verdict:
-        raise RedlineError("a cluster trial runs through ClusterPlacement.run")
+    @property
+    def state(self) -> TrialState:
+        return self.recorder.state
+
+    def _set_state(self, state: TrialState, detail: str = "") -> None:
+        self._record_state(TrialStateChanged(self.trial_id, state, detail))
+
+    def _record_state(self, event: TrialStateChanged) -> None:
+        ended = self.recorder.record_state(event)
+        if ended is not None:  # the records say someone else ended it: that stands, and the node is told
+            self.mark_killed(ended.killed_by or f"the records ({ended.detail})")
 
     # -- the run -----------------------------------------------------------------------------------
     async def drive(self) -> Verdict:
@@ -367,8 +384,7 @@ class RemoteTrial(TrialRunner):
                 if self._killed.is_set() else Verdict(Outcome.ERROR, reason="the node ended the trial without a verdict")
         if not self._recorded:
             self._record(verdict)
-        if self.transcript is not None:
-            self.transcript.close()
+        self.recorder.close()
         return verdict
 
     async def _stream(self, pg, gpus: int) -> Verdict | None:
@@ -405,18 +421,17 @@ class RemoteTrial(TrialRunner):
         event = replace(event, trial_id=self.trial_id)
         if isinstance(event, VerdictReady):
             event.verdict.evidence["placement"] = self.placed
-            self.store.record_verdict(self.trial_id, event.verdict)
+            self.recorder.verdict(event)
             self._recorded = True
-        if isinstance(event, TrialStateChanged):
-            self.state = event.state
-            self.store.update_trial_state(self.trial_id, event.state, event.detail)
-        self._emit(event)
+        elif isinstance(event, TrialStateChanged):
+            self._record_state(event)
+        else:
+            self.recorder.emit(event)
 
     def _record(self, verdict: Verdict) -> None:
         """A verdict the driver reached itself (never placed, refused, node lost)."""
         verdict.evidence.setdefault("placement", self.placed)
-        self._emit(VerdictReady(self.trial_id, verdict))
-        self.store.record_verdict(self.trial_id, verdict)
+        self.recorder.verdict(verdict)
         self._recorded = True
         self._set_state(verdict.outcome.trial_state, verdict.reason)
 

@@ -107,7 +107,7 @@ class ConsoleBackend:
         (sampler threads; the transcript writer is shared safely between threads)."""
         experiment = self._experiment
         for runner in experiment.runners() if experiment is not None else []:
-            if runner.transcript is None:
+            if runner.recorder.transcript is None:
                 continue
             own = sample
             if isinstance(sample, ContainerStatsSample):
@@ -116,7 +116,7 @@ class ConsoleBackend:
                     continue
                 own = ContainerStatsSample(sample.t, mine)
             try:
-                runner.transcript.write(own.to_record())
+                runner.recorder.transcript.write(own.to_record())
             except ValueError:  # the trial has just ended and closed its transcript
                 pass
 
