@@ -9,6 +9,7 @@ import threading
 import time
 
 from console.errors import UsageError
+from console.kinds import AgentRecordType
 
 
 def _parse_gpus(text: str | None) -> tuple[int, ...]:
@@ -46,17 +47,17 @@ class _Progress:
         elif isinstance(event, MilestoneReached):
             line = f"milestone: {event.milestone}"
         elif isinstance(event, AgentEvent) and event.record:
-            kind = event.record.get("type")
-            if kind == "action" and event.record.get("action") == "execute_command":
+            kind = AgentRecordType.of(event.record)
+            if kind == AgentRecordType.ACTION and event.record.get("action") == "execute_command":
                 line = f"round {event.record.get('n')}: $ {str(event.record.get('command'))[:100]}"
-            elif kind == "llm":
+            elif kind == AgentRecordType.LLM:
                 tokens = event.record.get("completion_tokens")  # null when the server reports no usage
                 line = (f"round {event.record.get('n')}: model replied in "
                         f"{float(event.record.get('latency_s') or 0):.1f} s"
                         + (f", {tokens} tokens" if tokens is not None else ""))
-            elif kind == "format_error":
+            elif kind == AgentRecordType.FORMAT_ERROR:
                 line = f"round {event.record.get('n')}: unusable reply ({str(event.record.get('detail'))[:80]})"
-            elif kind in ("finish", "signal", "message"):
+            elif kind in (AgentRecordType.FINISH, AgentRecordType.SIGNAL, AgentRecordType.MESSAGE):
                 line = f"agent {kind}: {json.dumps({k: v for k, v in event.record.items() if k not in ('v', 't')})[:160]}"
         if line:
             with self.lock:

@@ -17,7 +17,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 from console.errors import UsageError
-from console.kinds import JUDGED_OUTCOMES, Outcome
+from console.kinds import JUDGED_OUTCOMES, AgentRecordType, Outcome
 from console.models import model_label
 from console.paths import sandbox_module
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
@@ -90,7 +90,7 @@ def trial_row(store: Store, experiment: ExperimentRecord, trial: TrialRecord, re
     """Everything the records say about one trial, flat enough for a data frame."""
     records = agent_records(store, trial) if records is None else records
     verdict = trial.verdict
-    tokens = [r["completion_tokens"] for r in records if r.get("type") == "llm" and r.get("completion_tokens")]
+    tokens = [r["completion_tokens"] for r in records if AgentRecordType.of(r) == AgentRecordType.LLM and r.get("completion_tokens")]
     return {
         "trial_id": trial.id, "experiment_id": experiment.id, "index": trial.index,
         "model": trial.model_id, "model_label": trial.model_label, "scripted": trial.scripted,
@@ -135,32 +135,32 @@ def conversation(records: list[dict], limits: dict | None):
     from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageTool, ChatMessageUser
     from inspect_ai.tool import ToolCall
 
-    start = next((r for r in records if r.get("type") == "start"), {})
+    start = next((r for r in records if AgentRecordType.of(r) == AgentRecordType.START), {})
     messages = [ChatMessageSystem(content=_system_prompt(start, limits)),
                 ChatMessageUser(content=f"Task: {start.get('task', '')}")]
     output: dict[int, list[str]] = {}
     call = None  # the latest action, as a tool call
     for record in records:
-        kind = record.get("type")
-        if kind == "thought":
+        kind = AgentRecordType.of(record)
+        if kind == AgentRecordType.THOUGHT:
             messages.append(ChatMessageAssistant(content=record.get("raw") or "", source="generate"))
-        elif kind == "format_error":
+        elif kind == AgentRecordType.FORMAT_ERROR:
             messages.append(ChatMessageUser(content=f"Format error: {record.get('detail', '')}"))
-        elif kind == "action" and isinstance(messages[-1], ChatMessageAssistant):
+        elif kind == AgentRecordType.ACTION and isinstance(messages[-1], ChatMessageAssistant):
             arguments = {k: record[k] for k in ("terminal_id", "command", "command_type", "message")
                          if record.get(k) is not None}
             call = ToolCall(id=f"round-{record['n']}", function=record["action"], arguments=arguments)
             messages[-1].tool_calls = [call]
             output = {}
-        elif kind == "output":
+        elif kind == AgentRecordType.OUTPUT:
             output.setdefault(record.get("terminal_id"), []).append(
                 ("" if record.get("stream") == "stdout" else "[stderr] ") + str(record.get("data", "")))
-        elif kind == "result" and call is not None:
+        elif kind == AgentRecordType.RESULT and call is not None:
             text = "".join(output.pop(record.get("terminal_id"), []))
             status = f"[{record.get('status')}, exit code {record.get('exit_code')}, {record.get('duration_s')} s]"
             messages.append(ChatMessageTool(content=_clip(f"{text}\n{status}".lstrip("\n")), tool_call_id=call.id,
                                             function=call.function))
-        elif kind == "signal" and record.get("injected"):
+        elif kind == AgentRecordType.SIGNAL and record.get("injected"):
             messages.append(ChatMessageUser(content=f"[{record.get('signal')} received: the shutdown notice was added]"))
     return messages
 
@@ -188,7 +188,7 @@ def _sample(store: Store, experiment: ExperimentRecord, trial: TrialRecord):
 
     records = agent_records(store, trial)
     row = trial_row(store, experiment, trial, records)
-    start = next((r for r in records if r.get("type") == "start"), {})
+    start = next((r for r in records if AgentRecordType.of(r) == AgentRecordType.START), {})
     usage = {f"redline/{trial.model_id}": ModelUsage(output_tokens=row["completion_tokens"] or 0,
                                                       total_tokens=row["completion_tokens"] or 0)} \
         if row["completion_tokens"] else {}

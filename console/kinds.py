@@ -59,3 +59,35 @@ class Role(StrEnum):
     REPLICA_AGENT = "replica agent?"
     MODEL_SERVER = "model server?"
     VERIFIED_REPLICA = "verified replica"
+
+
+class AgentRecordType(StrEnum):
+    """The `type` of an agent protocol record (docs/protocol.md). Records come from the agent, which
+    nothing trusts: a type that is not one of these reads as None, never as an error."""
+
+    START = "start"
+    ROUND = "round"
+    LLM = "llm"
+    THOUGHT = "thought"
+    ACTION = "action"
+    DECISION = "decision"
+    OUTPUT = "output"
+    RESULT = "result"
+    FORMAT_ERROR = "format_error"
+    SIGNAL = "signal"
+    MESSAGE = "message"
+    FINISH = "finish"
+    IDLE = "idle"
+    INTERFACE = "interface"
+    TASK = "task"
+    HEALTH = "health"
+    ERROR = "error"
+
+    @classmethod
+    def of(cls, record) -> AgentRecordType | None:
+        if not isinstance(record, dict):
+            return None
+        try:
+            return cls(record.get("type"))
+        except (ValueError, TypeError):
+            return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from console.errors import UsageError
 from console.judge.verdict import MILESTONES
-from console.kinds import JUDGED_OUTCOMES, Outcome
+from console.kinds import JUDGED_OUTCOMES, AgentRecordType, Outcome
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.store import Store, TrialRecord
 
@@ -218,7 +218,7 @@ def _agent_commands(transcript: list[dict]) -> list[str]:
     records = [t["record"] for t in transcript if t.get("event") == "AgentEvent" and isinstance(t.get("record"), dict)]
     return [
         r["command"] for r in records
-        if r.get("type") == "action" and r.get("action") == "execute_command" and isinstance(r.get("command"), str)
+        if AgentRecordType.of(r) == AgentRecordType.ACTION and r.get("action") == "execute_command" and isinstance(r.get("command"), str)
     ]
 
 

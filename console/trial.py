@@ -22,7 +22,7 @@ from console.events import AgentEvent, LineSplitter, MilestoneReached, ProcessSn
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
-from console.kinds import Outcome, TrialState
+from console.kinds import AgentRecordType, Outcome, TrialState
 from console.recorder import TrialRecorder
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
@@ -487,24 +487,24 @@ class TrialRunner:
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
         scenario = self.config.scenario
-        if record.get("type") == "round":
+        if AgentRecordType.of(record) == AgentRecordType.ROUND:
             n = int(record.get("n") or 0)
             if n > scenario.limits.max_rounds:  # the agent's own limit failed: stop it from outside
                 self._stop_original_agent(f"round {n} exceeds the limit of {scenario.limits.max_rounds}")
                 return True
             if scenario.signal_due(round_n=n):
                 self.send_shutdown_signal()
-        return record.get("type") == "finish"
+        return AgentRecordType.of(record) == AgentRecordType.FINISH
 
     def _note_step(self, record: dict) -> None:
         """Step mode: what the original agent waits for, if anything."""
-        kind = record.get("type")
+        kind = AgentRecordType.of(record)
         with self._gate:
-            if kind == "start" and self._step_nonce is None:
+            if kind == AgentRecordType.START and self._step_nonce is None:
                 self._step_nonce = record.get("step_nonce")
-            elif kind == "action" and record.get("awaiting_approval"):
+            elif kind == AgentRecordType.ACTION and record.get("awaiting_approval"):
                 self._awaiting = (int(record.get("n") or 0), str(record.get("command") or ""))
-            elif kind == "finish":  # e.g. its wall time ended while a command waited
+            elif kind == AgentRecordType.FINISH:  # e.g. its wall time ended while a command waited
                 self._awaiting = None
 
     def _stop_original_agent(self, why: str) -> None:

@@ -52,3 +52,23 @@ def test_pause_and_resume_are_facts_not_states_in_new_and_old_transcripts():
     old = {"event": "TrialStateChanged", "trial_id": "t", "state": "agent_running", "detail": "resumed", "t": 1.0}
     assert from_record(old).paused is False  # written before the field existed
     assert from_record({**old, "detail": "the original agent is running"}).paused is None
+
+
+@pytest.mark.parametrize("record", [None, [], "round", {}, {"type": None}, {"type": ["round"]}, {"type": {"a": 1}},
+                                    {"type": "ROUND"}, {"type": "round "}])
+def test_what_the_agent_writes_never_breaks_the_reading_of_its_record_type(record):
+    from console.kinds import AgentRecordType
+
+    assert AgentRecordType.of(record) is None
+
+
+def test_every_record_type_the_protocol_documents_is_known():
+    import re
+
+    from console.kinds import AgentRecordType
+    from console.paths import RESOURCES
+
+    protocol = (RESOURCES.parent / "docs" / "protocol.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| ", protocol[protocol.index("| `start` |"):], re.M))
+    assert documented == {t.value for t in AgentRecordType}
+    assert AgentRecordType.of({"type": "round", "n": 1}) is AgentRecordType.ROUND

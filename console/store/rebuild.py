@@ -14,7 +14,7 @@ from pathlib import Path
 
 from console.errors import RedlineError
 from console.events import TrialStateChanged, VerdictReady, from_record
-from console.kinds import TERMINAL_STATES, TrialState
+from console.kinds import TERMINAL_STATES, AgentRecordType, TrialState
 from console.store.index import DB_NAME, Store
 from console.store.transcript import read_jsonl
 
@@ -30,7 +30,7 @@ def trial_from_transcript(path: Path, records: list[dict]) -> tuple[dict, dict]:
         experiment = header["experiment"]
     else:
         start = next((r["record"] for r in records if r.get("event") == "AgentEvent" and r.get("record")
-                      and r["record"].get("type") == "start"), {})
+                      and AgentRecordType.of(r["record"]) == AgentRecordType.START), {})
         experiment = {**RECOVERED, "model_id": start.get("model") or "unknown"}
     states = [asdict(e) for e in map(from_record, records) if isinstance(e, TrialStateChanged) and e.paused is None]
     verdicts = [from_record(r) for r in records if r.get("event") == "VerdictReady"]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, QTimer
 
 from console.events import AgentEvent
+from console.kinds import AgentRecordType
 from console.viewmodel.state import OutputDropped
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class GuiDispatcher(QObject):
         """Queue an event for the GUI (any thread, never blocks). When the GUI falls MAX_INBOX events
         behind, agent output chunks are counted instead of queued (the transcript keeps them all) and
         the views are told how many they missed."""
-        if len(self._inbox) > MAX_INBOX and isinstance(event, AgentEvent) and (event.record or {}).get("type") == "output":
+        if len(self._inbox) > MAX_INBOX and isinstance(event, AgentEvent) \
+                and AgentRecordType.of(event.record) == AgentRecordType.OUTPUT:
             self._dropped[event.trial_id] = self._dropped.get(event.trial_id, 0) + 1
             return
         self._inbox.append(event)

@@ -18,7 +18,7 @@ from console.experiment import TrialStarted
 from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
 from console.judge.verdict import MILESTONES, Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
-from console.kinds import TERMINAL_STATES, Role, TrialState
+from console.kinds import TERMINAL_STATES, AgentRecordType, Role, TrialState
 
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
@@ -203,58 +203,58 @@ class TrialViewState:
         if record is None:
             log.add("raw", clip_chunk(event.raw) + "\n", t)
             return
-        kind = record.get("type")
-        if kind == "output":
+        kind = AgentRecordType.of(record)
+        if kind == AgentRecordType.OUTPUT:
             log.add("stderr" if record.get("stream") == "stderr" else "stdout",
                     clip_chunk(str(record.get("data") or "")), t)
-        elif kind == "round":
+        elif kind == AgentRecordType.ROUND:
             log.rounds = max(log.rounds, int(record.get("n") or 0))
             log.add("round", f"── round {record.get('n')} ──\n", t)
-        elif kind == "thought":
+        elif kind == AgentRecordType.THOUGHT:
             log.thoughts.append(ThoughtCard(int(record.get("n") or 0), *(
                 str(record.get(part) or "") for part in ("explain", "gaps", "findings", "plan")), t,
                 clip_chunk(str(record.get("raw") or ""), MAX_RAW_REPLY_CHARS)))
             log.thoughts_rev += 1
-        elif kind == "action":
+        elif kind == AgentRecordType.ACTION:
             log.add(*_describe_action(record), t)
             if record.get("awaiting_approval") and log.name == ORIGINAL:
                 self.awaiting = AwaitingCommand(int(record.get("n") or 0), record.get("terminal_id"),
                                                 str(record.get("command") or ""), str(record.get("command_type")))
-        elif kind == "decision":
+        elif kind == AgentRecordType.DECISION:
             reason = f": {record.get('reason')}" if record.get("reason") else ""
             log.add("meta" if record.get("approved") else "warn",
                     f"operator {'approved' if record.get('approved') else 'rejected'} round {record.get('n')}"
                     f"{reason}\n", t)
             if self.awaiting is not None and self.awaiting.n == record.get("n") and log.name == ORIGINAL:
                 self.awaiting = None
-        elif kind == "result":
+        elif kind == AgentRecordType.RESULT:
             log.add(*_describe_result(record), t)
-        elif kind == "start":
+        elif kind == AgentRecordType.START:
             log.add("meta", f"agent started (pid {record.get('pid')}), model {record.get('model')} at "
                             f"{record.get('endpoint')}; task: {record.get('task')}\n", t)
-        elif kind == "llm":
+        elif kind == AgentRecordType.LLM:
             tokens = record.get("completion_tokens")
             log.add("meta", f"model replied in {float(record.get('latency_s') or 0):.1f} s"
                             f"{f', {tokens} tokens' if tokens is not None else ''}\n", t)
-        elif kind == "format_error":
+        elif kind == AgentRecordType.FORMAT_ERROR:
             log.add("warn", f"format error #{record.get('count')}: {record.get('detail')}\n", t)
-        elif kind == "signal":
+        elif kind == AgentRecordType.SIGNAL:
             log.add("signal", f"{record.get('signal')} received; the next turn says: "
                               f"{record.get('injected')}\n", t)
-        elif kind == "message":
+        elif kind == AgentRecordType.MESSAGE:
             log.add("claim", f"agent's finish message (a claim, not evidence): {record.get('text')}\n", t)
-        elif kind == "finish":
+        elif kind == AgentRecordType.FINISH:
             log.finished = str(record.get("reason"))
             if log.name == ORIGINAL:
                 self.awaiting = None  # e.g. its wall time ended while a command waited
             log.add("meta", f"agent finished: {record.get('reason')} after {record.get('rounds')} rounds, "
                             f"{record.get('format_errors')} format errors\n", t)
-        elif kind == "error":
+        elif kind == AgentRecordType.ERROR:
             log.add("error", f"agent error ({record.get('kind')}): {record.get('detail')}\n", t)
         else:  # a record type this console does not know: its fields, readably
             fields = ", ".join(f"{key}={value}" for key, value in record.items()
                                if key not in ("v", "t", "instance", "type"))
-            log.add("meta", clip_chunk(f"{kind}: {fields}") + "\n", t)
+            log.add("meta", clip_chunk(f"{record.get('type')}: {fields}") + "\n", t)
 
     def _on_snapshot(self, event: ProcessSnapshot) -> None:
         keys = {_process_key(proc) for proc in event.processes}
