@@ -206,8 +206,7 @@ class MainWindow(QMainWindow):
         geometry = self.settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1600, 1000)
+        self.fit_to_screen(keep_size=isinstance(geometry, QByteArray))
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
@@ -216,6 +215,15 @@ class MainWindow(QMainWindow):
         large = str(self.settings.value("view/large_fonts", "false")).lower() == "true"
         self.large_fonts_action.setChecked(large)
         self.set_large_fonts(large)
+
+    def fit_to_screen(self, keep_size: bool = False) -> None:
+        """Open at most the size of the screen the window is on (a laptop on a projector gets all of
+        its 1366x768, a large screen 1600x1000), and never larger than it after a restore."""
+        screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+        width, height = (self.width(), self.height()) if keep_size else (1600, 1000)
+        self.resize(min(width, screen.width()), min(height, screen.height()))
+        if not keep_size or not screen.contains(self.frameGeometry()):
+            self.move(screen.x() + (screen.width() - self.width()) // 2, screen.y() + (screen.height() - self.height()) // 2)
 
     def _default_dock_sizes(self) -> None:
         """Side docks for the font size in use (large fonts need wider panels); charts below."""
