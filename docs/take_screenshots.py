@@ -4,7 +4,7 @@ Starts an Xvfb screen (unless DISPLAY is set), opens the real console with a tem
 launches `scripted:success` x self-replication from the launch panel on the local Docker engine and
 saves: the launch panel, the live run (terminal, thoughts, process tree with the replica, charts),
 the verdict, a replay with its time scrubber, the verdict with large (projector) fonts, and a
-second launch in step mode with a command waiting for approval (then killed).
+second launch in step mode with a command waiting for approval, then killed (the process view greyed).
 
     .venv/bin/python docs/take_screenshots.py          # REDLINE_SCREEN=1366x768 for a small screen
 """
@@ -130,6 +130,8 @@ def take(home: Path) -> int:
     save("step_mode")
     window.kill_everything()
     wait_until(lambda: window.last_kill is not None and not window.launching, "the kill")
+    wait_until(lambda: window.sandbox_view.gone.isVisible(), "the process view to say the sandbox is gone")
+    save("after_kill")
 
     # The README's default run: the embedded SmolLM2 (format-constrained) running real commands.
     panel.step_mode.setChecked(False)

@@ -546,3 +546,29 @@ def test_the_kill_report_says_whether_the_gpu_memory_was_freed(qtbot):
     assert bar.kill_result.text().endswith("The sandboxes held no GPU memory.")
     bar.show_kill(KillOutcome(**killed), 130.0)  # no GPU telemetry: no GPU claim either way
     assert "GPU" not in bar.kill_result.text()
+
+
+def test_the_process_view_never_shows_a_dead_sandbox_as_alive(qtbot):
+    """Live or in replay, once the trial has ended its sandbox is gone: the process view says since
+    when and greys the last look; before that the rows have their roles' colours."""
+    from console.ui.sandbox_view import SandboxView
+    from console.ui.theme import GONE_COLOR, ROLE_COLORS
+    from console.viewmodel.state import TrialViewState
+
+    events = sample_trial_events()
+    state = TrialViewState("t-sample")
+    view = SandboxView()
+    qtbot.addWidget(view)
+    view.show()
+    view.bind(state)
+    for event in events[:-1]:
+        state.apply(event)
+    view.render()
+    colours = {view.tree.topLevelItem(0).foreground(1).color().name()}
+    assert not view.gone.isVisible() and GONE_COLOR not in colours and colours <= set(ROLE_COLORS.values())
+    state.apply(events[-1])  # done: the sandbox has been removed
+    view.render()
+    assert view.gone.isVisible() and "Sandbox gone since" in view.gone.text() and "trial done" in view.gone.text()
+    item = view.tree.topLevelItem(0)
+    assert {item.foreground(c).color().name() for c in range(4)} == {GONE_COLOR}
+    assert view.ports.text().startswith("Last listening ports")

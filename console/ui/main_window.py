@@ -365,7 +365,9 @@ class MainWindow(QMainWindow):
         if shown is not None:
             mode = "replay" if self.replay is not None else "live"
             self.trial_label.setText(f"{mode}: {shown.trial_id or 'preparing'} · {shown.model_label} · "
-                                     f"{shown.state}{' (paused)' if shown.paused else ''}")
+                                     f"{shown.state}{' (paused)' if shown.paused else ''}"
+                                     + (f" · sandbox gone since {time.strftime('%H:%M:%S', time.localtime(shown.ended_t))}"
+                                        if shown.ended_t is not None else ""))
 
     # -- intents -------------------------------------------------------------------------------
     def launch(self, plan: ExperimentPlan) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from console.kinds import Role
 from console.viewmodel.state import ProcessRow, TrialViewState
-from console.ui.theme import NEW_PROCESS_BACKGROUND, ROLE_COLORS, set_style_property
+from console.ui.theme import GONE_COLOR, NEW_PROCESS_BACKGROUND, ROLE_COLORS, set_style_property
 
 MILESTONE_TITLES = {
     "explored_own_files": "Explored its files",
@@ -59,7 +62,7 @@ class ProcessTreeView(QTreeWidget):
         rows = {row.pid: row for row in state.processes}
         items: dict[int, QTreeWidgetItem] = {}
         for row in state.processes:
-            items[row.pid] = self._item(row)
+            items[row.pid] = self._item(row, gone=state.ended_t is not None)
         for row in state.processes:
             parent = items.get(row.ppid) if row.ppid != row.pid and row.ppid in rows else None
             (parent.addChild if parent is not None else self.addTopLevelItem)(items[row.pid])
@@ -67,16 +70,16 @@ class ProcessTreeView(QTreeWidget):
         self.verticalScrollBar().setValue(scroll)
 
     @staticmethod
-    def _item(row: ProcessRow) -> QTreeWidgetItem:
+    def _item(row: ProcessRow, gone: bool) -> QTreeWidgetItem:
         item = QTreeWidgetItem([str(row.pid), row.role, ", ".join(map(str, row.ports)), row.cmd])
         item.setToolTip(1, " ".join(filter(None, (row.role, f"(instance {row.instance})" if row.instance else "",
                                                   "new since the previous look" if row.new else ""))))
         item.setToolTip(3, row.cmd)
-        color = ROLE_COLORS.get(row.role)
+        color = GONE_COLOR if gone else ROLE_COLORS.get(row.role)
         if color:
             for column in range(4):
                 item.setForeground(column, QBrush(QColor(color)))
-        if row.new:
+        if row.new and not gone:
             for column in range(4):
                 item.setBackground(column, QBrush(QColor(NEW_PROCESS_BACKGROUND)))
         return item
@@ -132,14 +135,17 @@ class SandboxView(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.ports = QLabel("Listening ports: -")
-        self.legend = QLabel("<span style='color:#7cc4ff'>original</span> &nbsp; "
-                             "<span style='color:#ffcf5c'>replica candidate (?)</span> &nbsp; "
-                             "<span style='color:#ff6b6b'>verified replica</span> &nbsp; "
+        self.legend = QLabel(f"<span style='color:{ROLE_COLORS[Role.ORIGINAL_AGENT]}'>original</span> &nbsp; "
+                             f"<span style='color:{ROLE_COLORS[Role.MODEL_SERVER]}'>replica candidate (?)</span> &nbsp; "
+                             f"<span style='color:{ROLE_COLORS[Role.VERIFIED_REPLICA]}'>verified replica</span> &nbsp; "
                              f"<span style='background:{NEW_PROCESS_BACKGROUND}'>&nbsp;new&nbsp;</span>",
                              wordWrap=True)
+        self.gone = QLabel(wordWrap=True, visible=False)
+        self.gone.setProperty("role", "warning")
         self.tree = ProcessTreeView()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.gone)
         layout.addWidget(self.ports)
         layout.addWidget(self.legend)
         layout.addWidget(self.tree, 1)
@@ -154,4 +160,9 @@ class SandboxView(QWidget):
         self.tree.render()
         state = self._state
         ports = ", ".join(map(str, state.listening)) if state and state.listening else "-"
-        self.ports.setText(f"Listening ports: {ports}")
+        gone = state is not None and state.ended_t is not None
+        self.gone.setVisible(gone)
+        if gone:
+            self.gone.setText(f"Sandbox gone since {time.strftime('%H:%M:%S', time.localtime(state.ended_t))} "
+                              f"(trial {state.state}): greyed below is its last look, nothing of it runs.")
+        self.ports.setText(f"{'Last listening ports' if gone else 'Listening ports'}: {ports}")

@@ -31,6 +31,7 @@ ROLE_COLORS = {
     Role.REPLICA_AGENT: "#ffcf5c", Role.VERIFIED_REPLICA: "#ff6b6b",
 }
 NEW_PROCESS_BACKGROUND = "#3a3414"
+GONE_COLOR = "#6b7280"  # what is shown of a sandbox that no longer exists
 SERIES_COLORS = ("#4ea1ff", "#ff9a3c", "#3ecf6e", "#d6a8ff", "#ff6b6b", "#ffcf5c", "#5fd3d3", "#c0c6d0")
 
 

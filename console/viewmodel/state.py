@@ -134,6 +134,7 @@ class TrialViewState:
         self.scripted, self.constrained_format, self.scaffold = scripted, constrained_format, scaffold
         self.scenario_id, self.shutdown_signal = scenario_id, shutdown_signal
         self.started_t: float | None = None
+        self.ended_t: float | None = None  # when the trial ended: its sandbox is gone from then on
         self.state = IDLE
         self.detail = ""
         self.paused = False
@@ -190,6 +191,9 @@ class TrialViewState:
         if event.state in TERMINAL_STATES:
             self.paused = False
             self.awaiting = None
+            if self.ended_t is None:
+                self.ended_t = event.t
+                self.processes_rev += 1  # its processes are a last look now, not live
         self.state_log.append((event.t, event.state, event.detail))
         self.state_rev += 1
 
