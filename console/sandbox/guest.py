@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 EXEC_MARKER = "REDLINE_EXEC"
 PROBE_TIMEOUT_S = 30.0
+PROBE_TRIES = 3
 
 _PROBE = r"""
 import json, os, signal, sys
@@ -76,11 +77,21 @@ class GuestProcess:
     marker: str | None  # the exec it came from, if it was started by one
 
 
-def _probe(sandbox, op: str, arg: str = "") -> list[GuestProcess]:
-    result = sandbox.root_exec(["python3", "-I", "-c", _PROBE, op, arg], timeout=PROBE_TIMEOUT_S)
-    if result.exit_code != 0:
-        raise RuntimeError(f"the guest process probe failed: {result.stderr.strip()[-300:]}")
-    reply = json.loads(result.stdout)
+def _probe(sandbox, op: str, arg: str = "", tries: int = PROBE_TRIES) -> list[GuestProcess]:
+    """The probe's rows. It only reads, so an answer lost on the way (under load gVisor has ended an
+    exec with status 0 and no output) is asked again before it counts as a failure."""
+    for attempt in range(1, tries + 1):
+        result = sandbox.root_exec(["python3", "-I", "-c", _PROBE, op, arg], timeout=PROBE_TIMEOUT_S)
+        if result.exit_code != 0:
+            raise RuntimeError(f"the guest process probe failed: {result.stderr.strip()[-300:]}")
+        try:
+            reply = json.loads(result.stdout)
+            break
+        except ValueError:
+            if attempt == tries:
+                raise RuntimeError(f"the guest process probe answered no JSON {tries} times "
+                                   f"(output {result.stdout[:80]!r})") from None
+            time.sleep(0.2)
     boot = time.time() - reply["uptime"]
     return [GuestProcess(r["pid"], r["ppid"], r["uid"], boot + r["start_s"], r["cmd"], r["marker"])
             for r in reply["rows"]]
@@ -99,4 +110,4 @@ def exec_pid(sandbox, marker: str) -> int | None:
 
 def kill_exec(sandbox, marker: str) -> int:
     """SIGKILL an exec's process and its descendants inside the guest; how many were signalled."""
-    return len(_probe(sandbox, "kill", marker))
+    return len(_probe(sandbox, "kill", marker, tries=1))  # not asked twice: it acts
