@@ -12,14 +12,13 @@ so its id always starts with "scripted:" and its title with "[scripted]".
 from __future__ import annotations
 
 import json
-import os
 import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from console.errors import ConfigError, UsageError
-from console.paths import RESOURCES, config_dir, sandbox_module
+from console.paths import RESOURCES, config_dir, sandbox_module, write_atomically
 from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_toml
 
 DEFAULT_MODEL_ID = "smollm2-135m"
@@ -185,9 +184,7 @@ def save_user_model(spec: ModelSpec, overwrite: bool = False) -> Path:
     text = "".join(f"{key} = {_toml_value(value)}\n" for key, value in fields.items() if value is not None)
     validate_model_entry(tomllib.loads(text), source=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".toml.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_atomically(path, text)
     return path
 
 

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from console.paths import data_dir
+from console.paths import data_dir, write_atomically
 from console.sandbox.spec import LABEL_OWNER
 
 WATCHDOG = (sys.executable, "-m", "console.watchdog")
@@ -125,9 +125,7 @@ class Session:
             self._start_watchdog()
 
     def _write_heartbeat(self) -> None:
-        partial = self.heartbeat_file.with_suffix(".partial")
-        partial.write_text(json.dumps(self._info))
-        os.replace(partial, self.heartbeat_file)
+        write_atomically(self.heartbeat_file, json.dumps(self._info))
 
     def _beat(self) -> None:
         """Touch the heartbeat every second; a failure is logged and retried, never the end of it."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
 import time
 from pathlib import Path
 
 from console import logs
+from console.paths import write_atomically
+from console.sandbox.errors import describe
 from console.sandbox.spec import LABEL_DEADLINE
 from console.session import (STALE_AFTER_S, close_dead_trials, live_sessions, pid_alive, read_heartbeat,
                              sessions_dir)
@@ -59,9 +60,7 @@ class Guard:
         if known != self.known:
             self.known = known
             try:
-                partial = self.boxes_file.with_suffix(".boxes-partial")
-                partial.write_text(json.dumps(known))
-                os.replace(partial, self.boxes_file)
+                write_atomically(self.boxes_file, json.dumps(known))
             except OSError as exc:
                 self.log.warning("could not write %s: %s", self.boxes_file, exc)
 
@@ -102,7 +101,7 @@ class Guard:
             if self.down_since is None:
                 self.down_since = now
                 self.log.warning("the Docker engine does not answer (%s); watching %d sandbox(es) from the host",
-                                 str(exc).splitlines()[0][:160], len(self.known))
+                                 describe(exc), len(self.known))
             elif now - self.down_since > ENGINE_DOWN_KILL_S and self.failed_closed is None and self.known:
                 killed = self.kill_from_host(f"{self.why} (the engine was unreachable for {ENGINE_DOWN_KILL_S:g} s)")
                 self.failed_closed = killed
@@ -149,8 +148,7 @@ class Guard:
                              report.total_ms, removed)
         except Exception as exc:
             self.log.warning("session %s died and the engine fails (%s): killed %d process(es) from the host; "
-                             "removal retried", self.session, str(exc).splitlines()[0][:160] if str(exc) else
-                             type(exc).__name__, killed)
+                             "removal retried", self.session, describe(exc), killed)
         try:
             with Store() as store:
                 close_dead_trials(store, by, sessions={self.session})

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+from console.paths import write_atomically
 from console.sandbox import host
 from console.sandbox.docker_engine import DockerEngine
 
@@ -131,10 +132,8 @@ class NodeAgent:
         self._write_heartbeat()
 
     def _write_heartbeat(self) -> None:
-        partial = self.heartbeat_file.with_suffix(".partial")
-        partial.write_text(json.dumps({"pid": os.getpid(), "watchdog": None, "started": time.time(),
-                                       "node_agent": True}))
-        os.replace(partial, self.heartbeat_file)
+        write_atomically(self.heartbeat_file, json.dumps({"pid": os.getpid(), "watchdog": None,
+                                                          "started": time.time(), "node_agent": True}))
 
     def facts(self, model) -> dict:
         return node_facts(self.engine, model)

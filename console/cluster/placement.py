@@ -274,7 +274,7 @@ class RemoteTrial:
     sandbox = None  # it lives on the node
 
     def __init__(self, placement: ClusterPlacement, config: TrialConfig, emit):
-        self.config, self.store = config, placement.store
+        self.config = config
         self._killed = threading.Event()
         self._killed_by: str | None = None
         self.recorder = TrialRecorder(config, placement.session, placement.store, emit,
