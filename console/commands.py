@@ -11,6 +11,8 @@ import time
 from console.errors import UsageError
 from console.kinds import AgentRecordType
 
+TRIPWIRE_KILL_EXIT = 3  # `redline run`: a kill tripwire stopped a trial
+
 
 def _parse_gpus(text: str | None) -> tuple[int, ...]:
     if not text:
@@ -30,7 +32,7 @@ class _Progress:
         self.trial_ids = [""] * total
 
     def __call__(self, event) -> None:
-        from console.events import AgentEvent, MilestoneReached, TrialStateChanged
+        from console.events import AgentEvent, MilestoneReached, TrialStateChanged, TripwireFired
         from console.experiment import ExperimentFinished, TrialStarted
 
         if isinstance(event, TrialStarted):
@@ -46,6 +48,9 @@ class _Progress:
             line = f"{event.state}: {event.detail}" if event.detail else event.state
         elif isinstance(event, MilestoneReached):
             line = f"milestone: {event.milestone}"
+        elif isinstance(event, TripwireFired):
+            line = (f"TRIPWIRE {event.rule} fired ({event.value:g}): {event.action} "
+                    f"{event.latency_s * 1000:.0f} ms after the look")
         elif isinstance(event, AgentEvent) and event.record:
             kind = AgentRecordType.of(event.record)
             if kind == AgentRecordType.ACTION and event.record.get("action") == "execute_command":
@@ -64,6 +69,16 @@ class _Progress:
                 print(f"{prefix} {line}", file=sys.stderr, flush=True)
 
 
+def with_tripwires(scenario, rules: list[str]):
+    """The scenario with the command line's tripwires added to its own."""
+    import dataclasses
+
+    from console.tripwires import Tripwire
+
+    added = tuple(Tripwire.parse(rule) for rule in rules or ())
+    return dataclasses.replace(scenario, tripwires=scenario.tripwires + added) if added else scenario
+
+
 def cmd_run(args) -> int:
     from console.experiment import ExperimentPlan, LocalPlacement
     from console.models import ModelCatalogue
@@ -73,7 +88,7 @@ def cmd_run(args) -> int:
     from console.store import Store
 
     model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
-    scenario = get_scenario(args.scenario)
+    scenario = with_tripwires(get_scenario(args.scenario), args.tripwire)
     if args.cluster or args.gpus_per_trial is not None:
         return _run_on_cluster(args, model, scenario)
     plan = ExperimentPlan(model, scenario, trials=args.trials, parallel=args.parallel, gpus=_parse_gpus(args.gpus),
@@ -184,6 +199,8 @@ def _run_experiment(args, plan, store, session, placement) -> int:
         _print_summary(summary)
     if experiment.stopped_by:
         return 130
+    if any(f["action"] == "kill" for v in verdicts for f in v.evidence.get("tripwires", [])):
+        return TRIPWIRE_KILL_EXIT
     return 1 if any(v.outcome == Outcome.ERROR for v in verdicts) else 0
 
 
@@ -224,6 +241,16 @@ def cmd_scenarios(args) -> int:
 
     for scenario in load_scenarios().values():
         print(f"{scenario.id:24} {scenario.kind:22} {scenario.title}\n{'':24} task: {scenario.task}")
+    return 0
+
+
+def cmd_tripwires(args) -> int:
+    from console.tripwires import METRICS, TripwireAction
+
+    print("rule: METRIC>=N:ACTION or METRIC>N:ACTION (e.g. verified-replicas>=2:kill)\nmetrics:")
+    for name, what in METRICS.items():
+        print(f"  {name:24} {what}")
+    print("actions: " + ", ".join(TripwireAction) + f" (a kill makes `redline run` exit {TRIPWIRE_KILL_EXIT})")
     return 0
 
 
@@ -315,6 +342,9 @@ def add_subcommands(sub) -> None:
                      help="free-form replies, as in the study (default unless the model file says otherwise)")
     p.add_argument("--scaffold", choices=SCAFFOLDS, default=DEFAULT_SCAFFOLD,
                    help="what the model reads: paper (the study's published wording, default) or redline (ours)")
+    p.add_argument("--tripwire", action="append", metavar="RULE",
+                   help="stop on an observed fact, e.g. 'verified-replicas>=2:kill' (repeatable; `redline "
+                        f"tripwires` lists metrics and actions; a kill that fired exits {TRIPWIRE_KILL_EXIT})")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary")
     p.add_argument("--cluster", metavar="HOST:PORT",
                    help="place the trials on the nodes of this Ray cluster (README: More than one machine)")
@@ -330,6 +360,8 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("scenarios", help="list scenarios")
     p.set_defaults(func=cmd_scenarios)
+    p = sub.add_parser("tripwires", help="list the metrics and actions of tripwire rules")
+    p.set_defaults(func=cmd_tripwires)
     p = sub.add_parser("trials", help="list recorded trials")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trials)

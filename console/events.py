@@ -62,6 +62,20 @@ class MilestoneReached:
 
 
 @dataclass(frozen=True)
+class TripwireFired:
+    """A tripwire's rule held on a look of the judge and its action ran (console.tripwires):
+    `facts` are that look's, `latency_s` runs from the look to the action having taken effect."""
+
+    trial_id: str
+    rule: str
+    action: str
+    value: float
+    facts: dict
+    latency_s: float
+    t: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
 class VerdictReady:
     trial_id: str
     verdict: Verdict
@@ -69,7 +83,7 @@ class VerdictReady:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in
-               (TrialStateChanged, AgentEvent, ProcessSnapshot, MilestoneReached, VerdictReady)}
+               (TrialStateChanged, AgentEvent, ProcessSnapshot, MilestoneReached, TripwireFired, VerdictReady)}
 
 
 def to_record(event) -> dict:

@@ -112,7 +112,8 @@ class ExperimentPlan:
                 "pace_s": self.pace_s, "source": self.source, "isolation": self.isolation,
                 "constrained_format": self.model.constrained_format, "scaffold": self.scaffold,
                 "gpu_plan": self.model.gpu_plan(self.gpu_groups()[0]) if self.model.gpus_needed else None,
-                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox)}
+                "limits": asdict(self.scenario.limits), "sandbox": asdict(self.scenario.sandbox),
+                "tripwires": [str(rule) for rule in self.scenario.tripwires]}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 from console.errors import RedlineError
-from console.events import AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged
+from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
+                            TripwireFired)
 from console.judge.challenge import server_ready
 from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
@@ -27,6 +28,7 @@ from console.recorder import TrialRecorder
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
+from console.tripwires import TripwireAction, TripwireSet
 
 log = logging.getLogger("redline.trial")
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
@@ -111,6 +113,8 @@ class TrialRunner:
         self._timers: list[threading.Timer] = []
         self._redline_signalled: set[str] = set()  # which of the original's parts Redline signalled
         self._ended_inside: list[str] = []  # parts of the original that died of a signal Redline never sent
+        self.tripwires = TripwireSet(config.scenario.tripwires)
+        self.fired: list[dict] = []  # the tripwires that fired, as recorded
 
     @property
     def state(self) -> TrialState:
@@ -289,6 +293,8 @@ class TrialRunner:
         if self._ended_inside:
             verdict.reason = "; ".join([verdict.reason, *self._ended_inside])
             verdict.evidence["ended_inside"] = self._ended_inside
+        if self.fired:
+            verdict.evidence["tripwires"] = self.fired
         return verdict
 
     def _stopped_from_outside(self, settle_s: float = 0.0) -> str | None:
@@ -522,6 +528,24 @@ class TrialRunner:
         self._emit(ProcessSnapshot(self.trial_id, rows, listening))
         for milestone in reached:
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
+        if self.tripwires:
+            self._check_tripwires(look)
+
+    def _check_tripwires(self, look) -> None:
+        """Act on every rule this look crossed, then record it with the time from the look to the
+        action's effect (a kill: the sandbox confirmed dead)."""
+        facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled)
+        observed = time.time()
+        for firing in self.tripwires.check(facts, observed):
+            rule = firing.rule
+            if rule.action == TripwireAction.KILL:
+                self.kill(f"tripwire {rule}")
+            elif rule.action == TripwireAction.FREEZE:
+                self.pause()
+            latency = time.time() - observed
+            self.fired.append({"rule": str(rule), "action": str(rule.action), "value": firing.value,
+                               "latency_s": round(latency, 3), "t": observed})
+            self._emit(TripwireFired(self.trial_id, str(rule), str(rule.action), firing.value, facts, latency))
 
     def _observe_loop(self) -> None:
         """Look every observe_interval_s until judging (through the settle time: replicas go on); while

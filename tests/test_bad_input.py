@@ -45,8 +45,14 @@ def assert_usage_error(result, *words):
     (GOOD_SCENARIO.format(sandbox="").replace("max_rounds = 5", "max_rounds = 100000").encode(), "limits.max_rounds"),
     (GOOD_SCENARIO.format(sandbox="").replace("max_rounds = 5", "wall_time_s = 999999").encode(), "limits.wall_time_s"),
     (GOOD_SCENARIO.format(sandbox="network_mode = 'host'").encode(), "sandbox.network_mode"),
+    (GOOD_SCENARIO.format(sandbox="").encode() + b'[[tripwire]]\nwhen = "replicas>=2"\naction = "kill"\n',
+     "tripwire[0].when"),
+    (GOOD_SCENARIO.format(sandbox="").encode() + b'[[tripwire]]\nwhen = "processes>=9"\naction = "shout"\n',
+     "tripwire[0].action"),
+    (b'tripwire = "processes>=9:kill"\n' + GOOD_SCENARIO.format(sandbox="").encode(), "[[tripwire]] tables"),
 ], ids=["binary", "bad-toml", "memory-too-small", "pids-too-many", "pids-too-few", "no-cpus", "cpus-1000",
-        "unknown-field", "wrong-type", "rounds-too-many", "wall-time-too-long", "containment-key"])
+        "unknown-field", "wrong-type", "rounds-too-many", "wall-time-too-long", "containment-key",
+        "tripwire-metric", "tripwire-action", "tripwire-not-a-table"])
 def test_a_bad_scenario_file_is_named_with_its_field(home, content, field):
     path = home / "config" / "scenarios" / "custom.toml"
     path.write_bytes(content)

@@ -90,9 +90,10 @@ def test_the_interpreter_says_which_script_it_runs_whatever_argv_says(python_pro
     script.write_text(SLEEPER)
     cache: dict = {}
     isolated = python_process("-I", str(script))
-    assert interpreter.main_script(isolated.pid, cache) == interpreter.MainScript(str(script), True)
+    seen = interpreter.main_script(isolated.pid, cache)
+    assert (seen.filename, seen.isolated) == (str(script), True)
     plain = python_process(str(script))
-    assert interpreter.main_script(plain.pid, cache) == interpreter.MainScript(str(script), False)
+    assert interpreter.main_script(plain.pid, cache).isolated is False
     liar = tmp_path / "liar.py"
     fake_argv = f"python3\0-I\0{tmp_path}/agent.py\0"
     liar.write_text(  # overwrite the kernel's argv area (arg_start..arg_end in /proc/self/stat)
@@ -108,6 +109,47 @@ def test_the_interpreter_says_which_script_it_runs_whatever_argv_says(python_pro
     assert interpreter.main_script(padded.pid, cache).filename == str(liar)
     code = python_process("-I", "-c", SLEEPER)
     assert interpreter.main_script(code.pid, cache).filename == "<string>"
+
+
+PROGRAM = """
+import sys, time
+LIMITS = frozenset({"a", 2, 3.5, (1, b"x")})
+def hot(n, *, scale=10 ** 40):
+    total = 0
+    for i in range(n):
+        total += (i * 2 + len([i])) % 7 + abs(-1.5j).real
+    return total, scale, lambda: LIMITS
+class Box:
+    def get(self):
+        return "MARK"
+for _ in range(int(sys.argv[1])):
+    hot(2000)
+time.sleep(60)
+"""
+
+
+def test_the_code_digest_is_the_program_wherever_it_was_read_from(python_process, tmp_path):
+    """Identity is the code the interpreter loaded: the same program from any path, cold or run hot
+    (specialised in place), has one digest; one changed constant gives another; so does a file
+    changed after the interpreter read it, which still reads as the program that was loaded."""
+    cache: dict = {}
+
+    def digest(name, program, warm=0):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(program)
+        process = python_process("-I", str(path), str(warm))
+        script = interpreter.main_script(process.pid, cache)
+        assert script is not None and script.isolated and script.filename == str(path)
+        return script.code, path, process
+
+    cold, _, _ = digest("a.py", PROGRAM)
+    assert len(cold) == 64
+    assert digest("elsewhere/b.py", PROGRAM, warm=200)[0] == cold  # hot: its bytecode specialised
+    changed, path, process = digest("c.py", PROGRAM.replace('"MARK"', '"MARk"'))
+    assert changed != cold
+    path.write_text(PROGRAM)  # the file now holds the program; the process still runs what it loaded
+    assert interpreter.main_script(process.pid, cache).code == changed
 
 
 def test_depth_counts_only_chains_of_verified_replicas():

@@ -572,3 +572,29 @@ def test_the_process_view_never_shows_a_dead_sandbox_as_alive(qtbot):
     item = view.tree.topLevelItem(0)
     assert {item.foreground(c).color().name() for c in range(4)} == {GONE_COLOR}
     assert view.ports.text().startswith("Last listening ports")
+
+
+def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot):
+    """A rule that fired puts a red bar above the verdict, saying which rule, what was done and how fast;
+    it stays, through later events, until a person acknowledges it; a new firing brings it back."""
+    from console.events import TripwireFired, TrialStateChanged
+    from console.kinds import TrialState
+
+    window = open_window()
+    window.dispatcher.post(TrialStarted("t-wire", 0, 1, "scripted:success", "success", True,
+                                        "self-replication", False))
+    qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.trial_id == "t-wire")
+    assert not window.alarm.isVisible()
+    window.dispatcher.post(TripwireFired("t-wire", "verified-replicas>=2:kill", "kill", 2.0,
+                                         {"verified-replicas": 2}, 0.21))
+    qtbot.waitUntil(window.alarm.isVisible)
+    text = window.alarm.text.text()
+    assert "TRIPWIRE verified-replicas>=2:kill" in text and "KILLED the sandbox" in text and "210 ms" in text
+    window.dispatcher.post(TrialStateChanged("t-wire", TrialState.KILLED, "killed by tripwire"))
+    qtbot.wait(300)
+    assert window.alarm.isVisible()  # the trial's end does not clear it
+    qtbot.mouseClick(window.alarm.acknowledge, Qt.LeftButton)
+    assert not window.alarm.isVisible() and len(window.live_state.alarms) == 1
+    window.dispatcher.post(TripwireFired("t-wire", "processes>=3:alert", "alert", 4.0, {"processes": 4}, 0.01))
+    qtbot.waitUntil(window.alarm.isVisible)
+    assert "processes>=3:alert" in window.alarm.text.text() and "verified" not in window.alarm.text.text()

@@ -13,11 +13,12 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QLineEdit, QProgressBar, QPushButton, QScrollArea,
                                QSpinBox, QVBoxLayout, QWidget)
 
-from console.errors import ConfigError, RedlineError
+from console.errors import ConfigError, RedlineError, UsageError
 from console.models import IMAGES_FOR_RUNTIME, RUNTIMES, validate_model_entry
 from console.experiment import ExperimentPlan
 from console.sandbox.spec import CPUS_BOUNDS, PIDS_LIMIT_BOUNDS
 from console.scenarios import MAX_ROUNDS_BOUNDS, WALL_TIME_BOUNDS
+from console.tripwires import METRICS, Tripwire
 from console.viewmodel.containment import CheckItem, ModelSandbox, checklist, launch_spec
 from console.kinds import TrialState
 from console.viewmodel.state import IDLE, TrialViewState
@@ -210,6 +211,11 @@ class LaunchPanel(QWidget):
             "than one machine). Ray gives each trial its GPUs on one node; every node's kill switch answers "
             "KILL, and each node's `redline node start` kills its sandboxes if this console goes.")
 
+        self.tripwires = QLineEdit(placeholderText="Tripwires, e.g. verified-replicas>=2:kill, processes>200:freeze")
+        self.tripwires.setToolTip(
+            "Rules on what the judge observes, each with an action (alert, freeze, kill), separated by commas; "
+            "added to the scenario's own. Metrics: " + "; ".join(f"{name}: {what}" for name, what in METRICS.items()))
+
         self.step_mode = QCheckBox("Step mode: approve each command")
         self.step_mode.setToolTip(
             "Every command the agent wants to run waits until you approve or reject it under the KILL "
@@ -246,6 +252,7 @@ class LaunchPanel(QWidget):
         layout.addWidget(self.task)
         layout.addWidget(self.gpu_group)
         layout.addWidget(limits)
+        layout.addWidget(self.tripwires)
         layout.addWidget(self.step_mode)
         layout.addWidget(self.isolation)
         layout.addWidget(self.cluster)
@@ -272,6 +279,7 @@ class LaunchPanel(QWidget):
         self.step_mode.toggled.connect(self.update_checklist)
         self.isolation.currentIndexChanged.connect(self.update_checklist)
         self.cluster.textChanged.connect(self.update_checklist)
+        self.tripwires.textChanged.connect(self.update_checklist)
         self.update_checklist()
 
     # -- inputs from the window ----------------------------------------------------------------
@@ -372,11 +380,21 @@ class LaunchPanel(QWidget):
         if scenario is None:
             return None
         return dataclasses.replace(
-            scenario,
+            scenario, tripwires=scenario.tripwires + self.panel_tripwires()[0],
             limits=dataclasses.replace(scenario.limits, max_rounds=self.max_rounds.value(),
                                        wall_time_s=float(self.wall_time.value())),
             sandbox=dataclasses.replace(scenario.sandbox, memory=self.memory.text().strip(),
                                         cpus=self.cpus.value(), pids_limit=self.pids.value()))
+
+    def panel_tripwires(self) -> tuple[tuple[Tripwire, ...], str | None]:
+        """The rules typed in the panel, and what is wrong with the first that does not parse."""
+        rules, problem = [], None
+        for text in filter(None, (part.strip() for part in self.tripwires.text().split(","))):
+            try:
+                rules.append(Tripwire.parse(text))
+            except UsageError as exc:
+                problem = problem or str(exc)
+        return tuple(rules), problem
 
     def plan(self) -> ExperimentPlan:
         model = self.current_model()
@@ -443,6 +461,9 @@ class LaunchPanel(QWidget):
                                    **limits)
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
+            problem = self.panel_tripwires()[1]
+            items.append(CheckItem("Tripwires", problem or ", ".join(map(str, scenario.tripwires))
+                                   or "none: only KILL stops a trial early", problem is None))
         self._check_items = items
         rows = "".join(
             f"<tr><td style='color:{'#3ecf6e' if item.ok else '#ff4d4f'}; font-weight:bold'>"

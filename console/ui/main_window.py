@@ -32,6 +32,7 @@ from console.viewmodel.state import ControlStates, LaunchProgress, TrialViewStat
 from console.ui.theme import apply_theme, icon, set_style_property
 from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
+from console.ui.alarm_banner import AlarmBanner
 
 ORGANIZATION = "Redline"
 APPLICATION = "Redline Console"
@@ -90,6 +91,7 @@ class MainWindow(QMainWindow):
 
         self.controls = ControlBar()
         self.banner = VerdictBanner()
+        self.alarm = AlarmBanner()
         self.replay_bar = ReplayBar()
         self.replay_bar.hide()
         self.milestones = MilestoneTimeline()
@@ -97,14 +99,14 @@ class MainWindow(QMainWindow):
         central = QWidget()
         column = QVBoxLayout(central)
         column.setContentsMargins(4, 4, 4, 4)
-        for widget in (self.controls, self.banner, self.replay_bar, self.milestones):
+        for widget in (self.controls, self.alarm, self.banner, self.replay_bar, self.milestones):
             column.addWidget(widget)
         column.addWidget(self.activity, 1)
         self.setCentralWidget(central)
 
         self.launch_panel = LaunchPanel()
         self.sandbox_view = SandboxView()
-        self.trial_views = (self.banner, self.milestones, self.activity, self.sandbox_view)
+        self.trial_views = (self.alarm, self.banner, self.milestones, self.activity, self.sandbox_view)
         self.charts = TelemetryCharts()
         self.trials_panel = TrialsPanel()
         for corner, area in ((Qt.TopLeftCorner, Qt.LeftDockWidgetArea), (Qt.BottomLeftCorner, Qt.LeftDockWidgetArea),
@@ -180,6 +182,7 @@ class MainWindow(QMainWindow):
         self.large_fonts_action = self._action(view, "Large fonts (projector)", self.set_large_fonts,
                                                "Ctrl+Shift+L", checkable=True)
         self._action(view, "Reset layout", self.reset_layout)
+        self._action(view, "Sound on tripwire alarms", self.set_alarm_sound, checkable=True)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", self.show_shortcuts, "F1")
         replay_shortcut = QShortcut(QKeySequence(Qt.Key_Return), self.trials_panel.trials,
@@ -247,6 +250,9 @@ class MainWindow(QMainWindow):
         self.charts.set_large_fonts(bool(large))
         if self.isVisible():
             self._default_dock_sizes()
+
+    def set_alarm_sound(self, on: bool) -> None:
+        self.alarm.sound = on
 
     def reset_layout(self) -> None:
         self.restoreState(self._default_layout)

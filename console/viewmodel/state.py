@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from console.experiment import TrialStarted
-from console.events import AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, VerdictReady
+from console.events import (AgentEvent, MilestoneReached, ProcessSnapshot, TrialStateChanged, TripwireFired,
+                            VerdictReady)
 from console.judge.verdict import MILESTONES, Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.kinds import TERMINAL_STATES, AgentRecordType, Role, TrialState
@@ -153,6 +154,9 @@ class TrialViewState:
         self.milestones_rev = 0
         self.verdict: Verdict | None = None
         self.verdict_rev = 0
+        self.alarms: list[TripwireFired] = []  # tripwires that fired, oldest first
+        self.alarms_acknowledged = 0  # how many of them the operator has acknowledged
+        self.alarms_rev = 0
 
     @classmethod
     def for_trial(cls, started: TrialStarted) -> TrialViewState:
@@ -318,6 +322,19 @@ class TrialViewState:
             self.verified_pids.update(p for p in (challenge.get("server_pid"), challenge.get("agent_pid")) if p)
             self._classify_processes()
 
+    def _on_tripwire(self, event: TripwireFired) -> None:
+        self.alarms.append(event)
+        self.alarms_rev += 1
+
+    def acknowledge_alarms(self) -> None:
+        """The operator saw them: the alarm stops asking for attention (the records keep them)."""
+        self.alarms_acknowledged = len(self.alarms)
+        self.alarms_rev += 1
+
+    @property
+    def unacknowledged_alarms(self) -> list[TripwireFired]:
+        return self.alarms[self.alarms_acknowledged:]
+
     def _on_verdict(self, event: VerdictReady) -> None:
         self.verdict = event.verdict
         for replica in event.verdict.replicas:
@@ -368,6 +385,7 @@ _HANDLERS = {
     ProcessSnapshot: TrialViewState._on_snapshot,
     MilestoneReached: TrialViewState._on_milestone,
     VerdictReady: TrialViewState._on_verdict,
+    TripwireFired: TrialViewState._on_tripwire,
     OutputDropped: TrialViewState._on_dropped,
 }
 
