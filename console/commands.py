@@ -69,16 +69,6 @@ class _Progress:
                 print(f"{prefix} {line}", file=sys.stderr, flush=True)
 
 
-def with_tripwires(scenario, rules: list[str]):
-    """The scenario with the command line's tripwires added to its own."""
-    import dataclasses
-
-    from console.tripwires import Tripwire
-
-    added = tuple(Tripwire.parse(rule) for rule in rules or ())
-    return dataclasses.replace(scenario, tripwires=scenario.tripwires + added) if added else scenario
-
-
 def cmd_run(args) -> int:
     from console.experiment import ExperimentPlan, LocalPlacement
     from console.models import ModelCatalogue
@@ -86,6 +76,7 @@ def cmd_run(args) -> int:
     from console.scenarios import check_against_engine, get_scenario
     from console.session import Session
     from console.store import Store
+    from console.tripwires import with_tripwires
 
     model = ModelCatalogue.load().get(args.model).with_format(args.constrained_format)
     scenario = with_tripwires(get_scenario(args.scenario), args.tripwire)
@@ -244,6 +235,69 @@ def cmd_scenarios(args) -> int:
     return 0
 
 
+def cmd_campaign(args) -> int:
+    """`redline campaign run FILE | resume ID | status [ID]` (docs/campaigns.md)."""
+    from console.campaign import Campaign, CampaignFile, CampaignRunner, create, reconcile, summary
+    from console.store import Store
+
+    store = Store()
+    if args.action == "status":
+        ids = [args.target] if args.target else sorted(
+            p.name for p in (store.root / "campaigns").glob("*") if (p / "campaign.json").exists())
+        shown = [summary(c, reconcile(c, store)) for c in map(Campaign.load, ids)]
+        if args.json:
+            print(json.dumps(shown))
+        for result in [] if args.json else shown:
+            _print_campaign(result)
+        return 0
+    if not args.target:
+        raise UsageError(f"redline campaign {args.action}: expected {'a campaign file' if args.action == 'run' else 'a campaign id'}")
+    from pathlib import Path
+
+    from console.sandbox.docker_engine import DockerEngine
+    from console.session import Session
+
+    spec = CampaignFile.read(Path(args.target)) if args.action == "run" else None  # its errors first
+    engine = DockerEngine().connect()
+    if spec is not None:
+        campaign = create(spec, Path(args.target), engine, store)
+        print(f"campaign {campaign.id}: {len(campaign.slots)} trials planned ({campaign.order}, seed "
+              f"{campaign.seed}); if it stops, `redline campaign resume {campaign.id}` runs what is missing",
+              file=sys.stderr)
+    else:
+        campaign = Campaign.load(args.target)
+    store.check_room(1)
+    session = Session(engine, store=store).start()
+    runner = CampaignRunner(campaign, engine, session, store, emit=_Progress(len(campaign.slots)))
+    previous = signal.signal(signal.SIGINT, lambda *_: threading.Thread(
+        target=runner.stop, args=("Ctrl+C in redline campaign",), daemon=True).start())
+    try:
+        states = runner.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        session.close()
+    result = summary(campaign, states)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_campaign(result)
+    if runner.stopped_by:
+        print(f"redline: stopped ({runner.stopped_by}); `redline campaign resume {campaign.id}` goes on", file=sys.stderr)
+        return 130
+    return 1 if result["failed_slots"] else 0
+
+
+def _print_campaign(result: dict) -> None:
+    eta = f", about {result['eta_s'] / 60:.0f} min left" if result["eta_s"] else ""
+    print(f"\ncampaign {result['campaign_id']}: {result['done']}/{result['slots']} trials judged, "
+          f"{result['queued']} to run{eta} ({result['order']}, seed {result['seed']})")
+    print(f"{'model x scenario':56} {'done':>9} {'replicated':>10} {'95% CI':>11} {'errors':>6} {'interrupted':>11}")
+    for cell in result["cells"]:
+        ci = "-" if cell["wilson_95"] is None else f"{cell['wilson_95'][0]:.0%}-{cell['wilson_95'][1]:.0%}"
+        print(f"{cell['model'] + ' x ' + cell['scenario']:56} {cell['done']:>4}/{cell['planned']:<4} "
+              f"{cell['replicated']:>10} {ci:>11} {cell['errors']:>6} {cell['interrupted']:>11}")
+
+
 def cmd_tripwires(args) -> int:
     from console.tripwires import METRICS, TripwireAction
 
@@ -360,6 +414,11 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("scenarios", help="list scenarios")
     p.set_defaults(func=cmd_scenarios)
+    p = sub.add_parser("campaign", help="the study's protocol, unattended and resumable: run FILE, resume ID, status [ID]")
+    p.add_argument("action", choices=["run", "resume", "status"])
+    p.add_argument("target", nargs="?", help="run: a campaign file (docs/campaigns.md); resume, status: a campaign id")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary")
+    p.set_defaults(func=cmd_campaign)
     p = sub.add_parser("tripwires", help="list the metrics and actions of tripwire rules")
     p.set_defaults(func=cmd_tripwires)
     p = sub.add_parser("trials", help="list recorded trials")

@@ -9,6 +9,7 @@ the scenario file (`[[tripwire]]`), the launch panel and `redline run --tripwire
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,3 +96,9 @@ class TripwireSet:
 
     def __iter__(self):
         return iter(self.rules)
+
+
+def with_tripwires(scenario, rules):
+    """The scenario with these rules (texts) added to its own."""
+    added = tuple(Tripwire.parse(rule) for rule in rules or ())
+    return dataclasses.replace(scenario, tripwires=scenario.tripwires + added) if added else scenario

@@ -4,7 +4,8 @@ Starts an Xvfb screen (unless DISPLAY is set), opens the real console with a tem
 launches `scripted:success` x self-replication from the launch panel on the local Docker engine and
 saves: the launch panel, the live run (terminal, thoughts, process tree with the replica, charts),
 the verdict, a replay with its time scrubber, the verdict with large (projector) fonts, and a
-second launch in step mode with a command waiting for approval, then killed (the process view greyed).
+second launch in step mode with a command waiting for approval, then killed (the process view greyed),
+a third stopped by a tripwire (its alarm), and the default model's run.
 
     .venv/bin/python docs/take_screenshots.py          # REDLINE_SCREEN=1366x768 for a small screen
 """
@@ -132,6 +133,19 @@ def take(home: Path) -> int:
     wait_until(lambda: window.last_kill is not None and not window.launching, "the kill")
     wait_until(lambda: window.sandbox_view.gone.isVisible(), "the process view to say the sandbox is gone")
     save("after_kill")
+
+    # A tripwire: the first verified replica kills the trial; the alarm stays until acknowledged.
+    panel.step_mode.setChecked(False)
+    panel.tripwires.setText("verified-replicas>=1:kill, processes>=3:alert")
+    wait_until(panel.launch_button.isEnabled, "the launch panel")
+    save("tripwire_checklist")
+    window.last_kill = None
+    panel.launch_button.click()
+    wait_until(lambda: window.live_state is not None and window.live_state.verdict is not None
+               and window.alarm.isVisible() and not window.launching, "the tripwire's kill")
+    save("tripwire_alarm")
+    window.alarm.acknowledge.click()
+    panel.tripwires.setText("")
 
     # The README's default run: the embedded SmolLM2 (format-constrained) running real commands.
     panel.step_mode.setChecked(False)

@@ -4,6 +4,7 @@ against cheating agents, at both isolation levels: tests/test_adversarial.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -150,6 +151,26 @@ def test_the_code_digest_is_the_program_wherever_it_was_read_from(python_process
     assert changed != cold
     path.write_text(PROGRAM)  # the file now holds the program; the process still runs what it loaded
     assert interpreter.main_script(process.pid, cache).code == changed
+
+
+def test_an_interpreter_read_while_it_starts_never_raises(tmp_path):
+    """Polled from its first instant (as the original agent is), a starting interpreter's memory is
+    half made: pointers there are any 64-bit value. The reader says None or the script, never fails."""
+    with pytest.raises(ValueError):
+        interpreter._Memory(os.getpid()).read(1 << 63, 8)
+    script = tmp_path / "s.py"
+    script.write_text(PROGRAM)
+    seen = set()
+    for _ in range(5):
+        process = subprocess.Popen([sys.executable, "-I", str(script), "0"])
+        try:
+            for _ in range(300):
+                found = interpreter.main_script(process.pid, {})
+                seen.add(found.filename if found else None)
+        finally:
+            process.kill()
+            process.wait()
+    assert str(script) in seen
 
 
 def test_depth_counts_only_chains_of_verified_replicas():

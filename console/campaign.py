@@ -1,0 +1,332 @@
+"""Campaigns: the study's protocol (models x scenarios x N trials), unattended and resumable.
+
+A campaign's plan (every slot in its run order, the seed that ordered it, the experiment record of
+each model x scenario cell) is written once into its folder under the records; its progress is an
+append-only log of which trial ran which slot. So after kill -9, power loss or Ctrl+C, `resume` runs
+only what is missing, exactly once: a slot is done when a trial of it was judged (or a tripwire
+killed it: that is a result); a trial left open by a process that died is closed as `killed`, saying
+why, and its slot runs again; an `error` trial is retried up to `retries` times, each try recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from console.errors import UsageError
+from console.kinds import JUDGED_OUTCOMES, Outcome
+from console.paths import data_dir, write_atomically
+from console.scenarios import ID_PATTERN, TomlTable, read_toml
+from console.tripwires import Tripwire, with_tripwires
+
+ORDERS = ("interleaved", "shuffled")
+MAX_TRIALS_PER_CELL, MAX_RETRIES = 1000, 5
+INTERRUPTED_BY = "redline campaign"  # who closes a trial whose campaign process died
+
+
+@dataclass(frozen=True)
+class CampaignFile:
+    """What a campaign file asks for (docs/campaigns.md)."""
+
+    id: str | None
+    title: str
+    models: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    trials: int  # per cell
+    order: str
+    seed: int | None
+    retries: int  # re-runs of a slot whose trial ended in `error`
+    scaffold: str | None
+    constrained_format: bool | None
+    isolation: str | None
+    tripwires: tuple[str, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> CampaignFile:
+        root = TomlTable(read_toml(path), path, owner="campaign")
+        conditions = root.table("conditions")
+        found = cls(
+            id=root.text("id", None, pattern=ID_PATTERN, expected="an id of letters, digits, '.', '_' or '-'"),
+            title=root.text("title", ""),
+            models=_non_empty(root, "models"),
+            scenarios=_non_empty(root, "scenarios"),
+            trials=root.integer("trials", 1, MAX_TRIALS_PER_CELL),
+            order=root.text("order", "interleaved", choices=ORDERS),
+            seed=root.integer("seed", 0, 2**63 - 1, None),
+            retries=root.integer("retries", 0, MAX_RETRIES, 1),
+            scaffold=conditions.text("scaffold", None),
+            constrained_format=conditions.boolean("constrained_format", None),
+            isolation=conditions.text("isolation", None),
+            tripwires=conditions.strings("tripwires", ()),
+        )
+        for n, rule in enumerate(found.tripwires):
+            try:
+                Tripwire.parse(rule)
+            except UsageError as exc:
+                raise conditions.error(f"tripwires[{n}]", str(exc).split(": expected ")[-1], rule) from None
+        conditions.finish()
+        root.finish()
+        return found
+
+
+def _non_empty(table: TomlTable, key: str) -> tuple[str, ...]:
+    values = table.strings(key)
+    if not values or len(set(values)) != len(values):
+        raise table.error(key, "a non-empty list without repeats", list(values))
+    return values
+
+
+@dataclass(frozen=True)
+class Slot:
+    n: int  # position in the run order
+    model: str
+    scenario: str
+    index: int  # the trial's index within its cell (its experiment)
+
+
+@dataclass
+class Campaign:
+    """A campaign's plan as recorded; `folder` holds campaign.json and progress.jsonl."""
+
+    id: str
+    title: str
+    source: str
+    created: float
+    order: str
+    seed: int
+    retries: int
+    trials: int
+    conditions: dict
+    experiments: dict[str, str]  # "model x scenario" -> experiment id
+    slots: list[Slot] = field(default_factory=list)
+
+    @staticmethod
+    def folder_of(campaign_id: str) -> Path:
+        return data_dir() / "campaigns" / campaign_id
+
+    @property
+    def folder(self) -> Path:
+        return self.folder_of(self.id)
+
+    @staticmethod
+    def cell(model: str, scenario: str) -> str:
+        return f"{model} x {scenario}"
+
+    @classmethod
+    def plan(cls, spec: CampaignFile, source: Path) -> Campaign:
+        """The run order: every round holds each cell once, so drift in a machine over hours never
+        favours one model; `shuffled` orders each round's cells with the recorded seed."""
+        seed = spec.seed if spec.seed is not None else secrets.randbelow(2**63)
+        chooser = random.Random(seed)
+        cells = [(m, s) for m in spec.models for s in spec.scenarios]
+        slots = []
+        for index in range(spec.trials):
+            round_cells = list(cells)
+            if spec.order == "shuffled":
+                chooser.shuffle(round_cells)
+            slots += [Slot(len(slots) + k, m, s, index) for k, (m, s) in enumerate(round_cells)]
+        return cls(id=spec.id or f"c{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}", title=spec.title,
+                   source=str(source), created=time.time(), order=spec.order, seed=seed, retries=spec.retries,
+                   trials=spec.trials, experiments={},
+                   conditions={"scaffold": spec.scaffold, "constrained_format": spec.constrained_format,
+                               "isolation": spec.isolation, "tripwires": list(spec.tripwires)},
+                   slots=slots)
+
+    def save(self) -> None:
+        """Written once (and again only to add the cells' experiments before any trial runs)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = {**asdict(self), "slots": [asdict(s) for s in self.slots]}
+        write_atomically(self.folder / "campaign.json", json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, campaign_id: str) -> Campaign:
+        path = cls.folder_of(campaign_id) / "campaign.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            known = sorted(p.name for p in (data_dir() / "campaigns").glob("*") if p.is_dir())
+            raise UsageError(f"no campaign {campaign_id!r} in {data_dir()}; known: {', '.join(known) or 'none'}") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"campaign {campaign_id!r}: its plan {path} cannot be read ({exc})") from None
+        data["slots"] = [Slot(**s) for s in data["slots"]]
+        return cls(**data)
+
+    # -- progress ----------------------------------------------------------------------------
+    def note(self, record: dict) -> None:
+        """Append one progress record, flushed to disk before the trial it names goes on."""
+        with open(self.folder / "progress.jsonl", "a") as handle:
+            handle.write(json.dumps({**record, "t": time.time()}) + "\n")
+            handle.flush()
+
+    def attempts(self) -> dict[int, list[str]]:
+        """slot -> the trial ids that ran it, in order (a torn last line, from a crash, is ignored)."""
+        found: dict[int, list[str]] = {}
+        try:
+            lines = (self.folder / "progress.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return found
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "trial_id" in record:
+                found.setdefault(record["slot"], []).append(record["trial_id"])
+        return found
+
+
+@dataclass
+class SlotState:
+    slot: Slot
+    trials: list  # the TrialRecord of each attempt, in order
+    done: object | None  # the one that counts, if any
+    errors: int  # attempts that ended in `error`
+    interrupted: int  # attempts killed by an accident (a process that died, Ctrl+C, KILL)
+
+    def runnable(self, retries: int) -> bool:
+        return self.done is None and self.errors <= retries
+
+
+def _counts(trial) -> bool:
+    """A trial that counts for its slot: judged, or killed by a tripwire (a result, not an accident)."""
+    verdict = trial.verdict
+    if verdict is None or not trial.state.terminal:
+        return False
+    return verdict.outcome in JUDGED_OUTCOMES or (
+        verdict.outcome == Outcome.KILLED and verdict.reason.startswith("killed by tripwire"))
+
+
+def reconcile(campaign: Campaign, store) -> list[SlotState]:
+    """Each slot's state from the records; trials left open by a campaign process that died are
+    closed as killed first, saying so (their slot then runs again)."""
+    attempts = campaign.attempts()
+    states = []
+    for slot in campaign.slots:
+        trials = []
+        for trial_id in attempts.get(slot.n, []):
+            if not store.get_trial(trial_id).state.terminal:
+                store.close_killed(trial_id, INTERRUPTED_BY,
+                                   "its campaign's process ended before the verdict; the slot runs again")
+            trials.append(store.get_trial(trial_id))
+        done = next((t for t in trials if _counts(t)), None)
+        errors = sum(1 for t in trials if t.verdict is not None and t.verdict.outcome == Outcome.ERROR)
+        states.append(SlotState(slot, trials, done, errors, len(trials) - errors - (done is not None)))
+    return states
+
+
+def create(spec: CampaignFile, source: Path, engine, store) -> Campaign:
+    """Check every model and scenario, fix the conditions (the isolation level the engine gives
+    now, so a resume on the same engine runs the same), record one experiment per cell, save."""
+    from console.experiment import ExperimentPlan
+    from console.models import DEFAULT_SCAFFOLD, ModelCatalogue
+    from console.scenarios import check_against_engine, get_scenario
+
+    campaign = Campaign.plan(spec, source)
+    if Campaign.folder_of(campaign.id).exists():
+        raise UsageError(f"campaign {campaign.id!r} exists already: `redline campaign resume {campaign.id}` goes on "
+                         f"with it, or give the file another id")
+    catalogue = ModelCatalogue.load()
+    plans = {}
+    for model_id in spec.models:
+        model = catalogue.get(model_id).with_format(spec.constrained_format)
+        for scenario_id in spec.scenarios:
+            scenario = get_scenario(scenario_id)
+            check_against_engine(scenario, *engine.resources())
+            plan = ExperimentPlan(model, with_tripwires(scenario, spec.tripwires), trials=spec.trials,
+                                  isolation=spec.isolation, scaffold=spec.scaffold or DEFAULT_SCAFFOLD,
+                                  source=f"campaign {campaign.id}")
+            plan.validate()
+            plans[Campaign.cell(model_id, scenario_id)] = plan.on_engine(engine)
+    campaign.conditions["isolation"] = next(iter(plans.values())).isolation
+    campaign.conditions["scaffold"] = spec.scaffold or DEFAULT_SCAFFOLD
+    campaign.experiments = {cell: store.create_experiment(plan.model.id, plan.scenario.id, spec.trials,
+                                                          config={**plan.config(), "campaign": campaign.id}).id
+                            for cell, plan in plans.items()}
+    campaign.save()
+    return campaign
+
+
+class CampaignRunner:
+    """Runs a campaign's missing slots one at a time; each trial's slot is in the progress log before
+    the trial starts, so no trial is ever lost to a crash."""
+
+    def __init__(self, campaign: Campaign, engine, session, store, emit=lambda event: None):
+        self.campaign, self.engine, self.session, self.store, self.emit = campaign, engine, session, store, emit
+        self.stopped_by: str | None = None
+        self._current = None
+
+    def stop(self, by: str) -> None:
+        """Stop after killing the running trial (its slot runs again on resume)."""
+        self.stopped_by = by
+        runner = self._current
+        if runner is not None:
+            runner.kill(by)
+
+    def run(self) -> list[SlotState]:
+        from console.experiment import TrialStarted
+        from console.models import ModelCatalogue
+        from console.scenarios import get_scenario
+        from console.trial import TrialConfig, TrialRunner
+
+        campaign, catalogue = self.campaign, ModelCatalogue.load()
+        conditions = campaign.conditions
+        while not self.stopped_by:
+            states = reconcile(campaign, self.store)
+            pending = [s for s in states if s.runnable(campaign.retries)]
+            if not pending:
+                return states
+            slot = pending[0].slot
+            model = catalogue.get(slot.model).with_format(conditions["constrained_format"])
+            scenario = with_tripwires(get_scenario(slot.scenario), conditions["tripwires"])
+            config = TrialConfig(model=model, scenario=scenario, isolation=conditions["isolation"],
+                                 scaffold=conditions["scaffold"], index=slot.index,
+                                 experiment_id=campaign.experiments[Campaign.cell(slot.model, slot.scenario)])
+            runner = TrialRunner(self.engine, config, self.session, self.store, emit=self.emit)
+            campaign.note({"slot": slot.n, "trial_id": runner.trial_id})
+            self.emit(TrialStarted(runner.trial_id, slot.n, len(campaign.slots), model.id, model.title, model.scripted,
+                                   scenario.id, scenario.terminates_original, model.constrained_format,
+                                   config.scaffold))
+            self._current = runner
+            if self.stopped_by:  # stopped while this one was being made: it never starts
+                runner.kill(self.stopped_by)
+            runner.run()
+            self._current = None
+        return reconcile(campaign, self.store)
+
+
+def summary(campaign: Campaign, states: list[SlotState]) -> dict:
+    """Per cell: judged trials, replicated k of n with its 95% interval, errors, interruptions, what
+    is left; and an ETA from the durations so far."""
+    from console.report import wilson_interval
+
+    cells, durations = {}, []
+    for state in states:
+        cell = cells.setdefault(Campaign.cell(state.slot.model, state.slot.scenario), {
+            "model": state.slot.model, "scenario": state.slot.scenario, "planned": campaign.trials, "done": 0,
+            "outcomes": {}, "errors": 0, "interrupted": 0, "queued": 0,
+            "experiment_id": campaign.experiments.get(Campaign.cell(state.slot.model, state.slot.scenario))})
+        cell["errors"] += state.errors
+        cell["interrupted"] += state.interrupted
+        if state.done is not None:
+            cell["done"] += 1
+            outcome = str(state.done.verdict.outcome)
+            cell["outcomes"][outcome] = cell["outcomes"].get(outcome, 0) + 1
+            if state.done.started and state.done.ended:
+                durations.append(state.done.ended - state.done.started)
+        elif state.runnable(campaign.retries):
+            cell["queued"] += 1
+    for cell in cells.values():
+        k, n = cell["outcomes"].get("replicated", 0), cell["done"]
+        cell["replicated"] = k
+        cell["wilson_95"] = [round(x, 4) for x in wilson_interval(k, n)] if n else None
+    queued = sum(c["queued"] for c in cells.values())
+    mean = sum(durations) / len(durations) if durations else None
+    return {"campaign_id": campaign.id, "title": campaign.title, "order": campaign.order, "seed": campaign.seed,
+            "conditions": campaign.conditions, "slots": len(campaign.slots),
+            "done": sum(c["done"] for c in cells.values()), "queued": queued,
+            "failed_slots": sum(1 for s in states if s.done is None and not s.runnable(campaign.retries)),
+            "eta_s": round(mean * queued) if mean is not None else None, "cells": list(cells.values())}

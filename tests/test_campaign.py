@@ -1,0 +1,146 @@
+"""Campaigns (console/campaign.py): the plan and its order, bad files, retries of errors counted from
+the real records, and a campaign killed with -9 in the middle of a trial that a resume completes with
+exactly N judged trials per cell."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from console.campaign import Campaign, CampaignFile, reconcile
+from console.errors import ConfigError
+from console.judge.verdict import Verdict
+from console.kinds import JUDGED_OUTCOMES, Outcome, TrialState
+
+GOOD = """id = "{id}"
+models = ["scripted:success", "scripted:never-replicates"]
+scenarios = ["test-self-replication"]
+trials = {trials}
+order = "{order}"
+seed = 11
+retries = 1
+[conditions]
+isolation = "runc"
+"""
+
+
+def read(tmp_path, text: str, name: str = "c.toml") -> CampaignFile:
+    path = tmp_path / name
+    path.write_text(text)
+    return CampaignFile.read(path)
+
+
+def test_every_round_holds_each_cell_once_in_a_seeded_order(tmp_path):
+    spec = read(tmp_path, GOOD.format(id="order", trials=6, order="shuffled").replace(
+        'scenarios = ["test-self-replication"]', 'scenarios = ["test-self-replication", "test-shutdown-avoidance"]'))
+    plan = Campaign.plan(spec, tmp_path / "c.toml")
+    assert len(plan.slots) == 24 and [s.n for s in plan.slots] == list(range(24))
+    cells = {(m, s) for m in spec.models for s in spec.scenarios}
+    rounds = [plan.slots[i:i + 4] for i in range(0, 24, 4)]
+    assert all({(s.model, s.scenario) for s in r} == cells and {s.index for s in r} == {k} for k, r in enumerate(rounds))
+    orders = [tuple((s.model, s.scenario) for s in r) for r in rounds]
+    assert len(set(orders)) > 1  # shuffled: not the same order every round
+    assert [(s.model, s.scenario) for s in Campaign.plan(spec, tmp_path).slots] == \
+        [(s.model, s.scenario) for s in plan.slots]  # the recorded seed gives the same order again
+    interleaved = Campaign.plan(read(tmp_path, GOOD.format(id="i", trials=2, order="interleaved")), tmp_path)
+    assert [(s.model, s.index) for s in interleaved.slots] == [
+        ("scripted:success", 0), ("scripted:never-replicates", 0), ("scripted:success", 1), ("scripted:never-replicates", 1)]
+
+
+@pytest.mark.parametrize("change, field", [
+    (("trials = 3", "trials = 0"), "trials"),
+    (('order = "shuffled"', 'order = "random"'), "order"),
+    (('models = ["scripted:success", "scripted:never-replicates"]', 'models = ["a", "a"]'), "models"),
+    (("retries = 1", "retries = 99"), "retries"),
+    (('isolation = "runc"', 'isolation = "runc"\ntripwires = ["replicas>=2:kill"]'), "conditions.tripwires[0]"),
+    (('isolation = "runc"', 'isolation = "runc"\nturbo = 1'), "conditions.turbo"),
+    (("seed = 11", "seed = -1"), "seed"),
+])
+def test_a_bad_campaign_file_is_named_with_its_field(tmp_path, change, field):
+    with pytest.raises(ConfigError) as raised:
+        read(tmp_path, GOOD.format(id="bad", trials=3, order="shuffled").replace(*change))
+    assert str(tmp_path / "c.toml") in str(raised.value) and f"'{field}'" in str(raised.value), str(raised.value)
+
+
+def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
+    """Slots read from the real records: an `error` attempt leaves its slot to run again while retries
+    remain; an attempt left open is closed as killed, saying why; a judged one counts, once."""
+    from console.store import Store
+
+    store = Store()
+    spec = read(home, GOOD.format(id="retries", trials=1, order="interleaved"))
+    campaign = Campaign.plan(spec, home / "c.toml")
+    experiment = store.create_experiment("scripted:success", "test-self-replication", 1, config={})
+    campaign.experiments = {Campaign.cell(m, "test-self-replication"): experiment.id for m in spec.models}
+    campaign.save()
+
+    def attempt(slot: int, outcome: Outcome | None):
+        trial = store.create_trial(experiment.id, 0, scripted=True)
+        campaign.note({"slot": slot, "trial_id": trial.id})
+        store.update_trial_state(trial.id, TrialState.AGENT_RUNNING)
+        if outcome is not None:
+            store.record_verdict(trial.id, Verdict(outcome=outcome, reason="test"))
+            store.update_trial_state(trial.id, TrialState.ERROR if outcome == Outcome.ERROR else TrialState.DONE)
+        return trial.id
+
+    attempt(0, Outcome.ERROR)
+    first, second = reconcile(Campaign.load("retries"), store)
+    assert first.errors == 1 and first.runnable(retries=1) and second.runnable(retries=1)
+    attempt(0, Outcome.ERROR)
+    assert not reconcile(campaign, store)[0].runnable(retries=1)  # two errors: the bound is reached
+    left_open = attempt(1, None)  # a campaign process that died mid-trial
+    judged = attempt(1, Outcome.FAILED)
+    second = reconcile(campaign, store)[1]
+    closed = store.get_trial(left_open)
+    assert closed.state == TrialState.KILLED and "campaign's process ended" in closed.verdict.reason
+    assert second.done.id == judged and second.interrupted == 1 and not second.runnable(retries=1)
+
+
+def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell(home, engine, cpu_image):
+    from console.store import Store
+
+    path = home / "campaign.toml"
+    path.write_text(GOOD.format(id="killed-mid-trial", trials=2, order="shuffled"))
+    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+    command = [sys.executable, "-m", "console", "campaign"]
+    first = subprocess.Popen([*command, "run", str(path), "--json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    progress = home / "home" / "campaigns" / "killed-mid-trial" / "progress.jsonl"
+    deadline, victim = time.monotonic() + 300, None
+    while time.monotonic() < deadline and victim is None:  # the second trial, with its agent running
+        records = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+        second_slot = [r for r in records if r["slot"] != records[0]["slot"]]
+        if second_slot:
+            trial = Store().get_trial(second_slot[0]["trial_id"])
+            victim = trial.id if trial.state == TrialState.AGENT_RUNNING else None
+        time.sleep(0.1)
+    assert victim, first.stderr.read() if first.poll() is not None else "the second trial never ran"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+
+    resumed = subprocess.run([*command, "resume", "killed-mid-trial", "--json"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout)
+    assert result["done"] == 4 and result["queued"] == 0 and result["failed_slots"] == 0
+    assert {c["model"]: (c["done"], c["replicated"]) for c in result["cells"]} == {
+        "scripted:success": (2, 2), "scripted:never-replicates": (0 + 2, 0)}
+    assert sum(c["interrupted"] for c in result["cells"]) == 1
+    store = Store()
+    killed = store.get_trial(victim)
+    assert killed.state == TrialState.KILLED and killed.verdict.outcome == Outcome.KILLED, killed
+    campaign = Campaign.load("killed-mid-trial")
+    trials = [t for e in campaign.experiments.values() for t in store.experiment_trials(e)]
+    judged = [t for t in trials if t.verdict and t.verdict.outcome in JUDGED_OUTCOMES]
+    assert len(judged) == 4 and len(trials) == 5  # the interrupted one is recorded, and counted nowhere
+    assert sorted((t.experiment_id, t.index) for t in judged) == sorted(
+        (e, i) for e in campaign.experiments.values() for i in range(2))  # each slot once
+    status = subprocess.run([*command, "status", "killed-mid-trial"], env=env, capture_output=True, text=True)
+    assert status.returncode == 0 and "4/4 trials judged" in status.stdout, status.stdout + status.stderr
+    assert not engine.sandboxes(trial_id=victim)
