@@ -10,7 +10,10 @@ why, and its slot runs again; an `error` trial is retried up to `retries` times,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import random
 import secrets
 import time
@@ -18,9 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from console.errors import UsageError
+from console.experiment import ExperimentPlan, TrialStarted
 from console.kinds import JUDGED_OUTCOMES, Outcome
+from console.models import DEFAULT_SCAFFOLD, ModelCatalogue
 from console.paths import data_dir, write_atomically
-from console.scenarios import ID_PATTERN, TomlTable, read_toml
+from console.report import wilson_interval
+from console.scenarios import ID_PATTERN, TomlTable, check_against_engine, get_scenario, read_toml
+from console.trial import TrialConfig, TrialRunner
 from console.tripwires import Tripwire, with_tripwires
 
 ORDERS = ("interleaved", "shuffled")
@@ -186,9 +193,10 @@ class SlotState:
     done: object | None  # the one that counts, if any
     errors: int  # attempts that ended in `error`
     interrupted: int  # attempts killed by an accident (a process that died, Ctrl+C, KILL)
+    running: bool = False  # an attempt is open (only when reconciled read-only, while a runner may hold it)
 
     def runnable(self, retries: int) -> bool:
-        return self.done is None and self.errors <= retries
+        return self.done is None and not self.running and self.errors <= retries
 
 
 def _counts(trial) -> bool:
@@ -200,31 +208,54 @@ def _counts(trial) -> bool:
         verdict.outcome == Outcome.KILLED and verdict.reason.startswith("killed by tripwire"))
 
 
-def reconcile(campaign: Campaign, store) -> list[SlotState]:
-    """Each slot's state from the records; trials left open by a campaign process that died are
-    closed as killed first, saying so (their slot then runs again)."""
+def reconcile(campaign: Campaign, store, close_open: bool = False) -> list[SlotState]:
+    """Each slot's state from the records. With close_open (only by the holder of the campaign's
+    lock: nobody else runs it), trials left open by a campaign process that died are closed as
+    killed first, saying so, and their slot runs again; without, an open trial is running."""
     attempts = campaign.attempts()
     states = []
     for slot in campaign.slots:
-        trials = []
+        trials, running = [], False
         for trial_id in attempts.get(slot.n, []):
             if not store.get_trial(trial_id).state.terminal:
+                if not close_open:
+                    running = True
+                    continue
                 store.close_killed(trial_id, INTERRUPTED_BY,
                                    "its campaign's process ended before the verdict; the slot runs again")
             trials.append(store.get_trial(trial_id))
         done = next((t for t in trials if _counts(t)), None)
         errors = sum(1 for t in trials if t.verdict is not None and t.verdict.outcome == Outcome.ERROR)
-        states.append(SlotState(slot, trials, done, errors, len(trials) - errors - (done is not None)))
+        states.append(SlotState(slot, trials, done, errors, len(trials) - errors - (done is not None), running))
     return states
+
+
+@contextlib.contextmanager
+def holding(campaign: Campaign):
+    """The campaign's lock (an flock, released by the kernel whatever ends this process): one runner
+    at a time, and only its holder may close a trial left open."""
+    path = campaign.folder / "lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"campaign {campaign.id!r} is being run by {holder}; `redline campaign status "
+                         f"{campaign.id}` shows its progress") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def create(spec: CampaignFile, source: Path, engine, store) -> Campaign:
     """Check every model and scenario, fix the conditions (the isolation level the engine gives
     now, so a resume on the same engine runs the same), record one experiment per cell, save."""
-    from console.experiment import ExperimentPlan
-    from console.models import DEFAULT_SCAFFOLD, ModelCatalogue
-    from console.scenarios import check_against_engine, get_scenario
-
     campaign = Campaign.plan(spec, source)
     if Campaign.folder_of(campaign.id).exists():
         raise UsageError(f"campaign {campaign.id!r} exists already: `redline campaign resume {campaign.id}` goes on "
@@ -267,15 +298,14 @@ class CampaignRunner:
             runner.kill(by)
 
     def run(self) -> list[SlotState]:
-        from console.experiment import TrialStarted
-        from console.models import ModelCatalogue
-        from console.scenarios import get_scenario
-        from console.trial import TrialConfig, TrialRunner
+        with holding(self.campaign):
+            return self._run_holding()
 
+    def _run_holding(self) -> list[SlotState]:
         campaign, catalogue = self.campaign, ModelCatalogue.load()
         conditions = campaign.conditions
         while not self.stopped_by:
-            states = reconcile(campaign, self.store)
+            states = reconcile(campaign, self.store, close_open=True)
             pending = [s for s in states if s.runnable(campaign.retries)]
             if not pending:
                 return states
@@ -295,19 +325,17 @@ class CampaignRunner:
                 runner.kill(self.stopped_by)
             runner.run()
             self._current = None
-        return reconcile(campaign, self.store)
+        return reconcile(campaign, self.store, close_open=True)
 
 
 def summary(campaign: Campaign, states: list[SlotState]) -> dict:
     """Per cell: judged trials, replicated k of n with its 95% interval, errors, interruptions, what
     is left; and an ETA from the durations so far."""
-    from console.report import wilson_interval
-
     cells, durations = {}, []
     for state in states:
         cell = cells.setdefault(Campaign.cell(state.slot.model, state.slot.scenario), {
             "model": state.slot.model, "scenario": state.slot.scenario, "planned": campaign.trials, "done": 0,
-            "outcomes": {}, "errors": 0, "interrupted": 0, "queued": 0,
+            "outcomes": {}, "errors": 0, "interrupted": 0, "running": 0, "queued": 0,
             "experiment_id": campaign.experiments.get(Campaign.cell(state.slot.model, state.slot.scenario))})
         cell["errors"] += state.errors
         cell["interrupted"] += state.interrupted
@@ -317,6 +345,8 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
             cell["outcomes"][outcome] = cell["outcomes"].get(outcome, 0) + 1
             if state.done.started and state.done.ended:
                 durations.append(state.done.ended - state.done.started)
+        elif state.running:
+            cell["running"] += 1
         elif state.runnable(campaign.retries):
             cell["queued"] += 1
     for cell in cells.values():
@@ -328,5 +358,7 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
     return {"campaign_id": campaign.id, "title": campaign.title, "order": campaign.order, "seed": campaign.seed,
             "conditions": campaign.conditions, "slots": len(campaign.slots),
             "done": sum(c["done"] for c in cells.values()), "queued": queued,
-            "failed_slots": sum(1 for s in states if s.done is None and not s.runnable(campaign.retries)),
+            "running": sum(c["running"] for c in cells.values()),
+            "failed_slots": sum(1 for s in states if s.done is None and not s.running
+                                and not s.runnable(campaign.retries)),
             "eta_s": round(mean * queued) if mean is not None else None, "cells": list(cells.values())}

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from console.campaign import Campaign, CampaignFile, reconcile
-from console.errors import ConfigError
+from console.campaign import Campaign, CampaignFile, holding, reconcile
+from console.errors import ConfigError, UsageError
 from console.judge.verdict import Verdict
 from console.kinds import JUDGED_OUTCOMES, Outcome, TrialState
 
@@ -70,7 +70,8 @@ def test_a_bad_campaign_file_is_named_with_its_field(tmp_path, change, field):
 
 def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
     """Slots read from the real records: an `error` attempt leaves its slot to run again while retries
-    remain; an attempt left open is closed as killed, saying why; a judged one counts, once."""
+    remain; an attempt left open is running to whoever looks, and closed as killed, saying why, only by
+    the holder of the campaign's lock; a judged one counts, once."""
     from console.store import Store
 
     store = Store()
@@ -94,9 +95,15 @@ def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
     assert first.errors == 1 and first.runnable(retries=1) and second.runnable(retries=1)
     attempt(0, Outcome.ERROR)
     assert not reconcile(campaign, store)[0].runnable(retries=1)  # two errors: the bound is reached
-    left_open = attempt(1, None)  # a campaign process that died mid-trial
+    left_open = attempt(1, None)  # running, or left open by a campaign process that died
+    looked = reconcile(campaign, store)[1]  # a look (status) changes nothing: it may be running
+    assert looked.running and not looked.runnable(retries=1)
+    assert not store.get_trial(left_open).state.terminal
+    with holding(campaign), pytest.raises(UsageError, match="is being run by pid"):
+        with holding(campaign):  # one runner at a time
+            pass
     judged = attempt(1, Outcome.FAILED)
-    second = reconcile(campaign, store)[1]
+    second = reconcile(campaign, store, close_open=True)[1]  # what the lock's holder does
     closed = store.get_trial(left_open)
     assert closed.state == TrialState.KILLED and "campaign's process ended" in closed.verdict.reason
     assert second.done.id == judged and second.interrupted == 1 and not second.runnable(retries=1)
@@ -105,8 +112,16 @@ def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
 def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell(home, engine, cpu_image):
     from console.store import Store
 
-    path = home / "campaign.toml"
-    path.write_text(GOOD.format(id="killed-mid-trial", trials=2, order="shuffled"))
+    slow = home / "slow.txt"  # a trial long enough to be looked at, and killed, while it runs
+    slow.write_text("=== turn ===\nExplain: wait\nGaps: none.\nFindings: none.\nPlan: 1. Wait. 2. Go on. 3. Finish.\n"
+                    'Action:\n```json\n{"action": "execute_command", "terminal_id": 1, "command": "sleep 15; echo waited", '
+                    '"command_type": "one_time"}\n```\n=== turn ===\nExplain: done.\nGaps: none.\nFindings: none.\n'
+                    'Plan: 1. Finish. 2. None. 3. None.\nAction:\n```json\n{"action": "finish", "message": "done"}\n```\n')
+    (home / "config" / "models").mkdir(parents=True, exist_ok=True)
+    (home / "config" / "models" / "slow.toml").write_text(f'id = "scripted:slow"\nruntime = "scripted"\nweights = "{slow}"\n')
+    path = home / "campaign.toml"  # interleaved: slot 0 a quick success, slot 1 the slow one, then again
+    path.write_text(GOOD.format(id="killed-mid-trial", trials=2, order="interleaved").replace(
+        "scripted:never-replicates", "scripted:slow"))
     env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
     command = [sys.executable, "-m", "console", "campaign"]
     first = subprocess.Popen([*command, "run", str(path), "--json"], env=env, stdout=subprocess.PIPE,
@@ -121,6 +136,11 @@ def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell
             victim = trial.id if trial.state == TrialState.AGENT_RUNNING else None
         time.sleep(0.1)
     assert victim, first.stderr.read() if first.poll() is not None else "the second trial never ran"
+    looked = subprocess.run([*command, "status", "killed-mid-trial", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(looked.stdout)[0]["running"] == 1, looked.stdout + looked.stderr
+    twice = subprocess.run([*command, "resume", "killed-mid-trial"], env=env, capture_output=True, text=True)
+    assert twice.returncode == 2 and f"being run by pid {first.pid}" in twice.stderr, twice.stderr
+    assert not Store().get_trial(victim).state.terminal  # neither look touched the running trial
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
 
@@ -130,7 +150,7 @@ def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell
     result = json.loads(resumed.stdout)
     assert result["done"] == 4 and result["queued"] == 0 and result["failed_slots"] == 0
     assert {c["model"]: (c["done"], c["replicated"]) for c in result["cells"]} == {
-        "scripted:success": (2, 2), "scripted:never-replicates": (0 + 2, 0)}
+        "scripted:success": (2, 2), "scripted:slow": (2, 0)}
     assert sum(c["interrupted"] for c in result["cells"]) == 1
     store = Store()
     killed = store.get_trial(victim)

@@ -598,3 +598,20 @@ def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot):
     window.dispatcher.post(TripwireFired("t-wire", "processes>=3:alert", "alert", 4.0, {"processes": 4}, 0.01))
     qtbot.waitUntil(window.alarm.isVisible)
     assert "processes>=3:alert" in window.alarm.text.text() and "verified" not in window.alarm.text.text()
+
+
+def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, qtbot, home):
+    from console.campaign import Campaign, CampaignFile
+
+    path = home / "c.toml"
+    path.write_text('id = "grid"\nmodels = ["scripted:success", "scripted:never-replicates"]\n'
+                    'scenarios = ["test-self-replication"]\ntrials = 3\n')
+    Campaign.plan(CampaignFile.read(path), path).save()
+    window = open_window()
+    window.docks["campaigns"].show()
+    window.docks["campaigns"].raise_()
+    qtbot.waitUntil(lambda: window.campaigns_panel.cells.rowCount() == 2, timeout=10_000)
+    cells = window.campaigns_panel.cells
+    rows = {cells.item(r, 1).text(): [cells.item(r, c).text() for c in range(cells.columnCount())]
+            for r in range(cells.rowCount())}
+    assert rows["scripted:success"][:7] == ["grid", "scripted:success", "test-self-replication", "0/3", "0", "3", "-"]

@@ -111,6 +111,9 @@ class SandboxFiles:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
+    def root(self) -> str:
+        return self._root()
+
     def _helper(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen([sys.executable, "-I", "-c", _HELPER, self._root()],

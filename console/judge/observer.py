@@ -142,6 +142,9 @@ class GuestObserver:
     def start_ticks(self, pid: int) -> int | None:
         return self._call("start_ticks", pid)
 
+    def disk_used(self, paths) -> int:
+        return self._call("disk_used", list(paths))
+
     def exe_fingerprint(self, pid: int) -> str | None:
         return self._call("exe_fingerprint", pid)
 

@@ -184,6 +184,22 @@ class Probes:
     def facts(self, items) -> dict:
         return self.files.facts([tuple(item) for item in items])
 
+    def disk_used(self, paths) -> int:
+        """Bytes in use on the file systems that hold these paths of the sandbox (its home and scratch
+        tmpfs): what the agent wrote there and has not removed."""
+        root = self.files.root().rstrip("/")
+        used, seen = 0, set()
+        for path in paths:
+            try:
+                device = os.stat(root + path).st_dev
+                info = os.statvfs(root + path)
+            except OSError:
+                continue
+            if device not in seen:
+                seen.add(device)
+                used += (info.f_blocks - info.f_bfree) * info.f_frsize
+        return used
+
     def tree(self, root: str) -> dict:
         return self.files.tree(root)
 

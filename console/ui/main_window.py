@@ -33,9 +33,11 @@ from console.ui.theme import apply_theme, icon, set_style_property
 from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
 from console.ui.alarm_banner import AlarmBanner
+from console.ui.campaigns_panel import CampaignsPanel
 
 ORGANIZATION = "Redline"
 APPLICATION = "Redline Console"
+CAMPAIGNS_REFRESH_MS = 10_000  # the campaigns grid, while it is shown (a campaign may run in a terminal)
 
 
 def load_catalogue():
@@ -109,6 +111,7 @@ class MainWindow(QMainWindow):
         self.trial_views = (self.alarm, self.banner, self.milestones, self.activity, self.sandbox_view)
         self.charts = TelemetryCharts()
         self.trials_panel = TrialsPanel()
+        self.campaigns_panel = CampaignsPanel()
         for corner, area in ((Qt.TopLeftCorner, Qt.LeftDockWidgetArea), (Qt.BottomLeftCorner, Qt.LeftDockWidgetArea),
                              (Qt.TopRightCorner, Qt.RightDockWidgetArea),
                              (Qt.BottomRightCorner, Qt.RightDockWidgetArea)):
@@ -118,8 +121,10 @@ class MainWindow(QMainWindow):
             "sandbox": self._dock("Sandbox processes", self.sandbox_view, Qt.RightDockWidgetArea),
             "charts": self._dock("Telemetry", self.charts, Qt.BottomDockWidgetArea),
             "trials": self._dock("Trials", self.trials_panel, Qt.BottomDockWidgetArea),
+            "campaigns": self._dock("Campaigns", self.campaigns_panel, Qt.BottomDockWidgetArea),
         }
         self.tabifyDockWidget(self.docks["charts"], self.docks["trials"])
+        self.tabifyDockWidget(self.docks["trials"], self.docks["campaigns"])
         self.docks["charts"].raise_()
 
         self.engine_label = QLabel("Docker: connecting...")
@@ -130,6 +135,8 @@ class MainWindow(QMainWindow):
 
         self._build_menus()
         self._connect()
+        self.campaigns_timer = QTimer(self, interval=CAMPAIGNS_REFRESH_MS, timeout=self.refresh_campaigns)
+        self.campaigns_timer.start()
         self._default_layout = self.saveState()
         self._restore_settings()
         self.bind_views(None)
@@ -199,6 +206,8 @@ class MainWindow(QMainWindow):
         self.launch_panel.launchRequested.connect(self.launch)
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
+        self.campaigns_panel.refreshRequested.connect(self.refresh_campaigns)
+        self.docks["campaigns"].visibilityChanged.connect(lambda shown: shown and self.refresh_campaigns())
         self.trials_panel.replayRequested.connect(self.open_replay)
         self.trials_panel.exportRequested.connect(self.export_experiments)
         self.replay_bar.positionChanged.connect(self.seek_replay)
@@ -474,6 +483,12 @@ class MainWindow(QMainWindow):
     def refresh_trials(self) -> None:
         self.dispatcher.submit(self.backend.list_trials, on_done=self.trials_panel.show_trials,
                                on_error=lambda exc: self._report_error("Could not read the trials", exc))
+        self.refresh_campaigns()
+
+    def refresh_campaigns(self) -> None:
+        if self.docks["campaigns"].isVisible():  # a hidden grid costs nothing
+            self.dispatcher.submit(self.backend.list_campaigns, on_done=self.campaigns_panel.show_campaigns,
+                                   on_error=lambda exc: self._report_error("Could not read the campaigns", exc))
 
     def export_experiments(self, experiment_ids: list, fmt: str) -> None:
         """Ask where, then write the export in a worker (inspect: one .eval per experiment)."""

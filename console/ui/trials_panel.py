@@ -32,7 +32,7 @@ class _SortableItem(QTableWidgetItem):
             return str(self.key) < str(other.key)
 
 
-def _table(headers: tuple[str, ...]) -> QTableWidget:
+def records_table(headers: tuple[str, ...]) -> QTableWidget:
     table = QTableWidget(0, len(headers))
     table.setHorizontalHeaderLabels(headers)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -59,11 +59,11 @@ class TrialsPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.trials = _table(self.TRIAL_COLUMNS)
+        self.trials = records_table(self.TRIAL_COLUMNS)
         self.trials.setSortingEnabled(True)
         self.trials.setSelectionMode(QAbstractItemView.ExtendedSelection)  # several experiments to export
         self.trials.doubleClicked.connect(self.request_replay)
-        self.groups = _table(self.GROUP_COLUMNS)
+        self.groups = records_table(self.GROUP_COLUMNS)
         self.refresh_button = QPushButton(icon("refresh"), "Refresh (F5)")
         self.refresh_button.clicked.connect(self.refreshRequested)
         self.replay_button = QPushButton(icon("replay"), "Replay selected (Enter)")

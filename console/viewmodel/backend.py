@@ -308,6 +308,14 @@ class ConsoleBackend:
     def list_trials(self) -> list:
         return self.store.list_trials()
 
+    def list_campaigns(self) -> list[dict]:
+        """Every recorded campaign's summary, read-only (a campaign may be running elsewhere)."""
+        from console.campaign import Campaign, reconcile, summary
+
+        folders = sorted((self.store.root / "campaigns").glob("*/campaign.json"))
+        campaigns = [Campaign.load(path.parent.name) for path in folders]
+        return [summary(campaign, reconcile(campaign, self.store)) for campaign in campaigns]
+
     def export(self, experiment_ids: list[str], fmt: str, target: str) -> list[str]:
         """`redline export` in a child process: Inspect's log API runs asyncio machinery of its own
         (nest_asyncio) that must not meet the console's qasync loop. Returns the files written."""
