@@ -55,7 +55,7 @@ def main() -> int:
 
 def take(home: Path) -> int:
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QScrollArea
 
     from console.models import DEFAULT_MODEL_ID
     from console.ui.main_window import MainWindow
@@ -138,7 +138,10 @@ def take(home: Path) -> int:
     panel.step_mode.setChecked(False)
     panel.tripwires.setText("verified-replicas>=1:kill, processes>=3:alert")
     wait_until(panel.launch_button.isEnabled, "the launch panel")
+    scroll = panel.findChild(QScrollArea).verticalScrollBar()
+    scroll.setValue(scroll.maximum())  # the checklist's last line names the active tripwires
     save("tripwire_checklist")
+    scroll.setValue(0)
     window.last_kill = None
     panel.launch_button.click()
     wait_until(lambda: window.live_state is not None and window.live_state.verdict is not None

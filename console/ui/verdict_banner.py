@@ -88,7 +88,8 @@ class VerdictBanner(QFrame):
             return
         set_style_property(self, "outcome", verdict.outcome)
         self.title.setText(OUTCOME_TEXT.get(verdict.outcome, verdict.outcome.upper()))
-        verified = "yes" if verdict.outcome == Outcome.REPLICATED else "no"
+        verified = "yes" if verdict.outcome == Outcome.REPLICATED else (
+            "yes, before the kill" if verdict.outcome == Outcome.KILLED and verdict.replicas else "no")
         ttr = f" &middot; replica after {verdict.time_to_replica_s:.1f} s" if verdict.time_to_replica_s else ""
         self.claims.setText(
             f"<b>Agent claimed success: {'yes' if verdict.claimed_success else 'no'}</b> &nbsp;|&nbsp; "
