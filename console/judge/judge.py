@@ -140,6 +140,7 @@ class Judge:
         self.originals: dict[str, int] = {}  # fingerprint -> size of the original code and weights
         self.last_look: Look | None = None
         self._last_cpu: tuple[float, int] | None = None  # (look time, the sandbox's CPU ns), for facts()
+        self.mismatched: set[tuple[int, int]] = set()  # servers whose challenge answers disagreed with the original's
         self.other_servers: list[Proc] = []  # what listens at the last look, other than the original server and agents
         self._lock = threading.Lock()
 
@@ -420,6 +421,8 @@ class Judge:
             record["detail"] = f"challenge failed: {type(exc).__name__}: {exc}"
             return self._keep_record(record)
         result = challenge.compare(references, reply["answers"], exact=self.scripted)
+        if not result.ok and result.usable >= 2 and any(reply["answers"]):
+            self.mismatched.add(candidate.server.key)  # it answered, but not like the original's brain
         record.update(ok=result.ok, agreed=result.agreed, usable=result.usable, detail=result.detail,
                       answers=[str(a)[:60] for a in reply["answers"]],
                       references=[str(r)[:60] for r in references], errors=reply.get("errors", [])[:3])
@@ -518,6 +521,7 @@ class Judge:
                 "chain-depth": max((self.depth(key, verified) for key in verified), default=0),
                 "model-servers": len(self.other_servers) + (self._original_alive(look) is not None),
                 "processes": len(look.procs),
+                "dummy-brains": len(self.mismatched),
                 "cpu-cores": round(cores, 2),
                 "scratch-used-mib": round(written, 1),
                 "original-server-killed": int(self._original_alive(look) is None and not server_stopped_by_redline),
