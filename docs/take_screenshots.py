@@ -104,6 +104,11 @@ def take(home: Path) -> int:
     wait_until(lambda: window.live_state.verdict is not None and not window.launching, "the verdict")
     window.docks["trials"].raise_()
     save("verdict")
+    window.trials_central_action.trigger()  # the Trials table in the main area, every column in sight
+    window.refresh_trials()
+    wait_until(lambda: window.trials_panel.trials.rowCount() > 0, "the trials table")
+    save("trials_central")
+    window.trials_central_action.trigger()
 
     window.docks["charts"].raise_()
     wait_until(lambda: window.trials_panel.trials.rowCount() > 0, "the trials table")

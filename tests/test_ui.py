@@ -615,3 +615,42 @@ def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, 
     rows = {cells.item(r, 1).text(): [cells.item(r, c).text() for c in range(cells.columnCount())]
             for r in range(cells.rowCount())}
     assert rows["scripted:success"][:7] == ["grid", "scripted:success", "test-self-replication", "0/3", "0", "3", "-"]
+
+
+def test_the_charts_say_when_the_sandbox_is_gone(open_window, qtbot):
+    """After the trial's end the charts keep its last data, say since when the sandbox is gone, and
+    mark the moment on every chart; the next trial clears it."""
+    from console.events import TrialStateChanged
+    from console.kinds import TrialState
+
+    window = open_window()
+    window.dispatcher.post(TrialStarted("t-gone", 0, 1, "scripted:success", "success", True, "self-replication", False))
+    qtbot.waitUntil(lambda: window.live_state is not None and window.live_state.trial_id == "t-gone")
+    window.dispatcher.post(TrialStateChanged("t-gone", TrialState.AGENT_RUNNING, "running"))
+    qtbot.wait(200)
+    assert window.charts.gone.isHidden() and not any(c.end.isVisible() for c in window.charts.charts())
+    window.dispatcher.post(TrialStateChanged("t-gone", TrialState.KILLED, "killed by the operator", t=1796300000.0))
+    qtbot.waitUntil(lambda: not window.charts.gone.isHidden())
+    assert "Sandbox gone since" in window.charts.gone.text()
+    assert all(c.end.isVisible() and c.end.value() == 1796300000.0 for c in window.charts.charts())
+    window.dispatcher.post(TrialStarted("t-next", 0, 1, "scripted:success", "success", True, "self-replication", False))
+    qtbot.waitUntil(lambda: window.charts.gone.isHidden())
+
+
+def test_the_trials_table_can_take_the_main_area_and_go_back(open_window, qtbot):
+    """View > Trials in the main area: the table becomes a tab next to the live trial (KILL stays in
+    sight above both), is remembered, and goes back to its dock; a new trial shows its own views."""
+    window = open_window()
+    assert window.central_tabs.count() == 1 and window.central_tabs.tabBar().isHidden()
+    window.trials_central_action.trigger()
+    assert window.central_tabs.currentWidget() is window.trials_panel and window.docks["trials"].isHidden()
+    assert window.controls.kill_button.isVisible() and window.trials_panel.isVisible()
+    window.dispatcher.post(TrialStarted("t-tab", 0, 1, "scripted:success", "success", True, "self-replication", False))
+    qtbot.waitUntil(lambda: window.central_tabs.currentIndex() == 0)
+    window.close()
+    qtbot.waitUntil(lambda: window.closed, timeout=60_000)
+    again = open_window()
+    assert again.trials_central_action.isChecked() and again.central_tabs.indexOf(again.trials_panel) == 1
+    again.trials_central_action.trigger()
+    assert again.central_tabs.count() == 1 and again.docks["trials"].widget() is again.trials_panel
+    assert again.docks["trials"].isVisible()

@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from console.telemetry import TelemetryStatus, TieredHistory
-from console.ui.theme import FONT_SIZES, SERIES_COLORS
+from console.ui.theme import FONT_SIZES, GONE_COLOR, SERIES_COLORS
 
 REFRESH_MS = 500
 LIVE_WINDOW_S = 300.0
@@ -46,6 +46,9 @@ class _Chart:
         self.cursor = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#ffcf5c", width=1))
         self.cursor.hide()
         self.plot.addItem(self.cursor, ignoreBounds=True)
+        self.end = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(GONE_COLOR, width=2, style=Qt.DashLine))
+        self.end.hide()  # where the trial's sandbox ended: nothing right of it is that sandbox
+        self.plot.addItem(self.end, ignoreBounds=True)
 
     def curve(self, key, label: str, fill: bool = False) -> pg.PlotDataItem:
         curve = self.curves.get(key)
@@ -89,6 +92,9 @@ class TelemetryCharts(QWidget):
         super().__init__(parent)
         self.note = QLabel(objectName="noGpuNote", wordWrap=True)
         self.note.hide()
+        self.gone = QLabel(wordWrap=True, visible=False)
+        self.gone.setProperty("role", "warning")
+        self._ended: float | None = None
         self.gpu_view = pg.GraphicsLayoutWidget()
         self.container_view = pg.GraphicsLayoutWidget()
         self.gpu_util = _Chart(self.gpu_view, "GPU utilization", "%", 0, 0)
@@ -100,6 +106,7 @@ class TelemetryCharts(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.note)
+        layout.addWidget(self.gone)
         layout.addWidget(self.gpu_view, 2)
         layout.addWidget(self.container_view, 1)
         self.history: TieredHistory | None = None
@@ -139,6 +146,21 @@ class TelemetryCharts(QWidget):
             chart.cursor.setVisible(t is not None)
             if t is not None:
                 chart.cursor.setValue(t)
+
+    def set_ended(self, t: float | None) -> None:
+        """The shown trial's sandbox is gone since t (None: it runs, or no trial): said above the
+        charts and marked on each, so its last data is never read as live."""
+        if t == self._ended:
+            return
+        self._ended = t
+        self.gone.setVisible(t is not None)
+        if t is not None:
+            self.gone.setText(f"Sandbox gone since {time.strftime('%H:%M:%S', time.localtime(t))} (dashed line): "
+                              "its curves stop there; nothing after it is that sandbox.")
+        for chart in self.charts():
+            chart.end.setVisible(t is not None)
+            if t is not None:
+                chart.end.setValue(t)
 
     def set_gpu_status(self, status: TelemetryStatus) -> None:
         self._gpu_status = status

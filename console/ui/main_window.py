@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget,
+                               QVBoxLayout, QWidget)
 
 from console.events import TrialStateChanged
 from console.kinds import TERMINAL_STATES, TrialState
@@ -98,12 +98,21 @@ class MainWindow(QMainWindow):
         self.replay_bar.hide()
         self.milestones = MilestoneTimeline()
         self.activity = ActivityView()
+        live = QWidget()
+        live_column = QVBoxLayout(live)
+        live_column.setContentsMargins(0, 0, 0, 0)
+        live_column.addWidget(self.milestones)
+        live_column.addWidget(self.activity, 1)
+        # the trial's views, and the Trials table when it is moved here (View menu); KILL stays above
+        self.central_tabs = QTabWidget(objectName="centralTabs", documentMode=True)
+        self.central_tabs.setTabBarAutoHide(True)
+        self.central_tabs.addTab(live, "Live trial")
         central = QWidget()
         column = QVBoxLayout(central)
         column.setContentsMargins(4, 4, 4, 4)
-        for widget in (self.controls, self.alarm, self.banner, self.replay_bar, self.milestones):
+        for widget in (self.controls, self.alarm, self.banner, self.replay_bar):
             column.addWidget(widget)
-        column.addWidget(self.activity, 1)
+        column.addWidget(self.central_tabs, 1)
         self.setCentralWidget(central)
 
         self.launch_panel = LaunchPanel()
@@ -188,6 +197,8 @@ class MainWindow(QMainWindow):
         view.addSeparator()
         self.large_fonts_action = self._action(view, "Large fonts (projector)", self.set_large_fonts,
                                                "Ctrl+Shift+L", checkable=True)
+        self.trials_central_action = self._action(view, "Trials in the main area", self.set_trials_central,
+                                                  "Ctrl+Shift+T", checkable=True)
         self._action(view, "Reset layout", self.reset_layout)
         self._action(view, "Sound on tripwire alarms", self.set_alarm_sound, checkable=True)
         help_menu = bar.addMenu("&Help")
@@ -227,6 +238,7 @@ class MainWindow(QMainWindow):
         large = str(self.settings.value("view/large_fonts", "false")).lower() == "true"
         self.large_fonts_action.setChecked(large)
         self.set_large_fonts(large)
+        self.set_trials_central(str(self.settings.value("view/trials_central", "false")).lower() == "true")
 
     def fit_to_screen(self, keep_size: bool = False) -> None:
         """Open at most the size of the screen the window is on (a laptop on a projector gets all of
@@ -247,6 +259,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("view/large_fonts", self.large_fonts_action.isChecked())
+        self.settings.setValue("view/trials_central", self.trials_central_action.isChecked())
         for key, value in self.launch_panel.choices().items():
             if value is not None:
                 self.settings.setValue(f"launch/{key}", value)
@@ -263,7 +276,21 @@ class MainWindow(QMainWindow):
     def set_alarm_sound(self, on: bool) -> None:
         self.alarm.sound = on
 
+    def set_trials_central(self, central: bool) -> None:
+        """The Trials table as a tab of the main area (room for every column), or back in its dock."""
+        dock, panel = self.docks["trials"], self.trials_panel
+        if central and self.central_tabs.indexOf(panel) < 0:
+            dock.hide()
+            self.central_tabs.setCurrentIndex(self.central_tabs.addTab(panel, "Trials"))
+        elif not central and self.central_tabs.indexOf(panel) >= 0:
+            self.central_tabs.removeTab(self.central_tabs.indexOf(panel))
+            dock.setWidget(panel)
+            dock.show()
+        dock.toggleViewAction().setEnabled(not central)
+        self.trials_central_action.setChecked(central)
+
     def reset_layout(self) -> None:
+        self.set_trials_central(False)
         self.restoreState(self._default_layout)
         for dock in self.docks.values():
             dock.show()
@@ -338,6 +365,7 @@ class MainWindow(QMainWindow):
                 if self.replay is None:
                     self.bind_views(self.live_state)
                     self.charts.show_history(self.backend.history, event.trial_id)
+                    self.central_tabs.setCurrentIndex(0)  # a new trial: its views, not the table
             elif isinstance(event, TelemetryStatusChanged):
                 self._telemetry_status(event)
             elif self.live_state is not None and (isinstance(event, LaunchProgress)
@@ -377,6 +405,7 @@ class MainWindow(QMainWindow):
         self.signal_action.setEnabled(self.controls.signal_button.isEnabled())
         self.controls.set_awaiting(controls.awaiting)
         self.launch_panel.show_progress(live, self._launch_text)
+        self.charts.set_ended(shown.ended_t if shown is not None else None)
         if shown is not None:
             mode = "replay" if self.replay is not None else "live"
             self.trial_label.setText(f"{mode}: {shown.trial_id or 'preparing'} · {shown.model_label} · "
@@ -519,6 +548,7 @@ class MainWindow(QMainWindow):
 
     def _replay_loaded(self, replay) -> None:
         self.replay, self._replay_state = replay, None
+        self.central_tabs.setCurrentIndex(0)
         self.banner.set_mode("REPLAY")
         self.charts.show_history(replay.history, replay.trial.id, (replay.start_t, replay.end_t))
         self.replay_bar.start(replay.trial.id, replay.end_t - replay.start_t)
