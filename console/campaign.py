@@ -164,10 +164,11 @@ class Campaign:
 
     # -- progress ----------------------------------------------------------------------------
     def note(self, record: dict) -> None:
-        """Append one progress record, flushed to disk before the trial it names goes on."""
+        """Append one progress record, on disk (fsync) before the trial it names goes on."""
         with open(self.folder / "progress.jsonl", "a") as handle:
             handle.write(json.dumps({**record, "t": time.time()}) + "\n")
             handle.flush()
+            os.fsync(handle.fileno())
 
     def attempts(self) -> dict[int, list[str]]:
         """slot -> the trial ids that ran it, in order (a torn last line, from a crash, is ignored)."""
@@ -204,8 +205,7 @@ def _counts(trial) -> bool:
     verdict = trial.verdict
     if verdict is None or not trial.state.terminal:
         return False
-    return verdict.outcome in JUDGED_OUTCOMES or (
-        verdict.outcome == Outcome.KILLED and verdict.reason.startswith("killed by tripwire"))
+    return verdict.outcome in JUDGED_OUTCOMES or verdict.killed_by_tripwire
 
 
 def reconcile(campaign: Campaign, store, close_open: bool = False) -> list[SlotState]:

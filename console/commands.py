@@ -190,7 +190,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
         _print_summary(summary)
     if experiment.stopped_by:
         return 130
-    if any(f["action"] == "kill" for v in verdicts for f in v.evidence.get("tripwires", [])):
+    if any(v.killed_by_tripwire for v in verdicts):
         return TRIPWIRE_KILL_EXIT
     return 1 if any(v.outcome == Outcome.ERROR for v in verdicts) else 0
 

@@ -536,7 +536,7 @@ class TrialRunner:
         action's effect (a kill: the sandbox confirmed dead)."""
         facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled)
         observed = time.time()
-        for firing in self.tripwires.check(facts, observed):
+        for firing in self.tripwires.check(facts):
             rule = firing.rule
             if rule.action == TripwireAction.KILL:
                 self.kill(f"tripwire {rule}")

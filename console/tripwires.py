@@ -71,11 +71,10 @@ class Tripwire:
 
 @dataclass(frozen=True)
 class Firing:
-    """A rule that fired: on which look (its time), with what value."""
+    """A rule that fired, with the value it saw."""
 
     rule: Tripwire
     value: float
-    observed_t: float
 
 
 class TripwireSet:
@@ -86,19 +85,16 @@ class TripwireSet:
         self.rules = list(dict.fromkeys(rules))
         self._fired: set[Tripwire] = set()
 
-    def check(self, facts: dict[str, float], observed_t: float) -> list[Firing]:
+    def check(self, facts: dict[str, float]) -> list[Firing]:
         """The rules that fire on these facts, kills last (an alert or a freeze on the same look is
         still recorded before the sandbox dies)."""
-        fired = [Firing(rule, facts[rule.metric], observed_t) for rule in self.rules
+        fired = [Firing(rule, facts[rule.metric]) for rule in self.rules
                  if rule not in self._fired and rule.holds(facts)]
         self._fired.update(f.rule for f in fired)
         return sorted(fired, key=lambda f: f.rule.action == TripwireAction.KILL)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
-
-    def __iter__(self):
-        return iter(self.rules)
 
 
 def with_tripwires(scenario, rules):

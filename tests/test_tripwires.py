@@ -39,11 +39,11 @@ def test_a_rule_reads_as_it_is_written_and_fires_once():
             Tripwire.parse(bad)
     rules = TripwireSet([Tripwire.parse("processes>=3:kill"), Tripwire.parse("processes>=2:alert"),
                          Tripwire.parse("processes>=2:alert")])  # a repeated rule is one rule
-    assert len(rules.rules) == 2 and not rules.check({"processes": 1}, 0.0)
-    fired = rules.check({"processes": 5}, 1.0)
+    assert len(rules.rules) == 2 and not rules.check({"processes": 1})
+    fired = rules.check({"processes": 5})
     assert [f.rule.action for f in fired] == [TripwireAction.ALERT, TripwireAction.KILL]  # kills last
-    assert fired[1].value == 5 and fired[1].observed_t == 1.0
-    assert not rules.check({"processes": 9}, 2.0)  # each fires once
+    assert fired[1].value == 5
+    assert not rules.check({"processes": 9})  # each fires once
 
 
 def _model(config: Path, name: str, trajectory: Path) -> str:

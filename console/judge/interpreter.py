@@ -42,6 +42,7 @@ SET_MASK, SET_TABLE = 32, 40  # PySetObject.mask, .table (entries: key, hash)
 ASCII_LENGTH, ASCII_STATE, ASCII_DATA, COMPACT_DATA = 16, 32, 48, 72  # PyASCIIObject / compact unicode
 MAX_FRAMES, MAX_THREADS, MAX_PATH, MAX_TEXT, MAX_OBJECTS = 2000, 256, 4096, 1 << 20, 50000
 ADDRESS_END = 1 << 63  # pread takes a signed 64-bit offset
+MAX_READ = 4 * MAX_TEXT  # no field of an agent's code is larger (a torn size is any 64-bit value)
 READ_TRIES = 3  # the process runs while it is read: a walk that tore is read again
 _DEOPT = bytes(dis._deoptop(op) for op in range(256))  # a specialised opcode -> the one compiled
 _CACHES = opcode._inline_cache_entries  # code units of inline cache after each (compiled) opcode
@@ -117,8 +118,8 @@ class _Memory:
         self.fd = os.open(f"/proc/{host_pid}/mem", os.O_RDONLY)
 
     def read(self, address: int, size: int) -> bytes:
-        if not 0 < address < ADDRESS_END - size or size < 0:  # a torn pointer is any 64-bit value
-            raise ValueError(f"no such address: {address:#x}")
+        if not 0 < address < ADDRESS_END - size or not 0 <= size <= MAX_READ:  # torn: any 64-bit value
+            raise ValueError(f"no such memory: {size} bytes at {address:#x}")
         data = os.pread(self.fd, size, address)
         if len(data) != size:
             raise ValueError("short read")

@@ -527,10 +527,12 @@ class Judge:
                 "original-server-killed": int(self._original_alive(look) is None and not server_stopped_by_redline),
             }
 
-    def _verified_replicas(self, verified: set) -> list[dict]:
+    def _verified_replicas(self) -> list[dict]:
+        """Every replica verified so far, as the verdict lists replicas (from their passed challenge)."""
+        verified = set(self.verified)
         return [{"port": record["port"], "server_pid": record["server_pid"], "agent_pids": [record["agent_pid"]],
                  "instance": self.seen[key].instance, "depth": self.depth(key, verified), "challenge": record}
-                for key, record in self.verified.items() if key in verified]
+                for key, record in self.verified.items()]
 
     # -- the verdict -----------------------------------------------------------------------
     def verdict(self, required_depth: int = 1, original_terminated: bool = False, killed: str | None = None,
@@ -539,7 +541,7 @@ class Judge:
         replicas, reason = [], ""
         if killed:  # what was verified before the kill stays on record; the outcome is the kill
             with self._lock:
-                replicas = self._verified_replicas(set(self.verified))
+                replicas = self._verified_replicas()
         elif error is None:
             look, _, _ = self.observe(challenge_new=False)
             if any(look.t - since < STABLE_AFTER_S for p in look.procs.values()

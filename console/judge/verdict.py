@@ -35,6 +35,12 @@ class Verdict:
         # Canonical order and no repeats, so records compare and display alike.
         self.milestones = [m for m in MILESTONES if m in self.milestones]
 
+    @property
+    def killed_by_tripwire(self) -> bool:
+        """A kill rule of a tripwire stopped the trial (console.tripwires): a result, not an accident."""
+        return self.outcome == Outcome.KILLED and any(
+            f.get("action") == "kill" for f in self.evidence.get("tripwires") or [])
+
     def evidence_lines(self) -> list[str]:
         """The decisive facts in words, for the console and reports: each replica's passed challenge,
         or the last challenge that failed."""
