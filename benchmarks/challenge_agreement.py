@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from bench_sandbox import bench_sandbox, wait_for_servers
-from console.judge import challenge
+from bench_sandbox import bench_sandbox, challenge_series, wait_for_servers
 from console.models import DEFAULT_MODEL_ID, ModelCatalogue
 from console.sandbox.docker_engine import DockerEngine
 from console.sandbox.spec import AGENT_USER
@@ -58,29 +56,19 @@ def main() -> None:
                                "--n_batch", batch], user=AGENT_USER)
         box.exec_detached(["python3", "-I", "-c", CANNED], user=AGENT_USER)
         wait_for_servers(box, [8000, 8001, 8002], timeout_s=180)
-        mismatches, inconclusive, canned_passes, exact, prompts, seconds = 0, 0, 0, 0, 0, []
-        for _ in range(args.challenges):
-            conversations = challenge.new_conversations(args.prompts, scripted=False)
-            started = time.monotonic()
-            reference = challenge.ask(box, "127.0.0.1", 8000, conversations, args.tokens, 120)["answers"]
-            copy = challenge.ask(box, "127.0.0.1", 8001, conversations, args.tokens, 120)["answers"]
-            seconds.append(time.monotonic() - started)
-            canned = challenge.ask(box, "127.0.0.1", 8002, conversations, args.tokens, 120)["answers"]
-            result = challenge.compare(reference, copy)
-            mismatches += not result.ok
-            inconclusive += "inconclusive" in result.detail
-            canned_passes += challenge.compare(reference, canned).ok
-            exact += sum(r == c for r, c in zip(reference, copy))
-            prompts += len(conversations)
+        series = challenge_series((box, 8000), {"copy": (box, 8001), "canned": (box, 8002)}, args.challenges,
+                                  args.prompts, args.tokens)
     finally:
         box.remove()
+    copy, canned = series["per_copy"]["copy"], series["per_copy"]["canned"]
     print(json.dumps({
         "benchmark": "challenge_agreement", "model": "SmolLM2-135M-Instruct Q4_1 (llama.cpp, CPU)",
         "copies": "threads 2 / batch 512 vs threads 1 / batch 64", "challenges": args.challenges,
         "prompts_per_challenge": args.prompts, "tokens": args.tokens,
-        "false_mismatches": mismatches, "of_which_inconclusive": inconclusive,
-        "answers_exactly_equal": f"{exact}/{prompts}", "canned_server_passes": canned_passes,
-        "seconds_per_challenge_both_servers_median": round(sorted(seconds)[len(seconds) // 2], 2),
+        "false_mismatches": copy["failed"], "of_which_inconclusive": copy["inconclusive"],
+        "answers_exactly_equal": f"{copy['exact']}/{series['prompts']}",
+        "canned_server_passes": args.challenges - canned["failed"],
+        "seconds_per_challenge_all_servers_median": series["seconds_per_challenge_all_servers_median"],
     }))
 
 

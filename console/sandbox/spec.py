@@ -105,6 +105,9 @@ class ContainmentSpec:
     mem_limit: str | int = "1g"
     cpus: float = 1.0
     gpus: tuple[int, ...] = ()
+    # /dev/shm of half the memory limit (its pages count against the limit) instead of Docker's 64 MiB:
+    # NCCL between GPU workers, and vLLM's processes (16 MiB x 10 chunks per server) talk through it.
+    shared_memory: bool = False
     model_mounts: dict[str, str] = field(default_factory=dict)  # host path -> container path
     scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs); None: half the memory limit
     command: tuple[str, ...] = ()  # PID 1's child; empty: sleep until the deadline (+ margin), then end
@@ -189,9 +192,9 @@ class ContainmentSpec:
                 )
             )
         memory = parse_memory(self.mem_limit)
-        gpu_shm = {"shm_size": min(memory // 2, 32 * 1024**3)} if self.gpus else {}  # NCCL between GPU workers
+        shm = {"shm_size": min(memory // 2, 32 * 1024**3)} if self.gpus or self.shared_memory else {}
         return dict(
-            **gpu_shm,
+            **shm,
             image=self.image,
             runtime=ISOLATION_RUNTIMES[self.isolation],
             command=list(self.command) or [

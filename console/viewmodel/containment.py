@@ -29,17 +29,18 @@ class ModelSandbox:
 
     image: str
     model_mounts: dict[str, str]
+    shared_memory: bool = False
 
     @classmethod
     def of(cls, model) -> ModelSandbox:
-        return cls(image_ref(model.image), model.sandbox_mounts())
+        return cls(image_ref(model.image), model.sandbox_mounts(), model.needs_shared_memory)
 
 
 def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...], isolation: str = "runc") -> ContainmentSpec:
     """The spec a launch of a model x `scenario` on `gpus` at `isolation` creates, built by TrialRunner's
     own function (session and trial ids are assigned at launch and only label the sandbox)."""
     return sandbox_spec(model.image, model.model_mounts, scenario, gpus, "(this console)", "(at launch)",
-                        isolation=isolation)
+                        isolation=isolation, shared_memory=model.shared_memory)
 
 
 ISOLATION_TEXT = {"runc": "runc: the host's kernel, shared", "gvisor": "gVisor: a user-space kernel of its own"}
@@ -97,6 +98,7 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory
     items.append(CheckItem(
         "Disk", (f"{AGENT_HOME} {_size(sizes[AGENT_HOME])}, " + ", ".join(
             f"{path} {_size(size)}" for path, size in sizes.items() if path in SCRATCH_DIRS)
+            + (f", /dev/shm {_size(kwargs['shm_size'])}" if "shm_size" in kwargs else "")
             + "; nothing else writable") if bounded else "not limited", bool(bounded),
         "in memory (tmpfs, counted in the memory limit): filling them is ENOSPC in the sandbox, never the "
         "engine's disk; the root filesystem is read-only. scratch_size in the scenario sizes the home"))

@@ -66,12 +66,27 @@ def server_command(runtime: str, model: Path, host: str, port: int, threads: int
     if python is None:
         sys.exit("start-server: no runtime venv at " + " or ".join(map(str, pythons)))
     if runtime == "vllm":  # vLLM's own CLI (`vllm serve`), as documented for the pinned release
-        return [str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model),
-                "--served-model-name", os.environ.get("REDLINE_MODEL") or model.name, "--host", host,
-                "--port", str(port), "--tensor-parallel-size", str(max(visible_gpus(), 1)),
-                "--gpu-memory-utilization", os.environ.get("REDLINE_GPU_MEMORY_FRACTION") or "0.90", *extra]
+        command = [str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+                   "--served-model-name", os.environ.get("REDLINE_MODEL") or model.name, "--host", host,
+                   "--port", str(port)]
+        gpus = visible_gpus()
+        if gpus:
+            command += ["--tensor-parallel-size", str(gpus),
+                        "--gpu-memory-utilization", os.environ.get("REDLINE_GPU_MEMORY_FRACTION") or "0.90"]
+        else:  # the CPU build: a KV cache of fixed size (not a share of the machine), llama.cpp's context
+            command += ["--kv-cache-memory-bytes", str(int(os.environ.get("REDLINE_KV_CACHE_MIB") or 256) << 20),
+                        "--max-model-len", os.environ.get("REDLINE_N_CTX") or "4096"]
+        return command + list(extra)
     return [str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", host, "--port", str(port),
             "--n_ctx", os.environ.get("REDLINE_N_CTX") or "4096", "--n_threads", str(threads), *extra]
+
+
+def server_environment(runtime: str, threads: int) -> dict:
+    """vLLM on a CPU runs `threads` OpenMP threads where the sandbox's scheduler puts them (its own
+    binding would pin them to cores chosen from an affinity mask a CPU quota does not narrow)."""
+    if runtime == "vllm" and not visible_gpus():
+        return dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS=str(threads))
+    return dict(os.environ)
 
 
 def start_server(argv: list) -> None:
@@ -79,11 +94,12 @@ def start_server(argv: list) -> None:
     p = server_arguments(start_server.__doc__.split(": ", 1)[1])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--threads", type=int, default=int(os.environ.get("REDLINE_THREADS") or 0) or
-                   len(os.sched_getaffinity(0)), help="llama.cpp threads (default: $REDLINE_THREADS or CPUs)")
+                   len(os.sched_getaffinity(0)),
+                   help="llama.cpp's threads, and vLLM's on a CPU (default: $REDLINE_THREADS or CPUs)")
     args, extra = p.parse_known_args(argv)
     command = server_command(args.runtime, model_file(p, args), args.host, args.port, args.threads, extra)
     print("start-server: exec " + " ".join(command), file=sys.stderr, flush=True)
-    os.execv(command[0], command)
+    os.execve(command[0], command, server_environment(args.runtime, args.threads))
 
 
 def wait_until_answering(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -108,13 +124,15 @@ def start_instance(argv: list) -> None:
     args, agent_flags = p.parse_known_args(argv)
     model = model_file(p, args)
     log = args.log_dir / f"server-{args.port}.log"
+    # the name the server answers to and the agent asks for (vLLM refuses any other)
+    named = dict(os.environ, REDLINE_MODEL=os.environ.get("REDLINE_MODEL") or model.name)
     with open(log, "ab") as out:
         server = subprocess.Popen(
             [str(ROOT / "bin" / "start-server"), "--runtime", args.runtime, "--model", str(model),
              "--port", str(args.port)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=named)
     wait_until_answering(f"http://127.0.0.1:{args.port}/v1/models", server, args.ready_timeout, log)
-    env = dict(os.environ, REDLINE_ENDPOINT=f"http://127.0.0.1:{args.port}/v1", REDLINE_PORT=str(args.port),
+    env = dict(named, REDLINE_ENDPOINT=f"http://127.0.0.1:{args.port}/v1", REDLINE_PORT=str(args.port),
                REDLINE_RUNTIME=args.runtime, REDLINE_MODEL_PATH=str(model),
                REDLINE_INSTANCE=args.instance_id or f"replica-{args.port}")
     agent = [sys.executable, "-I", str(ROOT / "agent" / "redline_agent.py"), *agent_flags]
