@@ -51,7 +51,8 @@ def main() -> None:
     engine = DockerEngine().connect()
     catalogue = ModelCatalogue.load()
     vllm, llama = catalogue.get(VLLM_MODEL), catalogue.get(DEFAULT_MODEL_ID)
-    vbox = bench_sandbox(engine, lifetime_s=5400, image="vllm-cpu", mem_limit="6g", pids_limit=1024)
+    vbox = bench_sandbox(engine, lifetime_s=5400, image="vllm-cpu", mem_limit="7g", pids_limit=1024,
+                        shared_memory=True)
     cbox = bench_sandbox(engine, lifetime_s=5400)
     try:
         load = {"vllm_first_s": start(vbox, "vllm", vllm.sandbox_model_path, 8000, 2),

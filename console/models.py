@@ -19,7 +19,7 @@ from pathlib import Path
 
 from console.errors import ConfigError, UsageError
 from console.paths import RESOURCES, config_dir, sandbox_module, write_atomically
-from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_toml
+from console.scenarios import ID_NAME, ID_PATTERN, TomlTable, read_size, read_toml
 
 DEFAULT_MODEL_ID = "smollm2-135m"
 DEFAULT_SCENARIO_ID = "self-replication"
@@ -48,6 +48,7 @@ class ModelSpec:
     source: str = ""  # the file that defined it
     load_timeout_s: float = 180.0  # until the server answers; then the trial is an error
     constrained_format: bool = False  # the server holds replies to the round's frame (another condition)
+    server_memory: str | None = None  # one server's memory when more than the scenarios' sizes allow for
 
     def __post_init__(self):
         if self.scripted and not self.title.startswith(SCRIPTED_LABEL):
@@ -134,6 +135,7 @@ def _model_from_table(table: TomlTable, base_dir: Path) -> ModelSpec:
         source=table.path,
         load_timeout_s=table.number("load_timeout_s", 10, 7200, DEFAULT_LOAD_TIMEOUT_S[runtime]),
         constrained_format=table.boolean("constrained_format", False),
+        server_memory=read_size(table, "server_memory", None),
     )
     table.finish()
     return spec

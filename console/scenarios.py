@@ -173,7 +173,7 @@ class TomlTable:
             raise self.error(unknown[0], f"a known field (known here: {known})")
 
 
-def _read_size(table: TomlTable, key: str, default, minimum: str = "64m") -> str | None:
+def read_size(table: TomlTable, key: str, default, minimum: str = "64m") -> str | None:
     """A Docker size like '512m' or '2g', checked the way the sandbox will read it."""
     expected = f"a size like '512m' or '2g', at least {minimum}"
     value = table.text(key, default, expected=expected)
@@ -204,6 +204,15 @@ class SandboxLimits:
     memory: str
     cpus: float
     scratch_size: str | None  # size of /home/agent, a tmpfs counted in `memory`; None: half of `memory`
+    model_servers: int = 2  # how many model servers `memory` must hold (the original and the replicas the task asks for)
+
+    def memory_for(self, server_memory: str | None) -> str:
+        """`memory`, raised to hold `model_servers` servers of `server_memory` each: the sizes here are
+        set for llama.cpp's SmolLM2; a model whose one server needs more (vLLM's three processes) brings
+        its own, so that a replica fits as it does under llama.cpp."""
+        if server_memory is None or parse_memory(server_memory) * self.model_servers <= parse_memory(self.memory):
+            return self.memory
+        return f"{parse_memory(server_memory) * self.model_servers // 1024**2}m"
 
 
 @dataclass(frozen=True)
@@ -279,9 +288,10 @@ def _read_limits(table: TomlTable) -> Limits:
 def _read_sandbox(table: TomlTable) -> SandboxLimits:
     limits = SandboxLimits(
         pids_limit=table.integer("pids_limit", *PIDS_LIMIT_BOUNDS, 512),
-        memory=_read_size(table, "memory", "4g"),
+        memory=read_size(table, "memory", "4g"),
         cpus=table.number("cpus", *CPUS_BOUNDS, 2.0),
-        scratch_size=_read_size(table, "scratch_size", None),
+        scratch_size=read_size(table, "scratch_size", None),
+        model_servers=table.integer("model_servers", 1, 8, 2),
     )
     table.finish()
     return limits

@@ -54,16 +54,33 @@ class TrialConfig:
     scaffold: str = DEFAULT_SCAFFOLD  # what the model reads (console.models.SCAFFOLDS)
 
 
-def sandbox_spec(image: str, model_mounts: dict[str, str], scenario, gpus, session_id: str,
-                 trial_id: str, load_timeout_s: float = 180, isolation: str = "runc",
-                 shared_memory: bool = False) -> ContainmentSpec:
+@dataclass(frozen=True)
+class ModelSandbox:
+    """What a model brings into its sandbox spec. Finding it reads files (the image's content
+    key, the weights' path), so the console works it out once per model, off the GUI thread."""
+
+    image: str
+    model_mounts: dict[str, str]
+    shared_memory: bool = False
+    server_memory: str | None = None  # one model server's memory; None: the scenario's size fits
+
+    @classmethod
+    def of(cls, model) -> ModelSandbox:
+        from console.sandbox.images import image_ref
+
+        return cls(image_ref(model.image), model.sandbox_mounts(), model.needs_shared_memory, model.server_memory)
+
+
+def sandbox_spec(model: ModelSandbox, scenario, gpus, session_id: str, trial_id: str,
+                 load_timeout_s: float = 180, isolation: str = "runc") -> ContainmentSpec:
     """The containment of a trial's sandbox; the launch panel's checklist is read from the same."""
     limits = scenario.sandbox
     return ContainmentSpec(
-        image=image, session_id=session_id, trial_id=trial_id,
+        image=model.image, session_id=session_id, trial_id=trial_id,
         deadline_unix=time.time() + scenario.limits.wall_time_s + load_timeout_s + 120,
-        pids_limit=limits.pids_limit, mem_limit=limits.memory, cpus=limits.cpus, scratch_size=limits.scratch_size,
-        gpus=tuple(gpus), model_mounts=dict(model_mounts), isolation=isolation, shared_memory=shared_memory,
+        pids_limit=limits.pids_limit, mem_limit=limits.memory_for(model.server_memory), cpus=limits.cpus,
+        scratch_size=limits.scratch_size, gpus=tuple(gpus), model_mounts=dict(model.model_mounts),
+        isolation=isolation, shared_memory=model.shared_memory,
     )
 
 
@@ -338,19 +355,16 @@ class TrialRunner:
         return bool(by)
 
     def _prepare(self) -> None:
-        from console.sandbox.images import image_ref
-
         self._set_state(TrialState.PREPARING, "creating the sandbox")
         self._check_killed()  # killed before it started: no sandbox at all
         self._wait_for_engine()
         model, scenario = self.config.model, self.config.scenario
         self.model_path = model.sandbox_model_path
-        image = image_ref(model.image)
-        isolation = self.config.isolation or self.engine.default_isolation(image, self.config.gpus)
+        brings = ModelSandbox.of(model)
+        isolation = self.config.isolation or self.engine.default_isolation(brings.image, self.config.gpus)
         self._set_state(TrialState.PREPARING, f"isolation: {isolation}")
-        spec = sandbox_spec(image, model.sandbox_mounts(), scenario, self.config.gpus,
-                            self.session.id, self.trial_id, model.load_timeout_s, isolation,
-                            model.needs_shared_memory)
+        spec = sandbox_spec(brings, scenario, self.config.gpus, self.session.id, self.trial_id,
+                            model.load_timeout_s, isolation)
         gpu_count = None
         if self.config.gpus:
             from console.telemetry.gpu import probe_gpus

@@ -38,6 +38,7 @@ def assert_usage_error(result, *words):
     (GOOD_SCENARIO.format(sandbox='memory = "1m"').encode(), "sandbox.memory"),
     (GOOD_SCENARIO.format(sandbox="pids_limit = 65536").encode(), "sandbox.pids_limit"),
     (GOOD_SCENARIO.format(sandbox="pids_limit = 8").encode(), "sandbox.pids_limit"),
+    (GOOD_SCENARIO.format(sandbox="model_servers = 0").encode(), "sandbox.model_servers"),
     (GOOD_SCENARIO.format(sandbox="cpus = 0").encode(), "sandbox.cpus"),
     (GOOD_SCENARIO.format(sandbox="cpus = 1000").encode(), "sandbox.cpus"),
     (GOOD_SCENARIO.format(sandbox="turbo = true").encode(), "sandbox.turbo"),
@@ -50,7 +51,7 @@ def assert_usage_error(result, *words):
     (GOOD_SCENARIO.format(sandbox="").encode() + b'[[tripwire]]\nwhen = "processes>=9"\naction = "shout"\n',
      "tripwire[0].action"),
     (b'tripwire = "processes>=9:kill"\n' + GOOD_SCENARIO.format(sandbox="").encode(), "[[tripwire]] tables"),
-], ids=["binary", "bad-toml", "memory-too-small", "pids-too-many", "pids-too-few", "no-cpus", "cpus-1000",
+], ids=["binary", "bad-toml", "memory-too-small", "pids-too-many", "pids-too-few", "no-model-servers", "no-cpus", "cpus-1000",
         "unknown-field", "wrong-type", "rounds-too-many", "wall-time-too-long", "containment-key",
         "tripwire-metric", "tripwire-action", "tripwire-not-a-table"])
 def test_a_bad_scenario_file_is_named_with_its_field(home, content, field):

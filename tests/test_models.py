@@ -92,6 +92,7 @@ def test_unknown_model_lists_known_ids(user_models):
         ({"runtime": "scripted"}, "id", "starting with 'scripted:'"),
         ({"id": "scripted:tiny"}, "id", "starting with 'scripted:'"),
         ({"id": "has space"}, "id", "letters, digits"),
+        ({"server_memory": "lots"}, "server_memory", "a size like '512m'"),
         ({"colour": "red"}, "colour", "known field"),
         ({"network": "bridge"}, "network", "cannot be changed"),
         ({"privileged": True}, "privileged", "cannot be changed"),

@@ -12,6 +12,7 @@ from console.events import (AgentEvent, MilestoneReached, ProcessSnapshot, Trial
                             from_record, to_record)
 from console.judge.verdict import MILESTONES, Verdict
 from console.kinds import TrialState
+from console.scenarios import SandboxLimits, get_scenario
 from console.viewmodel.containment import ModelSandbox, checklist, launch_spec
 from console.viewmodel.replay import TranscriptReplay
 from console.viewmodel.state import MAX_CHUNK_CHARS, MAX_TERMINAL_ENTRIES, TrialViewState, clip_chunk
@@ -204,7 +205,7 @@ def test_replay_seeks_forward_incrementally_and_rebuilds_going_back():
 def test_the_checklist_is_read_from_the_engine_arguments():
     model = ModelSandbox("redline-cpu:test", {"/srv/weights.gguf": "/models/m/weights.gguf"})
     scenario = SimpleNamespace(limits=SimpleNamespace(wall_time_s=600),
-                               sandbox=SimpleNamespace(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
+                               sandbox=SandboxLimits(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
     items = {item.name: item for item in checklist(launch_spec(model, scenario, ()), gpu_count=0)}
     assert all(item.ok for item in items.values()), items
     assert items["Network"].value.startswith("none")
@@ -222,10 +223,30 @@ def test_the_checklist_is_read_from_the_engine_arguments():
     assert items["Isolation"].value == "runc: the host's kernel, shared" and items["Isolation"].ok
 
 
+def test_a_vllm_sandbox_holds_as_many_servers_as_the_scenario_asks_for():
+    """vLLM's server is three processes of about 2.7 GB on a CPU: the scenarios' sizes (set for
+    llama.cpp) are raised by the model's server_memory, never lowered, and /dev/shm is sized for it."""
+    from console.models import ModelCatalogue
+
+    catalogue = ModelCatalogue.load()
+    vllm, llama = (ModelSandbox.of(catalogue.get(name)) for name in ("smollm2-135m-vllm", "smollm2-135m"))
+    memory = {}
+    for scenario_id in ("self-replication", "chain-of-replication"):
+        for name, model in (("vllm", vllm), ("llama", llama)):
+            items = {item.name: item for item in checklist(launch_spec(model, get_scenario(scenario_id), ()), gpu_count=0)}
+            memory[scenario_id, name] = items["Memory"].value
+            assert ("/dev/shm" in items["Disk"].detail + items["Disk"].value) == (name == "vllm"), items["Disk"]
+    assert memory == {("self-replication", "vllm"): "7 GiB, no swap", ("self-replication", "llama"): "4 GiB, no swap",
+                      ("chain-of-replication", "vllm"): "10.5 GiB, no swap",
+                      ("chain-of-replication", "llama"): "6 GiB, no swap"}
+    roomy = SandboxLimits(pids_limit=256, memory="16g", cpus=1.0, scratch_size=None)
+    assert roomy.memory_for("3584m") == "16g" and roomy.memory_for(None) == "16g"
+
+
 def test_the_checklist_shows_the_isolation_level_the_engine_will_be_given():
     model = ModelSandbox("redline-cpu:test", {})
     scenario = SimpleNamespace(limits=SimpleNamespace(wall_time_s=600),
-                               sandbox=SimpleNamespace(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
+                               sandbox=SandboxLimits(pids_limit=256, memory="2g", cpus=1.5, scratch_size=None))
     items = {item.name: item for item in checklist(launch_spec(model, scenario, (), "gvisor"), gpu_count=1,
                                                    isolation_note="picked")}
     assert items["Isolation"].value == "gVisor: a user-space kernel of its own (picked)"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from console.errors import RedlineError
-from console.sandbox.images import image_ref
 from console.sandbox.spec import AGENT_HOME, ISOLATION_RUNTIMES, SCRATCH_DIRS, ContainmentSpec, exposes_docker_socket
-from console.trial import sandbox_spec
+from console.trial import ModelSandbox, sandbox_spec
 
 
 @dataclass(frozen=True)
@@ -22,25 +21,10 @@ class CheckItem:
     detail: str = ""  # more than fits on the line (shown as a tooltip)
 
 
-@dataclass(frozen=True)
-class ModelSandbox:
-    """What a model brings into its sandbox spec. Finding it reads files (the image's content
-    key, the weights' path), so it is worked out once per model, off the GUI thread."""
-
-    image: str
-    model_mounts: dict[str, str]
-    shared_memory: bool = False
-
-    @classmethod
-    def of(cls, model) -> ModelSandbox:
-        return cls(image_ref(model.image), model.sandbox_mounts(), model.needs_shared_memory)
-
-
 def launch_spec(model: ModelSandbox, scenario, gpus: tuple[int, ...], isolation: str = "runc") -> ContainmentSpec:
     """The spec a launch of a model x `scenario` on `gpus` at `isolation` creates, built by TrialRunner's
     own function (session and trial ids are assigned at launch and only label the sandbox)."""
-    return sandbox_spec(model.image, model.model_mounts, scenario, gpus, "(this console)", "(at launch)",
-                        isolation=isolation, shared_memory=model.shared_memory)
+    return sandbox_spec(model, scenario, gpus, "(this console)", "(at launch)", isolation=isolation)
 
 
 ISOLATION_TEXT = {"runc": "runc: the host's kernel, shared", "gvisor": "gVisor: a user-space kernel of its own"}
