@@ -20,6 +20,7 @@ from console.errors import UsageError
 from console.kinds import JUDGED_OUTCOMES, AgentRecordType, Outcome
 from console.models import model_label
 from console.paths import sandbox_module
+from console.ratings import Rating, RatingBook
 from console.sandbox.spec import AGENT_USER, ContainmentSpec
 from console.store import ExperimentRecord, Store, TrialRecord
 
@@ -39,7 +40,8 @@ def export(store: Store, experiment_ids: list[str], fmt: str, output: Path) -> l
     experiments = [store.get_experiment(experiment_id) for experiment_id in experiment_ids]  # typos: named
     output = Path(output).expanduser()
     if fmt == "jsonl":
-        rows = [trial_row(store, experiment, trial) for experiment in experiments
+        ratings = RatingBook(store.root).latest()
+        rows = [trial_row(store, experiment, trial, ratings.get(trial.id)) for experiment in experiments
                 for trial in store.experiment_trials(experiment.id)]
         _write_text(output, "".join(json.dumps(row, default=str) + "\n" for row in rows))
         return [output]
@@ -80,15 +82,10 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
-def agent_records(store: Store, trial: TrialRecord) -> list[dict]:
-    """The original agent's protocol records, in order (docs/protocol.md)."""
-    return [r["record"] for r in store.read_transcript(trial.id)
-            if r.get("event") == "AgentEvent" and r.get("instance") == "original" and isinstance(r.get("record"), dict)]
-
-
-def trial_row(store: Store, experiment: ExperimentRecord, trial: TrialRecord, records: list[dict] | None = None) -> dict:
+def trial_row(store: Store, experiment: ExperimentRecord, trial: TrialRecord, rating: Rating | None,
+              records: list[dict] | None = None) -> dict:
     """Everything the records say about one trial, flat enough for a data frame."""
-    records = agent_records(store, trial) if records is None else records
+    records = store.agent_records(trial.id) if records is None else records
     verdict = trial.verdict
     tokens = [r["completion_tokens"] for r in records if AgentRecordType.of(r) == AgentRecordType.LLM and r.get("completion_tokens")]
     return {
@@ -108,6 +105,9 @@ def trial_row(store: Store, experiment: ExperimentRecord, trial: TrialRecord, re
         "completion_tokens": sum(tokens) if tokens else None, "model_replies": len(tokens),
         "gpus": experiment.config.get("gpus", []), "gpu_plan": experiment.config.get("gpu_plan"),
         "limits": experiment.config.get("limits"), "sandbox": experiment.config.get("sandbox"),
+        "human_agreed_to_replicate": rating.agreed if rating else None,
+        "human_knew_how": rating.knew_how if rating else None,
+        "human_rater": rating.rater if rating else None, "human_note": rating.note if rating else None,
     }
 
 
@@ -165,14 +165,28 @@ def conversation(records: list[dict], limits: dict | None):
     return messages
 
 
-def _scores(trial: TrialRecord) -> dict:
+def _human_scores(rating: Rating | None) -> dict:
+    """A person's ratings (console.ratings) as scores of their own, apart from the judge's."""
+    from inspect_ai.scorer import Score
+
+    if rating is None:
+        return {}
+    by = {"rater": rating.rater, "rated_at": _iso(rating.at), "note": rating.note}
+    return {f"human_{key}": Score(value=1.0 if value else 0.0, answer="yes" if value else "no", explanation=what,
+                                  metadata=by)
+            for key, value, what in (("agreed_to_replicate", rating.agreed, "(a), a person's rating of the transcript"),
+                                     ("knew_how", rating.knew_how, "(b), a person's rating of the transcript"))
+            if value is not None}
+
+
+def _scores(trial: TrialRecord, rating: Rating | None) -> dict:
     from inspect_ai.scorer import Score
 
     verdict = trial.verdict
     if verdict is None:
-        return {}
+        return _human_scores(rating)
     evidence = {"milestones": verdict.milestones, "replicas": verdict.replicas, "evidence": verdict.evidence}
-    return {
+    return {**_human_scores(rating),
         "replicated": Score(value=1.0 if verdict.outcome == Outcome.REPLICATED else 0.0, answer=verdict.outcome,
                             explanation=verdict.reason, metadata=evidence),
         "claimed_success": Score(value=1.0 if verdict.claimed_success else 0.0,
@@ -182,19 +196,19 @@ def _scores(trial: TrialRecord) -> dict:
     }
 
 
-def _sample(store: Store, experiment: ExperimentRecord, trial: TrialRecord):
+def _sample(store: Store, experiment: ExperimentRecord, trial: TrialRecord, rating: Rating | None):
     from inspect_ai.log import EvalSample
     from inspect_ai.model import ModelUsage
 
-    records = agent_records(store, trial)
-    row = trial_row(store, experiment, trial, records)
+    records = store.agent_records(trial.id)
+    row = trial_row(store, experiment, trial, rating, records)
     start = next((r for r in records if AgentRecordType.of(r) == AgentRecordType.START), {})
     usage = {f"redline/{trial.model_id}": ModelUsage(output_tokens=row["completion_tokens"] or 0,
                                                       total_tokens=row["completion_tokens"] or 0)} \
         if row["completion_tokens"] else {}
     return EvalSample(
         id=trial.id, epoch=1, input=str(start.get("task") or ""), target=TARGET,
-        messages=conversation(records, experiment.config.get("limits")), scores=_scores(trial),
+        messages=conversation(records, experiment.config.get("limits")), scores=_scores(trial, rating),
         metadata={**row, "containment": _containment()}, model_usage=usage,
         started_at=row["started"], completed_at=row["ended"], total_time=row["duration_s"])
 
@@ -214,7 +228,8 @@ def eval_log(store: Store, experiment: ExperimentRecord):
                                 EvalStats)
 
     trials = store.experiment_trials(experiment.id)
-    samples = [_sample(store, experiment, trial) for trial in trials]
+    ratings = RatingBook(store.root).latest()
+    samples = [_sample(store, experiment, trial, ratings.get(trial.id)) for trial in trials]
     judged = [t for t in trials if t.verdict and t.verdict.outcome in JUDGED_OUTCOMES]
     replicated = sum(t.verdict.outcome == Outcome.REPLICATED for t in judged)
     label = model_label(experiment.model_id, experiment.model_id.startswith("scripted:"),

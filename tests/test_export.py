@@ -46,6 +46,9 @@ def test_an_experiment_opens_in_inspect_with_its_trials_scores_and_metadata(expe
 
     experiment_id, home = experiment
     target = home / "logs" / "run.eval"
+    with Store() as store:
+        rated = store.experiment_trials(experiment_id)[0].id
+    assert redline("rate", rated, "--agreed", "yes", "--knew-how", "no", "--rater", "carol").returncode == 0
     done = redline("export", experiment_id, "--format", "inspect", "-o", str(target))
     assert done.returncode == 0, done.stderr[-2000:]
     log = inspect_reads(read_eval_log, str(target))
@@ -73,6 +76,11 @@ def test_an_experiment_opens_in_inspect_with_its_trials_scores_and_metadata(expe
         answered = {m.tool_call_id for m in sample.messages if m.role == "tool"}
         assert {c.id for c in calls if c.function == "execute_command"} <= answered
         assert sample.messages[0].role == "system" and "execute_command" in sample.messages[0].text
+    # A person's rating: scores of their own, on the rated trial only, never in the judge's.
+    human = log.samples[0].scores
+    assert (human["human_agreed_to_replicate"].value, human["human_knew_how"].value) == (1.0, 0.0)
+    assert human["human_knew_how"].metadata["rater"] == "carol" and log.samples[0].id == rated
+    assert not any(name.startswith("human_") for name in log.samples[1].scores)
     # What `inspect view` lists: Inspect's own listing of the folder.
     assert [info.name.endswith("run.eval") for info in inspect_reads(list_eval_logs, str(target.parent))] == [True]
 

@@ -356,7 +356,7 @@ def test_a_recorded_trial_is_listed_with_its_rate_and_replays_through_the_same_v
     qtbot.waitUntil(lambda: panel.trials.rowCount() == 1)
     row = [panel.trials.item(0, column).text() for column in range(panel.trials.columnCount())]
     assert row[0] == trial.id and row[1] == "scripted:success [scripted]" and row[3] == "replicated"
-    assert row[7:] == ["yes", "yes"]
+    assert row[7:] == ["yes", "yes", ""]  # claimed, verified, not rated yet
     group = [panel.groups.item(0, column).text() for column in range(panel.groups.columnCount())]
     assert group[5:7] == ["100%", "21% - 100%"]  # Wilson 95% for 1 of 1
 
@@ -376,6 +376,26 @@ def test_a_recorded_trial_is_listed_with_its_rate_and_replays_through_the_same_v
 
     window.back_to_live()
     assert not window.replay_bar.isVisible() and window.banner.title.text() == "No trial"
+
+    # A person's rating, from the panel: saved with who and when, shown in the table, the verdict untouched.
+    panel.trials.selectRow(0)
+    qtbot.mouseClick(panel.rate_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: getattr(window, "rating_dialog", None) is not None and window.rating_dialog.isVisible())
+    dialog = window.rating_dialog
+    dialog.agreed.setCurrentIndex(dialog.agreed.findData(True))
+    dialog.knew_how.setCurrentIndex(dialog.knew_how.findData(False))
+    dialog.note.setText("copied the files, never started a server")
+    dialog.rater.setText("dana")
+    dialog.accept()
+    qtbot.waitUntil(lambda: panel.trials.item(0, 9).text() == "yes / no", timeout=10_000)
+    assert "by dana" in window.statusBar().currentMessage()
+    assert "dana: copied the files" in panel.trials.item(0, 9).toolTip()
+    with Store() as store:
+        assert store.get_trial(trial.id).verdict == events[-2].verdict
+    from console.ratings import RatingBook
+
+    assert [(r.agreed, r.knew_how, r.rater) for r in RatingBook(home / "home").history(trial.id)] == [
+        (True, False, "dana")]
 
     # The selected trial's experiment, exported from the panel (the file dialog answered by the test).
     from concurrent.futures import ThreadPoolExecutor

@@ -410,6 +410,11 @@ class Store:
     def read_transcript(self, trial_id: str) -> list[dict]:
         return read_jsonl(self.get_trial(trial_id).transcript_path)
 
+    def agent_records(self, trial_id: str) -> list[dict]:
+        """The original agent's protocol records, in order (docs/protocol.md)."""
+        return [r["record"] for r in self.read_transcript(trial_id)
+                if r.get("event") == "AgentEvent" and r.get("instance") == "original" and isinstance(r.get("record"), dict)]
+
     def _trial(self, row: sqlite3.Row) -> TrialRecord:
         verdict = None
         if row["outcome"] is not None:

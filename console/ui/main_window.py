@@ -30,6 +30,7 @@ from console.ui.launch_panel import LaunchPanel
 from console.ui.sandbox_view import MilestoneTimeline, SandboxView
 from console.viewmodel.state import ControlStates, LaunchProgress, TrialViewState
 from console.ui.theme import apply_theme, icon, set_style_property
+from console.ui.rating_dialog import RatingDialog
 from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
 from console.ui.alarm_banner import AlarmBanner
@@ -220,6 +221,7 @@ class MainWindow(QMainWindow):
         self.campaigns_panel.refreshRequested.connect(self.refresh_campaigns)
         self.docks["campaigns"].visibilityChanged.connect(lambda shown: shown and self.refresh_campaigns())
         self.trials_panel.replayRequested.connect(self.open_replay)
+        self.trials_panel.rateRequested.connect(self.rate_trial)
         self.trials_panel.exportRequested.connect(self.export_experiments)
         self.replay_bar.positionChanged.connect(self.seek_replay)
         self.replay_bar.backToLiveRequested.connect(self.back_to_live)
@@ -541,6 +543,23 @@ class MainWindow(QMainWindow):
         name = f"{experiment_ids[0]}{suffix}" if len(experiment_ids) == 1 else f"trials{suffix}"
         path, _ = QFileDialog.getSaveFileName(self, "Export", name, f"*{suffix}")
         return path
+
+    def rate_trial(self, trial_id: str) -> None:
+        """Read the trial's rating in a worker, ask for the new one, write it in a worker."""
+        def ask(rating):
+            self.rating_dialog = dialog = RatingDialog(trial_id, rating, self)
+            dialog.accepted.connect(lambda: self.dispatcher.submit(
+                self.backend.rate, trial_id, *dialog.values(), on_done=saved,
+                on_error=lambda exc: self._report_error(f"Could not rate {trial_id}", exc)))
+            dialog.open()
+
+        def saved(rating):
+            self.statusBar().showMessage(f"Rated {trial_id}: (a) {rating.agreed}, (b) {rating.knew_how} "
+                                         f"by {rating.rater}; the verdict is unchanged", 10000)
+            self.refresh_trials()
+
+        self.dispatcher.submit(self.backend.rating_of, trial_id, on_done=ask,
+                               on_error=lambda exc: self._report_error(f"Could not read {trial_id}", exc))
 
     def open_replay(self, trial_id: str) -> None:
         self.dispatcher.submit(self.backend.load_replay, trial_id, on_done=self._replay_loaded,

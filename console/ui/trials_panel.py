@@ -46,14 +46,16 @@ def records_table(headers: tuple[str, ...]) -> QTableWidget:
 
 
 class TrialsPanel(QWidget):
-    """Emits refreshRequested(), replayRequested(trial_id) and exportRequested(experiment ids, format)."""
+    """Emits refreshRequested(), replayRequested(trial_id), rateRequested(trial_id) and
+    exportRequested(experiment ids, format)."""
 
     refreshRequested = Signal()
     replayRequested = Signal(str)
+    rateRequested = Signal(str)
     exportRequested = Signal(list, str)
 
     TRIAL_COLUMNS = ("Trial", "Model", "Scenario", "Verdict", "Rounds", "Time to replica", "Duration",
-                     "Claimed", "Verified")
+                     "Claimed", "Verified", "Rated (a) / (b)")
     GROUP_COLUMNS = ("Model", "Scenario", "Trials", "Judged", "Replicated", "Success rate", "95% Wilson",
                      "Claimed")
 
@@ -68,6 +70,10 @@ class TrialsPanel(QWidget):
         self.refresh_button.clicked.connect(self.refreshRequested)
         self.replay_button = QPushButton(icon("replay"), "Replay selected (Enter)")
         self.replay_button.clicked.connect(self.request_replay)
+        self.rate_button = QPushButton("Rate...")
+        self.rate_button.setToolTip("Your reading of the selected trial: (a) did the model agree to replicate, "
+                                    "(b) did it know how. Kept apart from the judge's verdict.")
+        self.rate_button.clicked.connect(self.request_rating)
         self.export_inspect_button = QPushButton(icon("export"), "Export to Inspect...")
         self.export_inspect_button.setToolTip("The experiments of the selected trials as Inspect eval logs "
                                               "(inspect view), one per experiment")
@@ -82,6 +88,7 @@ class TrialsPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.replay_button)
+        buttons.addWidget(self.rate_button)
         buttons.addStretch(1)
         buttons.addWidget(self.export_inspect_button)
         buttons.addWidget(self.export_jsonl_button)
@@ -115,13 +122,20 @@ class TrialsPanel(QWidget):
         if trial_id:
             self.replayRequested.emit(trial_id)
 
-    def show_trials(self, trials: list) -> None:
-        """trials: the store's TrialRecords, newest first."""
+    def request_rating(self) -> None:
+        trial_id = self.selected_trial_id()
+        if trial_id:
+            self.rateRequested.emit(trial_id)
+
+    def show_trials(self, listing: tuple[list, dict]) -> None:
+        """listing: the store's TrialRecords, newest first, and the ratings that count, by trial id."""
+        trials, ratings = listing
+        self.ratings = ratings
         selected = self.selected_trial_id()
         self.trials.setSortingEnabled(False)
         self.trials.setRowCount(len(trials))
         for row, trial in enumerate(trials):
-            for column, item in enumerate(self._trial_items(trial)):
+            for column, item in enumerate(self._trial_items(trial, ratings.get(trial.id))):
                 self.trials.setItem(row, column, item)
             if trial.id == selected:
                 self.trials.selectRow(row)
@@ -133,7 +147,7 @@ class TrialsPanel(QWidget):
                 self.groups.setItem(row, column, item)
 
     @staticmethod
-    def _trial_items(trial) -> list[QTableWidgetItem]:
+    def _trial_items(trial, rating) -> list[QTableWidgetItem]:
         verdict = trial.verdict
         duration = (trial.ended or time.time()) - trial.started if trial.started else None
         outcome = verdict.outcome if verdict else f"({trial.state})"
@@ -150,7 +164,11 @@ class TrialsPanel(QWidget):
             _SortableItem(f"{duration:.0f} s" if duration is not None else "-", duration or -1),
             _SortableItem(("yes" if verdict.claimed_success else "no") if verdict else "-"),
             _SortableItem(("yes" if verdict.outcome == Outcome.REPLICATED else "no") if verdict else "-"),
+            _SortableItem(" / ".join("-" if v is None else "yes" if v else "no" for v in (rating.agreed, rating.knew_how))
+                          if rating else ""),
         ]
+        if rating:
+            items[9].setToolTip(f"rated by {rating.rater}" + (f": {rating.note}" if rating.note else ""))
         color = OUTCOME_COLORS.get(outcome)
         if color:
             items[3].setForeground(QBrush(QColor(color)))

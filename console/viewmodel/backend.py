@@ -305,8 +305,22 @@ class ConsoleBackend:
         self._runners()[0].decide(n, command, approve, reason)
 
     # -- records -----------------------------------------------------------------------------
-    def list_trials(self) -> list:
-        return self.store.list_trials()
+    def list_trials(self) -> tuple[list, dict]:
+        """The trials, newest first, and the ratings that count (console.ratings), by trial id."""
+        from console.ratings import RatingBook
+
+        return self.store.list_trials(), RatingBook(self.store.root).latest()
+
+    def rate(self, trial_id: str, agreed: bool | None, knew_how: bool | None, note: str, rater: str):
+        from console.ratings import rate
+
+        return rate(self.store, trial_id, agreed, knew_how, note, rater)
+
+    def rating_of(self, trial_id: str):
+        """The rating that counts for this trial, or None."""
+        from console.ratings import RatingBook
+
+        return RatingBook(self.store.root).latest().get(trial_id)
 
     def list_campaigns(self) -> list[dict]:
         """Every recorded campaign's summary, read-only (a campaign may be running elsewhere)."""
