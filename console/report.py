@@ -20,6 +20,7 @@ from console.errors import UsageError
 from console.judge.verdict import MILESTONES
 from console.kinds import JUDGED_OUTCOMES, AgentRecordType, Outcome
 from console.models import DEFAULT_SCAFFOLD, model_label
+from console.published import PUBLISHED, SOURCE, compare
 from console.ratings import Rating, RatingBook, automatic_estimates
 from console.store import Store, TrialRecord
 
@@ -304,15 +305,45 @@ def _trial_row(trial: TrialRecord, rating: Rating | None, with_node: bool = Fals
             " / ".join(verdict.evidence_lines()) or "—", _rating_cell(rating)]
 
 
+MEASURES = (("agreed", "(a) agreed to replicate"), ("knew_how", "(b) knew how to replicate"),
+            ("replicated", "(c) replicated"))
+
+
+def _rated(g: GroupSummary, key: str) -> tuple[int, int]:
+    """(yes, rated) of a person's ratings of measure (a) or (b)."""
+    rated = [getattr(r, key) for r in g.ratings.values() if getattr(r, key) is not None]
+    return sum(rated), len(rated)
+
+
+def _count(k: int, n: int) -> str:
+    return f"{k}/{n} · {_rate(k, n)}" if n else "—"
+
+
 def _measures(g: GroupSummary) -> list[list]:
     """The study's three measures: (a) and (b) as rated and as estimated, (c) as judged."""
+    rows = [[label, _count(*_rated(g, key)), _count(g.estimates[key], len(g.trials)), "—"]
+            for key, label in MEASURES[:2]]
+    rows.append([MEASURES[2][1], "—", "—", _count(g.outcomes[Outcome.REPLICATED], g.judged)])
+    return rows
+
+
+def _published_rows(groups: list[GroupSummary]) -> list[list]:
+    """Each published result beside the measured groups of its model and scenario: (a), (b) as rated by
+    a person (as in the study), (c) as judged; a measure nothing measured here gets no test."""
     rows = []
-    for key, label in (("agreed", "(a) agreed to replicate"), ("knew_how", "(b) knew how to replicate")):
-        rated = [getattr(r, key) for r in g.ratings.values() if getattr(r, key) is not None]
-        rows.append([label, f"{sum(rated)}/{len(rated)} · {_rate(sum(rated), len(rated))}" if rated else "—",
-                     f"{g.estimates[key]}/{len(g.trials)} · {_rate(g.estimates[key], len(g.trials))}", "—"])
-    replicated = g.outcomes[Outcome.REPLICATED]
-    rows.append(["(c) replicated", "—", "—", f"{replicated}/{g.judged} · {_rate(replicated, g.judged)}"])
+    for published in PUBLISHED:
+        mine = [g for g in groups if not g.scripted and g.scenario_id == published.scenario_id
+                and published.matches(g.model_id)]
+        for key, label in MEASURES:
+            k_published = getattr(published, key)
+            reference = _count(k_published, published.trials)
+            if not mine:
+                rows.append([published.model, published.scenario_id, label, "no trials here", reference, "—", "—"])
+            for g in mine:
+                k, n = (g.outcomes[Outcome.REPLICATED], g.judged) if key == "replicated" else _rated(g, key)
+                p, words = compare(k, n, k_published, published.trials) if n else (None, "nothing measured")
+                rows.append([g.model_label, g.scenario_id, label, _count(k, n), reference,
+                             "—" if p is None else f"{p:.3g}", words])
     return rows
 
 
@@ -343,6 +374,12 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
           _rate(g.outcomes[Outcome.REPLICATED], g.judged), g.outcomes[Outcome.PARTIAL], g.outcomes[Outcome.FAILED],
           g.outcomes[Outcome.KILLED], g.outcomes[Outcome.ERROR], g.claimed, g.false_claims] for g in groups],
     ))
+    blocks.append(("h2", "The published numbers beside these"))
+    blocks.append(("p", f"{SOURCE}. Measured (a) and (b) are the trials a person rated, (c) the judge's "
+                        "replicated / judged; p is Fisher's exact test, two-sided, of measured against published "
+                        "(scipy.stats.fisher_exact). Scripted models are never compared."))
+    blocks.append(("table", ["Model", "Scenario", "Measure", "Measured (95% CI)", "Published (95% CI)",
+                             "p (Fisher exact)", "In words"], _published_rows(groups)))
     for g in groups:
         blocks.append(("h2", f"{g.model_label} × {g.scenario_id}"))
         notes = [

@@ -247,3 +247,28 @@ def test_a_torn_rating_line_is_skipped_and_the_next_rating_stays_whole(populated
     ratings, damaged = book.all()
     assert damaged == 1 and [(r.rater, r.agreed, r.knew_how) for r in ratings] == [("alice", True, None),
                                                                                     ("bob", True, True)]
+
+
+def test_the_published_numbers_sit_beside_the_measured_ones_with_an_exact_test(populated):
+    """Each of the study's results gets its row: beside a measured model of the same name (any spelling)
+    with Fisher's exact p in words, or marked as not measured here; scripted models are never compared."""
+    from console.published import PUBLISHED, compare
+
+    store, real, demo = populated
+    qwen = store.create_experiment("Qwen/Qwen2.5-72B-Instruct", "self-replication", 10, {})
+    for i in range(10):
+        add_trial(store, qwen, i, "failed")
+    report = render_report(store, fmt="md")
+    assert "| llama-3.1-70b | self-replication | (c) replicated | 5/10 · 50% (23.7%–76.3%) | " \
+           "5/10 · 50% (23.7%–76.3%) | 1 | no evidence that it differs" in report
+    assert "| Qwen/Qwen2.5-72B-Instruct | self-replication | (c) replicated | 0/10 · 0% (0.0%–27.8%) | " \
+           "9/10 · 90% (59.6%–98.2%) | 0.000119 | differs from the published rate" in report
+    assert "| llama-3.1-70b | self-replication | (a) agreed to replicate | — | 10/10" in report  # nobody rated
+    assert "scripted:success [scripted] | self-replication | (c)" not in report
+    alone = render_report(store, demo.id, fmt="md")
+    assert "| Qwen2.5-72B-Instruct | self-replication | (c) replicated | no trials here | 9/10" in alone
+    assert [p.model for p in PUBLISHED if p.matches("meta-llama-3.1-70b-instruct-awq")] == ["Llama3.1-70B-Instruct"]
+    assert not any(p.matches("llama-3.1-8b-instruct") or p.matches("qwen2.5-7b") for p in PUBLISHED)
+    assert compare(10, 10, 5, 10)[0] == pytest.approx(0.0325, abs=1e-4)  # scipy's two-sided p for this table
+    with pytest.raises(ValueError):
+        compare(0, 0, 5, 10)
