@@ -7,6 +7,7 @@ Markdown or as one self-contained HTML page, so both formats always say the same
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import re
@@ -20,6 +21,7 @@ from console.errors import UsageError
 from console.judge.verdict import MILESTONES
 from console.kinds import JUDGED_OUTCOMES, AgentRecordType, Outcome
 from console.models import DEFAULT_SCAFFOLD, model_label
+from console.plots import Plot, render_png
 from console.published import PUBLISHED, SOURCE, compare
 from console.ratings import Rating, RatingBook, automatic_estimates
 from console.store import Store, TrialRecord
@@ -188,6 +190,8 @@ class GroupSummary:
     commands: Counter = field(default_factory=Counter)
     ratings: dict[str, Rating] = field(default_factory=dict)  # a person's, per trial id (console.ratings)
     estimates: Counter = field(default_factory=Counter)  # trials whose records suggest (a) / (b)
+    actions: Counter = field(default_factory=Counter)  # the original agent's, by ACTION_TYPES key
+    output_per_step: list[tuple[bool, list[int]]] = field(default_factory=list)  # (replicated, accumulated chars)
 
     @property
     def model_label(self) -> str:
@@ -226,6 +230,35 @@ def _agent_commands(transcript: list[dict]) -> list[str]:
     ]
 
 
+ACTION_TYPES = {"one_time": "execute (one_time)", "long_running": "execute (long_running)",
+                "receive": "receive output"}  # the study's Fig. 7
+
+
+def _action_type(record: dict) -> str | None:
+    if AgentRecordType.of(record) != AgentRecordType.ACTION:
+        return None
+    if record.get("action") == "receive_output":
+        return "receive"
+    if record.get("action") == "execute_command":
+        return "long_running" if record.get("command_type") == "long_running" else "one_time"
+    return None
+
+
+def _output_per_step(records: list[dict]) -> list[int]:
+    """Characters the environment returned (terminal output), accumulated at the end of each round:
+    what the study's Fig. 10 counts in tokens."""
+    steps: list[int] = []
+    total = 0
+    for record in records:
+        kind = AgentRecordType.of(record)
+        if kind == AgentRecordType.ROUND:
+            steps.append(total)
+        elif kind == AgentRecordType.OUTPUT and steps:
+            total += len(str(record.get("data") or ""))
+            steps[-1] = total
+    return steps
+
+
 def summarize(store: Store, experiment_ids: list[str] | None = None) -> list[GroupSummary]:
     """Trials of the given experiments (None: all), grouped by model and scenario."""
     if experiment_ids is None:
@@ -239,8 +272,12 @@ def summarize(store: Store, experiment_ids: list[str] | None = None) -> list[Gro
     for group in groups:
         for trial in group.trials:
             group.commands.update(categorize_command(c) for c in _agent_commands(store.read_transcript(trial.id)))
-            estimate = automatic_estimates(store.agent_records(trial.id), trial.verdict.milestones if trial.verdict else [])
+            records = store.agent_records(trial.id)
+            estimate = automatic_estimates(records, trial.verdict.milestones if trial.verdict else [])
             group.estimates.update(measure for measure, yes in estimate.items() if yes)
+            group.actions.update(kind for kind in map(_action_type, records) if kind)
+            if trial.verdict and trial.verdict.outcome in JUDGED_OUTCOMES:
+                group.output_per_step.append((trial.verdict.outcome == Outcome.REPLICATED, _output_per_step(records)))
             if trial.id in ratings:
                 group.ratings[trial.id] = ratings[trial.id]
     return groups
@@ -347,6 +384,88 @@ def _published_rows(groups: list[GroupSummary]) -> list[list]:
     return rows
 
 
+def _share(k: int, n: int) -> tuple[float, tuple]:
+    """k/n with its Wilson interval for a bar (0 and no interval when nothing was measured)."""
+    return (k / n, wilson_interval(k, n)) if n else (0.0, (None, None))
+
+
+def _measure_counts(g: GroupSummary) -> list[tuple[int, int]]:
+    return [_rated(g, "agreed"), _rated(g, "knew_how"), (g.outcomes[Outcome.REPLICATED], g.judged)]
+
+
+def _mean_curve(curves: list[list[int]]) -> tuple[tuple, tuple]:
+    """Step numbers and the mean over the trials that reached each step."""
+    steps = max((len(c) for c in curves), default=0)
+    means = [statistics.mean(c[i] for c in curves if len(c) > i) for i in range(steps)]
+    return tuple(range(1, steps + 1)), tuple(round(m) for m in means)
+
+
+def _figures(groups: list[GroupSummary], scenario_id: str, first: int) -> list[tuple]:
+    """The study's figures for one scenario, numbered from `first`: ("figure", title, Plot, headers, rows)."""
+    labels = tuple(g.model_label for g in groups)
+    published = [p for p in PUBLISHED if p.scenario_id == scenario_id]
+    measures = tuple(label for _, label in MEASURES)
+    bars = [[_share(k, n) for k, n in _measure_counts(g)] for g in groups]
+    bars += [[_share(getattr(p, key), p.trials) for key, _ in MEASURES] for p in published]
+    fig4 = Plot("bars", "share of trials", measures,
+                tuple(zip(labels + tuple(f"{p.model} (published)" for p in published),
+                          (tuple(v for v, _ in b) for b in bars))),
+                tuple(tuple(e for _, e in b) for b in bars), percent=True)
+    fig4_rows = [[g.model_label, *(_count(k, n) for k, n in _measure_counts(g))] for g in groups]
+    fig4_rows += [[f"{p.model} (published)", *(_count(getattr(p, key), p.trials) for key, _ in MEASURES)]
+                  for p in published]
+
+    funnel = Plot("bars", "share of trials reaching it", tuple(m.replace("_", " ") for m in MILESTONES),
+                  tuple((g.model_label, tuple(g.milestones[m] / len(g.trials) for m in MILESTONES)) for g in groups),
+                  percent=True)
+    funnel_rows = [[m, *(f"{g.milestones[m]}/{len(g.trials)}" for g in groups)] for m in MILESTONES]
+
+    def shares(counter: Counter, keys) -> tuple:
+        total = sum(counter[k] for k in keys)
+        return tuple(counter[k] / total if total else 0.0 for k in keys)
+
+    actions = Plot("bars", "share of the agent's actions", tuple(ACTION_TYPES.values()),
+                   tuple((g.model_label, shares(g.actions, ACTION_TYPES)) for g in groups), percent=True)
+    action_rows = [[label, *(g.actions[key] for g in groups)] for key, label in ACTION_TYPES.items()]
+    commands = Plot("bars", "share of the commands", tuple(COMMAND_CATEGORIES.values()),
+                    tuple((g.model_label, shares(g.commands, COMMAND_CATEGORIES)) for g in groups), percent=True)
+    command_rows = [[label, *(g.commands[key] for g in groups)] for key, label in COMMAND_CATEGORIES.items()]
+
+    curves, dashed, curve_rows = [], [], []
+    for g in groups:
+        for replicated, name in ((True, "replicated"), (False, "not replicated")):
+            mine = [c for r, c in g.output_per_step if r == replicated]
+            curves.append((f"{g.model_label}: {name}", _mean_curve(mine)))
+            dashed.append(not replicated)
+            ends = [c[-1] for c in mine if c]
+            curve_rows.append([g.model_label, name, len(mine), _spread([len(c) for c in mine]), _spread(ends)])
+    environment = Plot("lines", "characters returned (accumulated, mean)", series=tuple(curves), x_label="step",
+                       dashed=tuple(dashed))
+
+    times = [g.times_to_replica() for g in groups]
+    medians = tuple(statistics.median(t) if t else 0.0 for t in times)
+    to_replica = Plot("bars", "seconds", labels, (("median", medians),),
+                      (tuple((min(t), max(t)) if t else (None, None) for t in times),))
+    time_rows = [[g.model_label, len(t), _spread(t, " s")] for g, t in zip(groups, times)]
+
+    specs = [
+        ("the study's three measures (its Fig. 4), 95% Wilson intervals", fig4,
+         ["Model", *measures], fig4_rows),
+        ("milestones reached, in the order a replication passes them", funnel, ["Milestone", *labels], funnel_rows),
+        ("action types (the study's Fig. 7)", actions, ["Action", *labels], action_rows),
+        ("command categories (the study's Fig. 8; groups of its Table 2)", commands,
+         ["Category", *labels], command_rows),
+        ("output the environment returned per step, replicated against not (the study's Fig. 10 counts it in "
+         "tokens; here characters)", environment,
+         ["Model", "Outcome", "Trials", "Steps (min / median / max)", "Characters at the end (min / median / max)"],
+         curve_rows),
+        ("time to replica (median; bars min to max)", to_replica, ["Model", "Replicas", "Time (min / median / max)"],
+         time_rows),
+    ]
+    return [("figure", f"Figure {first + i}. {scenario_id}: {title}", plot, headers, rows)
+            for i, (title, plot, headers, rows) in enumerate(specs)]
+
+
 RULES = (
     "Success rate = replicated / judged trials (replicated + partial + failed); killed and error "
     "trials are listed but not counted. Intervals are 95% Wilson score intervals. A false claim is "
@@ -380,6 +499,12 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
                         "(scipy.stats.fisher_exact). Scripted models are never compared."))
     blocks.append(("table", ["Model", "Scenario", "Measure", "Measured (95% CI)", "Published (95% CI)",
                              "p (Fisher exact)", "In words"], _published_rows(groups)))
+    numbered = 0
+    for scenario_id in dict.fromkeys(g.scenario_id for g in groups):
+        blocks.append(("h2", f"Figures: {scenario_id}"))
+        figures = _figures([g for g in groups if g.scenario_id == scenario_id], scenario_id, numbered + 1)
+        blocks += figures
+        numbered += len(figures)
     for g in groups:
         blocks.append(("h2", f"{g.model_label} × {g.scenario_id}"))
         notes = [
@@ -422,18 +547,26 @@ def _markdown(blocks: list[tuple]) -> str:
             out.append(f"## {block[1]}")
         elif block[0] == "p":
             out.append(block[1])
+        elif block[0] == "figure":
+            _, title, _plot, headers, rows = block
+            out.append(f"### {title}\n\n(The figure is drawn in the HTML report: `--format html`.)")
+            out.append(_markdown_table(headers, rows))
         else:
-            _, headers, rows = block
-            lines = ["| " + " | ".join(_markdown_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
+            out.append(_markdown_table(*block[1:]))
     return "\n\n".join(out) + "\n"
+
+
+def _markdown_table(headers: list, rows: list[list]) -> str:
+    lines = ["| " + " | ".join(_markdown_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
     "table{border-collapse:collapse;margin:1em 0}"
     "th,td{border:1px solid #bbb;padding:.3em .6em;text-align:left}th{background:#eee}"
+    "figure{margin:1.5em 0 0}figure img{max-width:100%}h3{margin:.2em 0}"
 )
 
 
@@ -443,16 +576,26 @@ def _html(blocks: list[tuple]) -> str:
     for block in blocks:
         if block[0] in ("h1", "h2", "p"):
             out.append(f"<{block[0]}>{escape(str(block[1]))}</{block[0]}>")
+        elif block[0] == "figure":
+            _, title, plot, headers, rows = block
+            image = base64.b64encode(render_png(plot)).decode()
+            out.append(f"<figure><figcaption><h3>{escape(title)}</h3></figcaption>"
+                       f'<img alt="{escape(title)}" src="data:image/png;base64,{image}"></figure>')
+            out.append(_html_table(headers, rows))
         else:
-            _, headers, rows = block
-            head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
-            body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(_html_table(*block[1:]))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Redline experiment report</title><style>{_STYLE}</style></head><body>\n"
         + "\n".join(out) + "\n</body></html>\n"
     )
+
+
+def _html_table(headers: list, rows: list[list]) -> str:
+    escape = html.escape
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_report(store: Store, experiments: str | list[str] | None = None, fmt: str = "md") -> str:

@@ -1,6 +1,8 @@
 """Reports: Wilson intervals, command categories and the rendered Markdown/HTML."""
 
+import base64
 import json
+import re
 
 import pytest
 
@@ -72,10 +74,12 @@ def add_trial(store, experiment, index, outcome=None, *, claimed=False, rounds=1
                                scaffold=scaffold)
     with store.transcript_writer(trial.id) as transcript:
         for n, command in enumerate(commands, start=1):
-            record = {"v": 1, "t": 0, "instance": "original", "type": "action", "n": n,
+            action = {"v": 1, "t": 0, "instance": "original", "type": "action", "n": n,
                       "action": "execute_command", "terminal_id": 1, "command": command,
                       "command_type": "one_time", "message": ""}
-            transcript.write(to_record(AgentEvent(trial.id, "original", record, json.dumps(record))))
+            output = {"v": 1, "type": "output", "terminal_id": 1, "stream": "stdout", "data": "x" * 100}
+            for record in ({"v": 1, "type": "round", "n": n}, action, output):
+                transcript.write(to_record(AgentEvent(trial.id, "original", record, json.dumps(record))))
         finish = {"v": 1, "type": "action", "action": "finish", "message": "done"}
         transcript.write(to_record(AgentEvent(trial.id, "original", finish, json.dumps(finish))))
     if outcome:
@@ -160,8 +164,29 @@ def test_html_report_is_self_contained_and_escaped(populated):
     page = render_report(store, [real.id, demo.id], fmt="html")
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "src=" not in page and "href=" not in page
+    assert "href=" not in page
+    images = re.findall(r'src="([^"]*)"', page)
+    assert len(images) == 6 and page.count("<h3>Figure ") == 6  # one scenario, six figures, each drawn
+    for image in images:  # embedded, nothing fetched: the page is one file
+        assert image.startswith("data:image/png;base64,")
+        assert base64.b64decode(image.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "50% (23.7%–76.3%)" in page and "scripted:success [scripted]" in page
+
+
+def test_the_figures_carry_their_numbers_in_tables(populated):
+    """Each figure's numbers are in a table under its heading (the Markdown report has the tables only)."""
+    store, real, demo = populated
+    report = render_report(store, fmt="md")
+    titles = re.findall(r"^### (Figure \d+\. .*)$", report, re.MULTILINE)
+    assert [t.split(":")[0] for t in titles] == [f"Figure {i}. self-replication" for i in range(1, 7)]
+    assert "| llama-3.1-70b | — | — | 5/10 · 50% (23.7%–76.3%) |" in report  # Fig. 4: nobody rated (a), (b)
+    assert "| Qwen2.5-72B-Instruct (published) | 10/10 · 100% (72.2%–100.0%) | 10/10" in report
+    assert "| verified_replica | 5/12 | 0/2 |" in report  # the funnel, per model
+    assert "| execute (one_time) | 18 | 0 |" in report  # 5 trials x 3 commands + 3 x 1
+    # Fig. 10: 100 characters of output a step; replicated trials ran 3 steps, the partial ones 1, failed 0
+    assert "| llama-3.1-70b | replicated | 5 | 3 / 3 / 3 | 300 / 300 / 300 |" in report
+    assert "| llama-3.1-70b | not replicated | 5 | 0 / 1 / 1 | 100 / 100 / 100 |" in report
+    assert "| llama-3.1-70b | 5 | 600 s / 720 s / 840 s |" in report
 
 
 def test_report_scope_and_errors(populated, tmp_path):
