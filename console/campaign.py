@@ -51,17 +51,19 @@ class CampaignFile:
     constrained_format: bool | None
     isolation: str | None
     tripwires: tuple[str, ...]
+    stop: dict[str, int]  # a cell stops early once this many of its trials ended so (STOP_RULES)
 
     @classmethod
     def read(cls, path: Path) -> CampaignFile:
         root = TomlTable(read_toml(path), path, owner="campaign")
         conditions = root.table("conditions")
+        trials = root.integer("trials", 1, MAX_TRIALS_PER_CELL)
         found = cls(
             id=root.text("id", None, pattern=ID_PATTERN, expected="an id of letters, digits, '.', '_' or '-'"),
             title=root.text("title", ""),
             models=_non_empty(root, "models"),
             scenarios=_non_empty(root, "scenarios"),
-            trials=root.integer("trials", 1, MAX_TRIALS_PER_CELL),
+            trials=trials,
             order=root.text("order", "interleaved", choices=ORDERS),
             seed=root.integer("seed", 0, 2**63 - 1, None),
             retries=root.integer("retries", 0, MAX_RETRIES, 1),
@@ -69,6 +71,7 @@ class CampaignFile:
             constrained_format=conditions.boolean("constrained_format", None),
             isolation=conditions.text("isolation", None),
             tripwires=conditions.strings("tripwires", ()),
+            stop=_stop_rule(root.table("stop"), trials),
         )
         for n, rule in enumerate(found.tripwires):
             try:
@@ -78,6 +81,25 @@ class CampaignFile:
         conditions.finish()
         root.finish()
         return found
+
+
+STOP_RULES = {"replicated": "replicated", "not_replicated": "ended otherwise (partial, failed, a kill tripwire)"}
+
+
+def _stop_rule(table: TomlTable, trials: int) -> dict[str, int]:
+    """[stop]: replicated = K and/or not_replicated = K, each from 1 to the trials per cell."""
+    rule = {key: table.integer(key, 1, trials, None) for key in STOP_RULES}
+    table.finish()
+    return {key: k for key, k in rule.items() if k is not None}
+
+
+def stop_reason(rule: dict[str, int], done: list) -> str | None:
+    """Why a cell stops early, given the trials that count for its slots; None while it goes on."""
+    replicated = sum(1 for t in done if t.verdict.outcome == Outcome.REPLICATED)
+    for key, count in (("replicated", replicated), ("not_replicated", len(done) - replicated)):
+        if key in rule and count >= rule[key]:
+            return f"stop rule: {count} trial(s) {STOP_RULES[key]} (stop.{key} = {rule[key]})"
+    return None
 
 
 def _non_empty(table: TomlTable, key: str) -> tuple[str, ...]:
@@ -110,6 +132,7 @@ class Campaign:
     conditions: dict
     experiments: dict[str, str]  # "model x scenario" -> experiment id
     slots: list[Slot] = field(default_factory=list)
+    stop: dict[str, int] = field(default_factory=dict)  # CampaignFile.stop (absent from older plans)
 
     @staticmethod
     def folder_of(campaign_id: str) -> Path:
@@ -141,7 +164,7 @@ class Campaign:
                    trials=spec.trials, experiments={},
                    conditions={"scaffold": spec.scaffold, "constrained_format": spec.constrained_format,
                                "isolation": spec.isolation, "tripwires": list(spec.tripwires)},
-                   slots=slots)
+                   slots=slots, stop=dict(spec.stop))
 
     def save(self) -> None:
         """Written once (and again only to add the cells' experiments before any trial runs)."""
@@ -195,9 +218,14 @@ class SlotState:
     errors: int  # attempts that ended in `error`
     interrupted: int  # attempts killed by an accident (a process that died, Ctrl+C, KILL)
     running: bool = False  # an attempt is open (only when reconciled read-only, while a runner may hold it)
+    stopped: str | None = None  # its cell's stop rule held before it ran: it never will (stop_reason)
 
     def runnable(self, retries: int) -> bool:
-        return self.done is None and not self.running and self.errors <= retries
+        return self.done is None and not self.running and not self.stopped and self.errors <= retries
+
+    def failed(self, retries: int) -> bool:
+        """Left without a result: its errors ran out the retries."""
+        return self.done is None and not self.running and not self.stopped and self.errors > retries
 
 
 def _counts(trial) -> bool:
@@ -227,6 +255,13 @@ def reconcile(campaign: Campaign, store, close_open: bool = False) -> list[SlotS
         done = next((t for t in trials if _counts(t)), None)
         errors = sum(1 for t in trials if t.verdict is not None and t.verdict.outcome == Outcome.ERROR)
         states.append(SlotState(slot, trials, done, errors, len(trials) - errors - (done is not None), running))
+    if campaign.stop:
+        for cell in {Campaign.cell(s.slot.model, s.slot.scenario) for s in states}:
+            mine = [s for s in states if Campaign.cell(s.slot.model, s.slot.scenario) == cell]
+            reason = stop_reason(campaign.stop, [s.done for s in mine if s.done is not None])
+            for state in mine:
+                if reason and state.done is None and not state.running:
+                    state.stopped = reason
     return states
 
 
@@ -335,7 +370,7 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
     for state in states:
         cell = cells.setdefault(Campaign.cell(state.slot.model, state.slot.scenario), {
             "model": state.slot.model, "scenario": state.slot.scenario, "planned": campaign.trials, "done": 0,
-            "outcomes": {}, "errors": 0, "interrupted": 0, "running": 0, "queued": 0,
+            "outcomes": {}, "errors": 0, "interrupted": 0, "running": 0, "queued": 0, "skipped": 0, "stopped": None,
             "experiment_id": campaign.experiments.get(Campaign.cell(state.slot.model, state.slot.scenario))})
         cell["errors"] += state.errors
         cell["interrupted"] += state.interrupted
@@ -347,6 +382,9 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
                 durations.append(state.done.ended - state.done.started)
         elif state.running:
             cell["running"] += 1
+        elif state.stopped:
+            cell["skipped"] += 1
+            cell["stopped"] = state.stopped
         elif state.runnable(campaign.retries):
             cell["queued"] += 1
     for cell in cells.values():
@@ -359,6 +397,6 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
             "conditions": campaign.conditions, "slots": len(campaign.slots),
             "done": sum(c["done"] for c in cells.values()), "queued": queued,
             "running": sum(c["running"] for c in cells.values()),
-            "failed_slots": sum(1 for s in states if s.done is None and not s.running
-                                and not s.runnable(campaign.retries)),
+            "skipped": sum(c["skipped"] for c in cells.values()),
+            "failed_slots": sum(1 for s in states if s.failed(campaign.retries)),
             "eta_s": round(mean * queued) if mean is not None else None, "cells": list(cells.values())}

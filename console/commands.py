@@ -296,6 +296,8 @@ def _print_campaign(result: dict) -> None:
         ci = "-" if cell["wilson_95"] is None else f"{cell['wilson_95'][0]:.0%}-{cell['wilson_95'][1]:.0%}"
         print(f"{cell['model'] + ' x ' + cell['scenario']:56} {cell['done']:>4}/{cell['planned']:<4} "
               f"{cell['replicated']:>10} {ci:>11} {cell['errors']:>6} {cell['interrupted']:>11}")
+        if cell["stopped"]:
+            print(f"  stopped early, {cell['skipped']} trial(s) not run: {cell['stopped']}")
 
 
 def cmd_tripwires(args) -> int:

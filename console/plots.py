@@ -71,4 +71,4 @@ def _bars(axes, plot: Plot) -> None:
         if bounds:
             pairs = [(v - lo, hi - v) if lo is not None else (0, 0) for v, (lo, hi) in zip(values, bounds)]
             axes.errorbar(xs, values, yerr=list(zip(*pairs)), fmt="none", ecolor="#444", capsize=3, linewidth=1)
-    axes.set_xticks(list(positions), [textwrap.fill(c, 16) for c in plot.categories], fontsize=8)
+    axes.set_xticks(list(positions), [textwrap.fill(c, 12) for c in plot.categories], fontsize=7)

@@ -400,6 +400,14 @@ def _mean_curve(curves: list[list[int]]) -> tuple[tuple, tuple]:
     return tuple(range(1, steps + 1)), tuple(round(m) for m in means)
 
 
+STUDY_SCENARIOS = ("self-replication", "shutdown-avoidance", "chain-of-replication")  # its order
+
+
+def _study_order(scenario_id: str) -> tuple:
+    return (STUDY_SCENARIOS.index(scenario_id) if scenario_id in STUDY_SCENARIOS else len(STUDY_SCENARIOS),
+            scenario_id)
+
+
 def _figures(groups: list[GroupSummary], scenario_id: str, first: int) -> list[tuple]:
     """The study's figures for one scenario, numbered from `first`: ("figure", title, Plot, headers, rows)."""
     labels = tuple(g.model_label for g in groups)
@@ -500,7 +508,7 @@ def _blocks(groups: list[GroupSummary], scope: str) -> list[tuple]:
     blocks.append(("table", ["Model", "Scenario", "Measure", "Measured (95% CI)", "Published (95% CI)",
                              "p (Fisher exact)", "In words"], _published_rows(groups)))
     numbered = 0
-    for scenario_id in dict.fromkeys(g.scenario_id for g in groups):
+    for scenario_id in sorted({g.scenario_id for g in groups}, key=_study_order):
         blocks.append(("h2", f"Figures: {scenario_id}"))
         figures = _figures([g for g in groups if g.scenario_id == scenario_id], scenario_id, numbered + 1)
         blocks += figures

@@ -61,6 +61,8 @@ def test_every_round_holds_each_cell_once_in_a_seeded_order(tmp_path):
     (('isolation = "runc"', 'isolation = "runc"\ntripwires = ["replicas>=2:kill"]'), "conditions.tripwires[0]"),
     (('isolation = "runc"', 'isolation = "runc"\nturbo = 1'), "conditions.turbo"),
     (("seed = 11", "seed = -1"), "seed"),
+    (('isolation = "runc"', 'isolation = "runc"\n[stop]\nreplicated = 4'), "stop.replicated"),  # > trials
+    (('isolation = "runc"', 'isolation = "runc"\n[stop]\nwhen = 1'), "stop.when"),
 ])
 def test_a_bad_campaign_file_is_named_with_its_field(tmp_path, change, field):
     with pytest.raises(ConfigError) as raised:
@@ -107,6 +109,47 @@ def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
     closed = store.get_trial(left_open)
     assert closed.state == TrialState.KILLED and "campaign's process ended" in closed.verdict.reason
     assert second.done.id == judged and second.interrupted == 1 and not second.runnable(retries=1)
+
+
+def test_a_cell_whose_stop_rule_holds_runs_no_more_and_says_why(home):
+    """[stop] replicated = 1: once a cell has one replicated trial its other slots never run (skipped, not
+    failed, not queued); the other cell goes on; a trial already running is left to finish."""
+    from console.campaign import summary
+    from console.store import Store
+
+    store = Store()
+    spec = read(home, GOOD.format(id="stops", trials=3, order="interleaved") + "[stop]\nreplicated = 1\n")
+    assert spec.stop == {"replicated": 1}
+    campaign = Campaign.plan(spec, home / "c.toml")
+    experiment = store.create_experiment("scripted:success", "test-self-replication", 3, config={})
+    campaign.experiments = {Campaign.cell(m, "test-self-replication"): experiment.id for m in spec.models}
+    campaign.save()
+    campaign = Campaign.load("stops")
+    assert campaign.stop == {"replicated": 1}
+
+    def attempt(slot: int, outcome: Outcome | None):
+        trial = store.create_trial(experiment.id, 0, scripted=True)
+        campaign.note({"slot": slot, "trial_id": trial.id})
+        store.update_trial_state(trial.id, TrialState.AGENT_RUNNING)
+        if outcome is not None:
+            store.record_verdict(trial.id, Verdict(outcome=outcome, reason="test"))
+            store.update_trial_state(trial.id, TrialState.DONE)
+
+    attempt(0, Outcome.FAILED)  # success cell, round 1: not yet
+    assert not any(s.stopped for s in reconcile(campaign, store))
+    attempt(1, Outcome.FAILED)  # the other cell
+    attempt(2, Outcome.REPLICATED)  # success cell, round 2: the rule holds
+    attempt(3, None)  # the other cell, round 2: running
+    states = reconcile(campaign, store)
+    assert [bool(s.stopped) for s in states] == [False, False, False, False, True, False]
+    assert "1 trial(s) replicated (stop.replicated = 1)" in states[4].stopped
+    assert not states[4].runnable(campaign.retries) and not states[4].failed(campaign.retries)
+    assert states[5].runnable(campaign.retries)  # the other cell goes on
+    result = summary(campaign, states)
+    cells = {c["model"]: c for c in result["cells"]}
+    assert (cells["scripted:success"]["skipped"], cells["scripted:success"]["queued"]) == (1, 0)
+    assert cells["scripted:success"]["stopped"] and cells["scripted:never-replicates"]["stopped"] is None
+    assert (result["skipped"], result["queued"], result["failed_slots"], result["running"]) == (1, 1, 0, 1)
 
 
 def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell(home, engine, cpu_image):

@@ -42,9 +42,12 @@ class CampaignsPanel(QWidget):
             interval = cell["wilson_95"]
             eta = summary["eta_s"]
             values = (summary["campaign_id"], cell["model"], cell["scenario"], f"{cell['done']}/{cell['planned']}",
-                      str(cell["running"]), str(cell["queued"]),
+                      str(cell["running"]),
+                      f"{cell['queued']} ({cell['skipped']} skipped: stop rule)" if cell["skipped"] else str(cell["queued"]),
                       f"{cell['replicated']}/{cell['done']}" if cell["done"] else "-",
                       f"{interval[0]:.0%}-{interval[1]:.0%}" if interval else "-", str(cell["errors"]),
                       str(cell["interrupted"]), f"{eta / 60:.0f} min" if eta and summary["queued"] else "-")
             for column, text in enumerate(values):
-                self.cells.setItem(row, column, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                item.setToolTip(cell["stopped"] or "")
+                self.cells.setItem(row, column, item)
