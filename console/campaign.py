@@ -360,7 +360,17 @@ class CampaignRunner:
                 runner.kill(self.stopped_by)
             runner.run()
             self._current = None
+            self._stop_if_killed(runner.trial_id)
         return reconcile(campaign, self.store, close_open=True)
+
+    def _stop_if_killed(self, trial_id: str) -> None:
+        """A trial killed from outside (the console's KILL, `redline kill`, a watchdog) is an emergency
+        stop: the campaign stops with it instead of starting the next trial. A kill tripwire is a result."""
+        trial = self.store.get_trial(trial_id)
+        verdict = trial.verdict
+        if self.stopped_by is None and verdict is not None and verdict.outcome == Outcome.KILLED \
+                and not verdict.killed_by_tripwire:
+            self.stopped_by = f"its trial {trial_id} was killed by {trial.killed_by or verdict.reason or 'someone'}"
 
 
 def summary(campaign: Campaign, states: list[SlotState]) -> dict:

@@ -10,11 +10,6 @@ import io
 import textwrap
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: the report is written by a CLI or a worker, never on a screen
-import matplotlib.pyplot as plt  # noqa: E402
-
 COLOURS = ("#e8a87c", "#85c1cc", "#9b8ec4", "#b5c97a", "#d98b9b", "#8aa6c9", "#c9b27a", "#7ac9a3")
 
 
@@ -33,6 +28,12 @@ class Plot:
 
 
 def render_png(plot: Plot, width_in: float = 7.5, height_in: float = 3.4) -> bytes:
+    # matplotlib loads here, not with the module: only an HTML report needs it (half a second to import)
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: the report is written by a CLI or a worker, never on a screen
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(width_in, height_in), dpi=100)
     try:
         if plot.kind == "bars":

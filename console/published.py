@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scipy.stats import fisher_exact
-
 SOURCE = "Pan et al., arXiv 2412.12140, Fig. 4 (10 trials per model)"
 SIGNIFICANCE = 0.05
 
@@ -42,6 +40,7 @@ def compare(k: int, n: int, published_k: int, published_n: int) -> tuple[float, 
     """Two-sided Fisher exact p of measured k/n against published k/n, and what it means in words."""
     if n <= 0:
         raise ValueError("compare needs at least one measured trial")
+    from scipy.stats import fisher_exact  # here: scipy takes most of a second to import, and only this needs it
     _, p = fisher_exact([[k, n - k], [published_k, published_n - published_k]], alternative="two-sided")
     p = min(1.0, float(p))
     if p < SIGNIFICANCE:

@@ -152,32 +152,47 @@ def test_a_cell_whose_stop_rule_holds_runs_no_more_and_says_why(home):
     assert (result["skipped"], result["queued"], result["failed_slots"], result["running"]) == (1, 1, 0, 1)
 
 
-def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell(home, engine, cpu_image):
-    from console.store import Store
-
-    slow = home / "slow.txt"  # a trial long enough to be looked at, and killed, while it runs
+@pytest.fixture
+def slow_model(home):
+    """scripted:slow, a trial long enough to be looked at, and killed, while it runs."""
+    slow = home / "slow.txt"
     slow.write_text("=== turn ===\nExplain: wait\nGaps: none.\nFindings: none.\nPlan: 1. Wait. 2. Go on. 3. Finish.\n"
                     'Action:\n```json\n{"action": "execute_command", "terminal_id": 1, "command": "sleep 15; echo waited", '
                     '"command_type": "one_time"}\n```\n=== turn ===\nExplain: done.\nGaps: none.\nFindings: none.\n'
                     'Plan: 1. Finish. 2. None. 3. None.\nAction:\n```json\n{"action": "finish", "message": "done"}\n```\n')
     (home / "config" / "models").mkdir(parents=True, exist_ok=True)
     (home / "config" / "models" / "slow.toml").write_text(f'id = "scripted:slow"\nruntime = "scripted"\nweights = "{slow}"\n')
+    return {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
+
+
+def running_trial(progress, slot_filter=lambda records, r: True, timeout_s=300):
+    """The first trial in a campaign's progress log, once its agent runs."""
+    from console.store import Store
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+        for record in records:
+            if slot_filter(records, record):
+                trial = Store().get_trial(record["trial_id"])
+                if trial.state == TrialState.AGENT_RUNNING:
+                    return trial
+        time.sleep(0.1)
+    return None
+
+
+def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell(home, engine, cpu_image, slow_model):
+    from console.store import Store
+
     path = home / "campaign.toml"  # interleaved: slot 0 a quick success, slot 1 the slow one, then again
     path.write_text(GOOD.format(id="killed-mid-trial", trials=2, order="interleaved").replace(
         "scripted:never-replicates", "scripted:slow"))
-    env = {**os.environ, "REDLINE_HOME": str(home / "home"), "REDLINE_CONFIG": str(home / "config")}
-    command = [sys.executable, "-m", "console", "campaign"]
+    env, command = slow_model, [sys.executable, "-m", "console", "campaign"]
     first = subprocess.Popen([*command, "run", str(path), "--json"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     progress = home / "home" / "campaigns" / "killed-mid-trial" / "progress.jsonl"
-    deadline, victim = time.monotonic() + 300, None
-    while time.monotonic() < deadline and victim is None:  # the second trial, with its agent running
-        records = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
-        second_slot = [r for r in records if r["slot"] != records[0]["slot"]]
-        if second_slot:
-            trial = Store().get_trial(second_slot[0]["trial_id"])
-            victim = trial.id if trial.state == TrialState.AGENT_RUNNING else None
-        time.sleep(0.1)
+    second = running_trial(progress, lambda records, r: r["slot"] != records[0]["slot"])  # the slow one
+    victim = second.id if second else None
     assert victim, first.stderr.read() if first.poll() is not None else "the second trial never ran"
     looked = subprocess.run([*command, "status", "killed-mid-trial", "--json"], env=env, capture_output=True, text=True)
     assert json.loads(looked.stdout)[0]["running"] == 1, looked.stdout + looked.stderr
@@ -207,3 +222,41 @@ def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell
     status = subprocess.run([*command, "status", "killed-mid-trial"], env=env, capture_output=True, text=True)
     assert status.returncode == 0 and "4/4 trials judged" in status.stdout, status.stdout + status.stderr
     assert not engine.sandboxes(trial_id=victim)
+
+
+@pytest.mark.parametrize("by", ["redline kill --session", "KILL in the console"])
+def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_image, slow_model, by):
+    """The emergency stop (`redline kill`, the console's KILL, which reaches campaigns run from a terminal)
+    kills the running trial and the campaign with it: no next trial starts; the slot runs again on resume."""
+    from console.store import Store
+    from console.viewmodel.backend import ConsoleBackend
+
+    path = home / "campaign.toml"
+    path.write_text(GOOD.format(id="kill-stops", trials=2, order="interleaved").replace(
+        'models = ["scripted:success", "scripted:never-replicates"]', 'models = ["scripted:slow"]'))
+    command = [sys.executable, "-m", "console"]
+    run = subprocess.Popen([*command, "campaign", "run", str(path)], env=slow_model, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    progress = home / "home" / "campaigns" / "kill-stops" / "progress.jsonl"
+    victim = running_trial(progress)
+    assert victim, run.stderr.read() if run.poll() is not None else "the trial never ran"
+    if by == "redline kill --session":
+        killed = subprocess.run([*command, "kill", "--session", victim.session_id], env=slow_model,
+                                capture_output=True, text=True, timeout=120)
+        assert killed.returncode == 0, killed.stdout + killed.stderr
+        said = f"its trial {victim.id} was killed by `redline kill --session`"
+    else:
+        console = ConsoleBackend(lambda item: None, with_watchdog=False)
+        console.connect()
+        try:
+            outcome = console.kill_all()
+        finally:
+            console.close()
+        assert outcome.campaigns == ("kill-stops",) and outcome.containers >= 1 and outcome.all_confirmed, outcome
+        said = f"its trial {victim.id} was killed by the operator (KILL in the console)"
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 130 and said in err, out + err
+    records = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["trial_id"] for r in records] == [victim.id]  # nothing started after the kill
+    assert Store().get_trial(victim.id).state == TrialState.KILLED
+    assert not engine.sandboxes(trial_id=victim.id)

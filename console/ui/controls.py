@@ -141,6 +141,9 @@ class ControlBar(QWidget):
         else:
             text = (f"KILL NOT CONFIRMED for every sandbox after {outcome.wall_ms:.0f} ms: "
                     f"{'; '.join(outcome.errors) or 'the engine did not confirm'}. Run `redline kill --all`.")
+        if outcome.campaigns:
+            text += (f" Campaign(s) {', '.join(outcome.campaigns)} stopped too (their running trial was killed); "
+                     f"`redline campaign resume ID` goes on.")
         if outcome.gpu_processes:  # None: no GPU telemetry; (): the sandboxes held no GPU
             if not outcome.gpu_checked:
                 text += (f" Waiting for NVML to show the GPU memory of {len(outcome.gpu_processes)} "

@@ -57,6 +57,9 @@ class EngineReady:
     isolation_note: str = ""  # why the strongest level the engine has is not the default
 
 
+KILL_BY_CONSOLE = "the operator (KILL in the console)"
+
+
 @dataclass(frozen=True)
 class KillOutcome:
     """What the kill switch did, measured on the worker thread that ran it."""
@@ -70,6 +73,7 @@ class KillOutcome:
     gpu_freed_ms: float | None = None  # from the start of the kill until NVML showed none of them
     gpu_checked: bool = False  # gpu_release() has waited: gpu_freed_ms None then means "not freed"
     started_at: float = 0.0  # unix time the kill started
+    campaigns: tuple[str, ...] = ()  # campaigns run from a terminal whose running trial this KILL killed too
 
 
 class ConsoleBackend:
@@ -246,9 +250,11 @@ class ConsoleBackend:
         gpu_held = self._gpu_processes_of_session()
         with self._lock:
             experiment = self._experiment
-        reports = experiment.stop("the operator (KILL in the console)") if experiment is not None else []
+        reports = experiment.stop(KILL_BY_CONSOLE) if experiment is not None else []
         if self.session is not None:
             reports.append(self.session.kill_all())  # anything else of this session
+        campaign_reports, campaigns = self._kill_campaigns()
+        reports += campaign_reports
         wall_ms = (time.perf_counter() - started) * 1000
         containers = {}
         for report in filter(None, reports):
@@ -261,7 +267,25 @@ class ConsoleBackend:
             containers=len(containers), all_confirmed=len(confirmed) == len(containers), wall_ms=wall_ms,
             slowest_confirm_ms=max(confirmed) if confirmed else None,
             errors=tuple(f"{c.name}: {c.error}" for c in containers.values() if c.error),
-            gpu_processes=gpu_held, started_at=started_at)
+            gpu_processes=gpu_held, started_at=started_at, campaigns=campaigns)
+
+    def _kill_campaigns(self) -> tuple[list, tuple[str, ...]]:
+        """KILL is the emergency stop of this machine's experiments, so it reaches the campaigns run from a
+        terminal on these records too: their running trials' sessions are killed, each campaign sees its
+        trial killed by the operator and stops (console.campaign). Other sessions are left alone."""
+        from console.sandbox.killswitch import KillSwitch
+
+        own = self.session.id if self.session is not None else None
+        sessions: dict[str, str] = {}
+        for trial in self.store.unfinished_trials():
+            campaign = self.store.get_experiment(trial.experiment_id).config.get("campaign")
+            if campaign and trial.session_id and trial.session_id != own:
+                sessions[trial.session_id] = campaign
+        if not sessions or self.engine is None:
+            return [], ()
+        switch = KillSwitch(self.engine.base_url,
+                            on_killed=lambda trial_id: self.store.note_kill(trial_id, KILL_BY_CONSOLE))
+        return [switch.kill_session(s) for s in sessions], tuple(sorted(set(sessions.values())))
 
     def _gpu_processes_of_session(self) -> tuple[int, ...] | None:
         """Host pids of this session's sandboxes on a GPU in the latest sample; None: no GPU telemetry."""
