@@ -24,6 +24,7 @@ from console.errors import UsageError
 from console.experiment import ExperimentPlan, TrialStarted
 from console.kinds import JUDGED_OUTCOMES, Outcome
 from console.models import DEFAULT_SCAFFOLD, ModelCatalogue
+from console.notify import notify
 from console.paths import data_dir, write_atomically
 from console.report import wilson_interval
 from console.scenarios import ID_PATTERN, TomlTable, check_against_engine, get_scenario, read_toml
@@ -361,7 +362,14 @@ class CampaignRunner:
             runner.run()
             self._current = None
             self._stop_if_killed(runner.trial_id)
+            self._notice_error(runner.trial_id, slot)
         return reconcile(campaign, self.store, close_open=True)
+
+    def _notice_error(self, trial_id: str, slot: Slot) -> None:
+        verdict = self.store.get_trial(trial_id).verdict
+        if verdict is not None and verdict.outcome == Outcome.ERROR:
+            notify(f"Redline campaign {self.campaign.id}: a trial ended in error",
+                   f"{Campaign.cell(slot.model, slot.scenario)}, {trial_id}: {verdict.reason}", urgent=True)
 
     def _stop_if_killed(self, trial_id: str) -> None:
         """A trial killed from outside (the console's KILL, `redline kill`, a watchdog) is an emergency

@@ -238,6 +238,7 @@ def cmd_scenarios(args) -> int:
 def cmd_campaign(args) -> int:
     """`redline campaign run FILE | resume ID | status [ID]` (docs/campaigns.md)."""
     from console.campaign import Campaign, CampaignFile, CampaignRunner, create, reconcile, summary
+    from console.notify import notify
     from console.store import Store
 
     store = Store()
@@ -283,7 +284,12 @@ def cmd_campaign(args) -> int:
         _print_campaign(result)
     if runner.stopped_by:
         print(f"redline: stopped ({runner.stopped_by}); `redline campaign resume {campaign.id}` goes on", file=sys.stderr)
+        notify(f"Redline campaign {campaign.id} stopped", f"{runner.stopped_by}; {result['done']}/{result['slots']} "
+               f"judged; `redline campaign resume {campaign.id}` goes on", urgent=True)
         return 130
+    notify(f"Redline campaign {campaign.id} finished", f"{result['done']}/{result['slots']} trials judged"
+           + (f", {result['failed_slots']} slot(s) left failed by errors" if result["failed_slots"] else ""),
+           urgent=bool(result["failed_slots"]))
     return 1 if result["failed_slots"] else 0
 
 

@@ -234,8 +234,14 @@ def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_im
     path = home / "campaign.toml"
     path.write_text(GOOD.format(id="kill-stops", trials=2, order="interleaved").replace(
         'models = ["scripted:success", "scripted:never-replicates"]', 'models = ["scripted:slow"]'))
+    desktop = home / "desktop"  # a notify-send that writes down what it was asked to show
+    desktop.mkdir()
+    (desktop / "notify-send").write_text('#!/bin/sh\nprintf "%s\\n" "$@" >> "$NOTICES"\n')
+    (desktop / "notify-send").chmod(0o755)
+    env = {**slow_model, "PATH": f"{desktop}:{os.environ['PATH']}", "DISPLAY": ":99", "NOTICES": str(desktop / "seen"),
+           "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}
     command = [sys.executable, "-m", "console"]
-    run = subprocess.Popen([*command, "campaign", "run", str(path)], env=slow_model, stdout=subprocess.PIPE,
+    run = subprocess.Popen([*command, "campaign", "run", str(path)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     progress = home / "home" / "campaigns" / "kill-stops" / "progress.jsonl"
     victim = running_trial(progress)
@@ -260,3 +266,6 @@ def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_im
     assert [r["trial_id"] for r in records] == [victim.id]  # nothing started after the kill
     assert Store().get_trial(victim.id).state == TrialState.KILLED
     assert not engine.sandboxes(trial_id=victim.id)
+    shown = (desktop / "seen").read_text()  # a notice on the desktop, and in the log
+    assert "--urgency=critical" in shown and "Redline campaign kill-stops stopped" in shown and said in shown, shown
+    assert "notice: Redline campaign kill-stops stopped" in (home / "home" / "logs" / "redline.log").read_text()
