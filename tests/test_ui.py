@@ -626,7 +626,17 @@ def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, 
     path = home / "c.toml"
     path.write_text('id = "grid"\nmodels = ["scripted:success", "scripted:never-replicates"]\n'
                     'scenarios = ["test-self-replication"]\ntrials = 3\n')
-    Campaign.plan(CampaignFile.read(path), path).save()
+    from console.store import Store
+
+    campaign = Campaign.plan(CampaignFile.read(path), path)
+    with Store() as store:  # one experiment per cell, as `campaign run` records them, and a trial of each
+        for model in ("scripted:success", "scripted:never-replicates"):
+            experiment = store.create_experiment(model, "test-self-replication", 3, config={"campaign": "grid"})
+            campaign.experiments[Campaign.cell(model, "test-self-replication")] = experiment.id
+            store.create_trial(experiment.id, 0, scripted=True)
+        store.create_trial(store.create_experiment("scripted:success", "test-self-replication", 1, {}).id, 0,
+                           scripted=True)  # not of the campaign
+    campaign.save()
     window = open_window()
     window.docks["campaigns"].show()
     window.docks["campaigns"].raise_()
@@ -635,6 +645,19 @@ def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, 
     rows = {cells.item(r, 1).text(): [cells.item(r, c).text() for c in range(cells.columnCount())]
             for r in range(cells.rowCount())}
     assert rows["scripted:success"][:7] == ["grid", "scripted:success", "test-self-replication", "0/3", "0", "3", "-"]
+
+    # a cell opens its trials: the Trials table shows that cell's only, until "Show all trials"
+    row = next(r for r in range(cells.rowCount()) if cells.item(r, 1).text() == "scripted:success")
+    cells.doubleClicked.emit(cells.model().index(row, 2))
+    trials = window.trials_panel.trials
+    wanted = campaign.experiments["scripted:success x test-self-replication"]
+
+    def shown():
+        return [trials.item(r, 0).data(Qt.UserRole) for r in range(trials.rowCount()) if not trials.isRowHidden(r)]
+    qtbot.waitUntil(lambda: trials.rowCount() == 3 and shown() == [wanted], timeout=10_000)
+    assert "campaign grid: scripted:success x test-self-replication" in window.trials_panel.filter_note.text()
+    window.trials_panel.show_all_button.click()
+    assert len(shown()) == 3 and window.trials_panel.filter_note.isHidden()
 
 
 def test_the_charts_say_when_the_sandbox_is_gone(open_window, qtbot):

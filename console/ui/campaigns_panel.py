@@ -4,7 +4,7 @@ interruptions and the time left. Read from the records in a worker, refreshed by
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTableWidgetItem, QVBoxLayout, QWidget
 
 from console.ui.theme import icon
@@ -12,19 +12,22 @@ from console.ui.trials_panel import records_table
 
 
 class CampaignsPanel(QWidget):
-    """Emits refreshRequested(); show_campaigns(summaries) renders console.campaign.summary()s."""
+    """Emits refreshRequested() and cellOpened(experiment id, "campaign: model x scenario") on a double-click;
+    show_campaigns(summaries) renders console.campaign.summary()s."""
 
     refreshRequested = Signal()
+    cellOpened = Signal(str, str)
     COLUMNS = ("Campaign", "Model", "Scenario", "Judged", "Running", "Queued", "Replicated", "95% Wilson",
                "Errors", "Interrupted", "Time left")
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.cells = records_table(self.COLUMNS)
+        self.cells.doubleClicked.connect(self._open_cell)
         self.refresh_button = QPushButton(icon("refresh"), "Refresh")
         self.refresh_button.clicked.connect(self.refreshRequested)
         self.note = QLabel("Run one with `redline campaign run FILE`; after any stop, `redline campaign resume ID` "
-                           "runs what is missing (docs/campaigns.md).", wordWrap=True)
+                           "runs what is missing (docs/campaigns.md). Double-click a cell for its trials.", wordWrap=True)
         self.note.setProperty("role", "hint")
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
@@ -50,4 +53,12 @@ class CampaignsPanel(QWidget):
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setToolTip(cell["stopped"] or "")
+                item.setData(Qt.UserRole, (cell["experiment_id"], f"campaign {summary['campaign_id']}: "
+                                                                  f"{cell['model']} x {cell['scenario']}"))
                 self.cells.setItem(row, column, item)
+
+    def _open_cell(self, index) -> None:
+        item = self.cells.item(index.row(), 0)
+        experiment_id, label = item.data(Qt.UserRole) if item is not None else (None, "")
+        if experiment_id:
+            self.cellOpened.emit(experiment_id, label)

@@ -219,6 +219,7 @@ class MainWindow(QMainWindow):
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
         self.campaigns_panel.refreshRequested.connect(self.refresh_campaigns)
+        self.campaigns_panel.cellOpened.connect(self.open_campaign_cell)
         self.docks["campaigns"].visibilityChanged.connect(lambda shown: shown and self.refresh_campaigns())
         self.trials_panel.replayRequested.connect(self.open_replay)
         self.trials_panel.rateRequested.connect(self.rate_trial)
@@ -290,6 +291,16 @@ class MainWindow(QMainWindow):
             dock.show()
         dock.toggleViewAction().setEnabled(not central)
         self.trials_central_action.setChecked(central)
+
+    def open_campaign_cell(self, experiment_id: str, label: str) -> None:
+        """A campaign cell's trials, in the Trials table (wherever it is shown); a trial opens its replay."""
+        self.trials_panel.show_experiment(experiment_id, label)
+        if self.central_tabs.indexOf(self.trials_panel) >= 0:
+            self.central_tabs.setCurrentWidget(self.trials_panel)
+        else:
+            self.docks["trials"].show()
+            self.docks["trials"].raise_()
+        self.refresh_trials()
 
     def reset_layout(self) -> None:
         self.set_trials_central(False)

@@ -85,6 +85,15 @@ class TrialsPanel(QWidget):
                            "and error trials are not counted. Double-click a trial to replay it.",
                            wordWrap=True)
         self.note.setProperty("role", "hint")
+        self.experiment_filter: str | None = None  # show only this experiment's trials (a campaign's cell)
+        self.filter_note = QLabel()
+        self.show_all_button = QPushButton("Show all trials")
+        self.show_all_button.clicked.connect(lambda: self.show_experiment(None))
+        filter_row = QHBoxLayout()
+        filter_row.addWidget(self.filter_note, 1)
+        filter_row.addWidget(self.show_all_button)
+        self.filter_note.hide()
+        self.show_all_button.hide()
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.replay_button)
@@ -100,8 +109,23 @@ class TrialsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(buttons)
+        layout.addLayout(filter_row)
         layout.addWidget(split, 1)
         layout.addWidget(self.note)
+
+    def show_experiment(self, experiment_id: str | None, label: str = "") -> None:
+        """Only the trials of one experiment (a campaign's cell, opened from the Campaigns grid); None: all."""
+        self.experiment_filter = experiment_id
+        self.filter_note.setText(f"Showing the trials of {label or experiment_id}." if experiment_id else "")
+        self.filter_note.setVisible(experiment_id is not None)
+        self.show_all_button.setVisible(experiment_id is not None)
+        self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        for row in range(self.trials.rowCount()):
+            item = self.trials.item(row, 0)
+            self.trials.setRowHidden(row, self.experiment_filter is not None and item is not None
+                                     and item.data(Qt.UserRole) != self.experiment_filter)
 
     def selected_trial_id(self) -> str | None:
         rows = self.trials.selectionModel().selectedRows()
@@ -140,6 +164,7 @@ class TrialsPanel(QWidget):
             if trial.id == selected:
                 self.trials.selectRow(row)
         self.trials.setSortingEnabled(True)
+        self._apply_filter()
         groups = group_trials(trials)
         self.groups.setRowCount(len(groups))
         for row, group in enumerate(groups):
