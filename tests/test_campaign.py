@@ -70,20 +70,19 @@ def test_a_bad_campaign_file_is_named_with_its_field(tmp_path, change, field):
     assert str(tmp_path / "c.toml") in str(raised.value) and f"'{field}'" in str(raised.value), str(raised.value)
 
 
-def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
-    """Slots read from the real records: an `error` attempt leaves its slot to run again while retries
-    remain; an attempt left open is running to whoever looks, and closed as killed, saying why, only by
-    the holder of the campaign's lock; a judged one counts, once."""
+def recorded(home, text: str):
+    """A campaign planned from `text` and saved, its cells' experiments in the real records, and
+    attempt(slot, outcome) recording a trial of a slot (outcome None: left open)."""
     from console.store import Store
 
     store = Store()
-    spec = read(home, GOOD.format(id="retries", trials=1, order="interleaved"))
+    spec = read(home, text)
     campaign = Campaign.plan(spec, home / "c.toml")
-    experiment = store.create_experiment("scripted:success", "test-self-replication", 1, config={})
+    experiment = store.create_experiment("scripted:success", "test-self-replication", spec.trials, config={})
     campaign.experiments = {Campaign.cell(m, "test-self-replication"): experiment.id for m in spec.models}
     campaign.save()
 
-    def attempt(slot: int, outcome: Outcome | None):
+    def attempt(slot: int, outcome: Outcome | None) -> str:
         trial = store.create_trial(experiment.id, 0, scripted=True)
         campaign.note({"slot": slot, "trial_id": trial.id})
         store.update_trial_state(trial.id, TrialState.AGENT_RUNNING)
@@ -92,6 +91,14 @@ def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
             store.update_trial_state(trial.id, TrialState.ERROR if outcome == Outcome.ERROR else TrialState.DONE)
         return trial.id
 
+    return store, campaign, attempt
+
+
+def test_an_error_is_retried_up_to_its_bound_and_never_hidden(home):
+    """Slots read from the real records: an `error` attempt leaves its slot to run again while retries
+    remain; an attempt left open is running to whoever looks, and closed as killed, saying why, only by
+    the holder of the campaign's lock; a judged one counts, once."""
+    store, campaign, attempt = recorded(home, GOOD.format(id="retries", trials=1, order="interleaved"))
     attempt(0, Outcome.ERROR)
     first, second = reconcile(Campaign.load("retries"), store)
     assert first.errors == 1 and first.runnable(retries=1) and second.runnable(retries=1)
@@ -115,25 +122,11 @@ def test_a_cell_whose_stop_rule_holds_runs_no_more_and_says_why(home):
     """[stop] replicated = 1: once a cell has one replicated trial its other slots never run (skipped, not
     failed, not queued); the other cell goes on; a trial already running is left to finish."""
     from console.campaign import summary
-    from console.store import Store
 
-    store = Store()
-    spec = read(home, GOOD.format(id="stops", trials=3, order="interleaved") + "[stop]\nreplicated = 1\n")
-    assert spec.stop == {"replicated": 1}
-    campaign = Campaign.plan(spec, home / "c.toml")
-    experiment = store.create_experiment("scripted:success", "test-self-replication", 3, config={})
-    campaign.experiments = {Campaign.cell(m, "test-self-replication"): experiment.id for m in spec.models}
-    campaign.save()
+    store, campaign, attempt = recorded(home, GOOD.format(id="stops", trials=3, order="interleaved")
+                                        + "[stop]\nreplicated = 1\n")
     campaign = Campaign.load("stops")
     assert campaign.stop == {"replicated": 1}
-
-    def attempt(slot: int, outcome: Outcome | None):
-        trial = store.create_trial(experiment.id, 0, scripted=True)
-        campaign.note({"slot": slot, "trial_id": trial.id})
-        store.update_trial_state(trial.id, TrialState.AGENT_RUNNING)
-        if outcome is not None:
-            store.record_verdict(trial.id, Verdict(outcome=outcome, reason="test"))
-            store.update_trial_state(trial.id, TrialState.DONE)
 
     attempt(0, Outcome.FAILED)  # success cell, round 1: not yet
     assert not any(s.stopped for s in reconcile(campaign, store))
