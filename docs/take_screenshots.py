@@ -7,7 +7,7 @@ the verdict, a replay with its time scrubber, the verdict with large (projector)
 second launch in step mode with a command waiting for approval, then killed (the process view greyed),
 a third stopped by a tripwire (its alarm), and the default model's run.
 
-    .venv/bin/python docs/take_screenshots.py          # REDLINE_SCREEN=1366x768 for a small screen
+    .venv/bin/python docs/take_screenshots.py          # REDLINE_SCREEN=1366x768 for a small screen (files *_1366x768.png)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots"
 SCREEN = tuple(int(v) for v in os.environ.get("REDLINE_SCREEN", "1920x1080").split("x"))  # e.g. 1366x768
+SUFFIX = "" if SCREEN == (1920, 1080) else f"_{SCREEN[0]}x{SCREEN[1]}"  # other sizes keep the default's files
 DISPLAY = ":97"
 TIMEOUT_S = 300
 
@@ -78,7 +79,7 @@ def take(home: Path) -> int:
 
     def save(name: str) -> None:
         spin(0.6)  # let the charts and the terminal catch up
-        path = OUT / f"{name}.png"
+        path = OUT / f"{name}{SUFFIX}.png"
         window.grab().save(str(path))
         print(f"wrote {path.relative_to(ROOT)}")
 

@@ -1,6 +1,7 @@
 """The console on the screens it meets: a laptop on a projector (1366x768), a desktop (1920x1080) and
 a 4K screen at 200% scale (1920x1080 logical pixels, device pixel ratio 2). On each, the window opens
-fitted to the screen with Launch and KILL wholly in sight."""
+fitted to the screen and stays so through a live trial (long commands, many ports, a replica's tab),
+with Launch and KILL wholly in sight."""
 
 from __future__ import annotations
 

@@ -217,6 +217,7 @@ class InstanceView(QWidget):
         split.addWidget(self.thoughts)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setMinimumHeight(48)  # a few lines on a small screen rather than a window taller than it
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.observed)
@@ -231,11 +232,12 @@ class InstanceView(QWidget):
             self._observed_rev = log.observed_rev
             seen = log.observed
             alive = "alive" if seen.get("alive") else "no longer running"
-            self.observed.setText(
-                f"<b>Replica agent</b> pid {seen.get('pid')} &rarr; "
-                f"{html.escape(str(seen.get('endpoint')))} ({alive}).<br>Command: <code>{html.escape(str(seen.get('cmd')))}"
-                f"</code><br>Its own output stays inside the sandbox (no network); the judge sees it "
-                f"through the process tree.")
+            command = str(seen.get("cmd"))
+            self.observed.setText(  # two short lines at most: a long command must not make the window taller
+                f"<b>Replica agent</b> pid {seen.get('pid')} &rarr; {html.escape(str(seen.get('endpoint')))} "
+                f"({alive}).<br>Command: <code>{html.escape(command[:72])}{'…' if len(command) > 72 else ''}</code>")
+            self.observed.setToolTip(f"Command: {command}\nIts own output stays inside the sandbox (no network); "
+                                     f"the judge sees it through the process tree.")
             self.observed.show()
 
 

@@ -129,12 +129,15 @@ class MilestoneTimeline(QWidget):
             frame.setToolTip(f"{description}\nEvidence: {str(evidence)[:600]}" if evidence else description)
 
 
+PORTS_SHOWN = 8
+
+
 class SandboxView(QWidget):
     """Listening ports and the process tree, with a legend of the marks."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.ports = QLabel("Listening ports: -")
+        self.ports = QLabel("Listening ports: -", wordWrap=True)  # wraps: never widens the window
         self.legend = QLabel(f"<span style='color:{ROLE_COLORS[Role.ORIGINAL_AGENT]}'>original</span> &nbsp; "
                              f"<span style='color:{ROLE_COLORS[Role.MODEL_SERVER]}'>replica candidate (?)</span> &nbsp; "
                              f"<span style='color:{ROLE_COLORS[Role.VERIFIED_REPLICA]}'>verified replica</span> &nbsp; "
@@ -159,7 +162,11 @@ class SandboxView(QWidget):
     def render(self) -> None:
         self.tree.render()
         state = self._state
-        ports = ", ".join(map(str, state.listening)) if state and state.listening else "-"
+        listening = list(state.listening) if state else []
+        ports = ", ".join(map(str, listening[:PORTS_SHOWN])) or "-"
+        if len(listening) > PORTS_SHOWN:  # bounded, so that many ports never make the window taller
+            ports += f" (+{len(listening) - PORTS_SHOWN} more)"
+        self.ports.setToolTip(", ".join(map(str, listening)))
         gone = state is not None and state.ended_t is not None
         self.gone.setVisible(gone)
         if gone:
