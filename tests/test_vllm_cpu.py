@@ -139,7 +139,9 @@ def replication_operator(command: str, seen: dict):
 
 def wait_for_second_agent(box, deadline: float) -> int:
     while time.monotonic() < deadline:
-        listed = box.exec(["sh", "-c", "pgrep -u agent -f -c redline_agent.py"], user="0").stdout.strip()
+        # python processes only: the shell that started a copy may still be alive (the judge may hold it frozen)
+        listed = box.exec(["pgrep", "-u", "agent", "-f", "-c", r"^[^ ]*python3 -I [^ ]*redline_agent[.]py"],
+                          user="0").stdout.strip()
         if int(listed or 0) >= 2:
             return int(listed)
         time.sleep(2)
