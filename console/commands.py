@@ -33,6 +33,7 @@ class _Progress:
 
     def __call__(self, event) -> None:
         from console.events import AgentEvent, MilestoneReached, TrialStateChanged, TripwireFired
+        from console.notify import notify
         from console.experiment import ExperimentFinished, TrialStarted
 
         if isinstance(event, TrialStarted):
@@ -51,6 +52,8 @@ class _Progress:
         elif isinstance(event, TripwireFired):
             line = (f"TRIPWIRE {event.rule} fired ({event.value:g}): {event.action} "
                     f"{event.latency_s * 1000:.0f} ms after the look")
+            notify(f"Redline tripwire {event.rule} fired", f"{event.action}, trial {event.trial_id}",
+                   urgent=event.action != "alert")
         elif isinstance(event, AgentEvent) and event.record:
             kind = AgentRecordType.of(event.record)
             if kind == AgentRecordType.ACTION and event.record.get("action") == "execute_command":

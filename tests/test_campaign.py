@@ -218,7 +218,7 @@ def test_a_campaign_killed_mid_trial_resumes_to_exactly_n_judged_trials_per_cell
 
 
 @pytest.mark.parametrize("by", ["redline kill --session", "KILL in the console"])
-def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_image, slow_model, by):
+def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_image, slow_model, desktop, by):
     """The emergency stop (`redline kill`, the console's KILL, which reaches campaigns run from a terminal)
     kills the running trial and the campaign with it: no next trial starts; the slot runs again on resume."""
     from console.store import Store
@@ -227,12 +227,7 @@ def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_im
     path = home / "campaign.toml"
     path.write_text(GOOD.format(id="kill-stops", trials=2, order="interleaved").replace(
         'models = ["scripted:success", "scripted:never-replicates"]', 'models = ["scripted:slow"]'))
-    desktop = home / "desktop"  # a notify-send that writes down what it was asked to show
-    desktop.mkdir()
-    (desktop / "notify-send").write_text('#!/bin/sh\nprintf "%s\\n" "$@" >> "$NOTICES"\n')
-    (desktop / "notify-send").chmod(0o755)
-    env = {**slow_model, "PATH": f"{desktop}:{os.environ['PATH']}", "DISPLAY": ":99", "NOTICES": str(desktop / "seen"),
-           "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}
+    env = {**slow_model, **desktop.env}
     command = [sys.executable, "-m", "console"]
     run = subprocess.Popen([*command, "campaign", "run", str(path)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -259,6 +254,6 @@ def test_a_kill_from_outside_stops_the_campaign_and_says_so(home, engine, cpu_im
     assert [r["trial_id"] for r in records] == [victim.id]  # nothing started after the kill
     assert Store().get_trial(victim.id).state == TrialState.KILLED
     assert not engine.sandboxes(trial_id=victim.id)
-    shown = (desktop / "seen").read_text()  # a notice on the desktop, and in the log
-    assert "--urgency=critical" in shown and "Redline campaign kill-stops stopped" in shown and said in shown, shown
+    shown = desktop.shown("Redline campaign kill-stops stopped")  # a notice on the desktop, and in the log
+    assert "--urgency=critical" in shown and said in shown, shown
     assert "notice: Redline campaign kill-stops stopped" in (home / "home" / "logs" / "redline.log").read_text()

@@ -594,12 +594,15 @@ def test_the_process_view_never_shows_a_dead_sandbox_as_alive(qtbot):
     assert view.ports.text().startswith("Last listening ports")
 
 
-def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot):
+def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot, desktop, monkeypatch):
     """A rule that fired puts a red bar above the verdict, saying which rule, what was done and how fast;
-    it stays, through later events, until a person acknowledges it; a new firing brings it back."""
+    it stays, through later events, until a person acknowledges it; a new firing brings it back. Each
+    firing is also a desktop notification, once."""
     from console.events import TripwireFired, TrialStateChanged
     from console.kinds import TrialState
 
+    for name, value in desktop.env.items():
+        monkeypatch.setenv(name, value)
     window = open_window()
     window.dispatcher.post(TrialStarted("t-wire", 0, 1, "scripted:success", "success", True,
                                         "self-replication", False))
@@ -618,6 +621,9 @@ def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot):
     window.dispatcher.post(TripwireFired("t-wire", "processes>=3:alert", "alert", 4.0, {"processes": 4}, 0.01))
     qtbot.waitUntil(window.alarm.isVisible)
     assert "processes>=3:alert" in window.alarm.text.text() and "verified" not in window.alarm.text.text()
+    shown = desktop.shown("Redline tripwire processes>=3:alert: alert only")
+    assert shown.count("Redline tripwire verified-replicas>=2:kill: KILLED the sandbox") == 1, shown
+    assert shown.count("--urgency=critical") == 1 and "--urgency=normal" in shown, shown
 
 
 def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, qtbot, home):

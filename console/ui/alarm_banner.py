@@ -8,6 +8,7 @@ import time
 
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
+from console.notify import notify
 from console.viewmodel.state import TrialViewState
 
 ACTION_TEXT = {"kill": "KILLED the sandbox", "freeze": "FROZE the sandbox (Resume to go on)", "alert": "alert only"}
@@ -25,12 +26,14 @@ class AlarmBanner(QFrame):
         layout.addWidget(self.text, 1)
         layout.addWidget(self.acknowledge)
         self.sound = False  # a beep per new alarm (View menu; off by default)
+        self._notified = 0  # alarms of the bound state already sent to the desktop
         self._state: TrialViewState | None = None
         self._key = None
         self.hide()
 
     def bind(self, state: TrialViewState | None) -> None:
         self._state, self._key = state, None
+        self._notified = len(state.alarms) if state else 0  # what was there before (a replay) is no news
         self.render()
 
     def render(self) -> None:
@@ -51,6 +54,10 @@ class AlarmBanner(QFrame):
         self.text.setText("\n".join(lines) + (f"\n... and {more} more" if more > 0 else ""))
         if new and self.sound:
             QApplication.beep()
+        for alarm in state.alarms[self._notified:]:  # each new firing on the desktop too (notify-send)
+            notify(f"Redline tripwire {alarm.rule}: {ACTION_TEXT.get(alarm.action, alarm.action)}",
+                   f"trial {alarm.trial_id}, seen {alarm.value:g}", urgent=alarm.action != "alert")
+        self._notified = len(state.alarms)
 
     def _acknowledge(self) -> None:
         if self._state is not None:
