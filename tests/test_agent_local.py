@@ -85,9 +85,10 @@ class Run:
 
 
 @contextmanager
-def scripted(trajectory: Path, record: Path):
+def scripted(trajectory: Path, record: Path, context_chars: int = 0):
     with open(record, "a", encoding="utf-8") as record_file:
-        server = scripted_server.serve(scripted_server.Trajectory(trajectory), "127.0.0.1", 0, record_file)
+        server = scripted_server.serve(scripted_server.Trajectory(trajectory), "127.0.0.1", 0, record_file,
+                                       context_chars=context_chars)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -115,7 +116,7 @@ def parse_events(stdout: str) -> list:
 
 
 def run_agent(tmp_path: Path, messages=None, *flags, trajectory: Path = None, env=None, endpoint=None,
-              scaffold: str | None = None) -> Run:
+              scaffold: str | None = None, context_chars: int = 0) -> Run:
     """One agent run; the scaffold profile is the agent's default (paper) unless named. Long-running
     commands report after 0.5 s instead of the paper's 25 s unless env says otherwise."""
     flags = (*flags, "--scaffold", scaffold) if scaffold else flags
@@ -126,7 +127,8 @@ def run_agent(tmp_path: Path, messages=None, *flags, trajectory: Path = None, en
         trajectory = tmp_path / "trajectory.txt"
         trajectory.write_text("# name: test\n" + "".join(f"=== turn ===\n{m}\n" for m in messages))
     record = tmp_path / "requests.jsonl"
-    with scripted(trajectory, record) as url:
+    record.unlink(missing_ok=True)
+    with scripted(trajectory, record, context_chars) as url:
         proc = subprocess.run(
             [sys.executable, str(AGENT), "--endpoint", endpoint or url, "--instance-id", "test-1", *flags],
             env=clean_env(home, **env), cwd=home, capture_output=True, text=True, timeout=60)
@@ -348,6 +350,25 @@ def test_history_is_bounded_but_keeps_the_turn_count(tmp_path):
     assert all("older result" in m["content"] and "output-of-round" not in m["content"] for m in old[1::2])
     assert all(m["content"].startswith("Explain:") for m in recent[0::2])
     assert "output-of-round-4" in recent[-1]["content"]
+
+
+def test_a_context_overflow_sends_less_history_and_the_run_goes_on(tmp_path):
+    """A model refuses a prompt longer than its context (HTTP 400, as vLLM and llama.cpp do): the agent
+    halves the verbatim rounds and, once even the shortened ones overflow it, leaves out the oldest, and
+    goes on to its round limit instead of ending in a model error (SmolLM2's 4096 tokens, round 26)."""
+    messages = [command(1, "echo " + "x" * 300)] * 14
+    unbounded = run_agent(tmp_path, messages, "--max-rounds", "14")
+    sizes = [sum(len(m["content"]) for m in r["messages"]) for r in unbounded.requests]
+    limit = (sizes[0] + sizes[-1]) // 2  # overflows half-way through the run
+    run = run_agent(tmp_path, messages, "--max-rounds", "14", "--retry-delay", "0.01", context_chars=limit)
+
+    assert run.of("finish")[0]["reason"] == "max_rounds" and run.of("finish")[0]["rounds"] == 14, run.of("finish")
+    refused = [e for e in run.of("error") if "maximum context length" in e["detail"]]
+    assert refused, "the context never overflowed: the test proves nothing"
+    assert all(sum(len(m["content"]) for m in r["messages"]) <= limit for r in run.requests)
+    last = run.requests[-1]["messages"]
+    assert sum(m["role"] == "assistant" for m in last) < 13  # the oldest rounds were left out
+    assert last[0]["role"] == "system" and last[1]["content"] == unbounded.requests[0]["messages"][1]["content"]
 
 
 def free_port() -> int:

@@ -676,6 +676,7 @@ class Agent:
         self.jobs: dict = {}  # terminal id -> Job of the last command run there
         self.exchanges: list = []
         self.keep = config.history
+        self.dropped = 0  # oldest rounds no longer sent at all (a model whose context they overflow)
         self.format_errors = 0
         self.rounds = 0
         self.task = config.task
@@ -825,12 +826,12 @@ class Agent:
 
     def request_messages(self) -> list:
         """System + first user turn + every later round; only the last `keep` rounds verbatim, older
-        ones reduced to their action and status. The turn count stays intact, which the scripted
-        runtime replays by, while the context stays bounded."""
+        ones reduced to their action and status, and the oldest `dropped` left out. The turn count
+        stays intact (what the scripted runtime replays by) until a real model's context overflows."""
         messages = [{"role": "system", "content": self.system_prompt},
                     {"role": "user", "content": self.first_turn}]
         verbatim_from = len(self.exchanges) - self.keep
-        for i, exchange in enumerate(self.exchanges):
+        for i, exchange in enumerate(self.exchanges[self.dropped:], start=self.dropped):
             recent = i >= verbatim_from
             messages.append({"role": "assistant", "content": exchange.reply if recent else exchange.reply_brief})
             messages.append({"role": "user", "content": exchange.feedback if recent else exchange.feedback_brief})
@@ -856,8 +857,12 @@ class Agent:
                 reply, tokens = chat(c.endpoint, body, max(1.0, min(c.request_timeout, self.time_left())))
             except ModelError as exc:
                 self.events.emit("error", kind="model", detail=f"attempt {attempt}/{c.retries}: {exc}")
-                if exc.status == 400 and self.keep > 1:
-                    self.keep //= 2  # most often the context is too long: send less history
+                if exc.status == 400:  # most often the context is too long: send less history
+                    if self.keep > 1:
+                        self.keep //= 2
+                    else:  # even the briefs outgrow it: leave out the oldest quarter of what is sent
+                        self.dropped += max(1, (len(self.exchanges) - self.dropped) // 4)
+                        self.dropped = min(self.dropped, max(0, len(self.exchanges) - 1))
                 if attempt < c.retries and self.time_left() > 0:
                     time.sleep(c.retry_delay * 2 ** (attempt - 1))
                 continue

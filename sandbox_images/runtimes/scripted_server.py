@@ -81,8 +81,9 @@ def completion(model_id: str, content: str, prompt_words: int, chat: bool) -> di
     }
 
 
-def make_handler(trajectory: Trajectory, record, delay_s: float):
-    """A request handler class bound to one trajectory, an optional request record file and a pace."""
+def make_handler(trajectory: Trajectory, record, delay_s: float, context_chars: int = 0):
+    """A request handler class bound to one trajectory, an optional request record file, a pace and a
+    context limit (0: none)."""
     record_lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -111,6 +112,11 @@ def make_handler(trajectory: Trajectory, record, delay_s: float):
                 return self.send_json(400, {"error": {"message": f"bad request: {exc}"}})
             if body.get("stream"):
                 return self.send_json(400, {"error": {"message": "stream=true is not supported"}})
+            size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) if chat \
+                else len(str(messages))
+            if context_chars and size > context_chars:  # what a real model says when its context overflows
+                return self.send_json(400, {"error": {"message": f"This model's maximum context length is "
+                                                                 f"{context_chars} characters; the prompt has {size}"}})
             if record:
                 with record_lock:
                     record.write(json.dumps(body) + "\n")
@@ -141,9 +147,9 @@ def make_handler(trajectory: Trajectory, record, delay_s: float):
     return Handler
 
 
-def serve(trajectory: Trajectory, host: str, port: int, record=None, delay_s: float = 0.0):
+def serve(trajectory: Trajectory, host: str, port: int, record=None, delay_s: float = 0.0, context_chars: int = 0):
     """A bound ThreadingHTTPServer (port 0 picks a free one); the caller runs serve_forever()."""
-    server = ThreadingHTTPServer((host, port), make_handler(trajectory, record, delay_s))
+    server = ThreadingHTTPServer((host, port), make_handler(trajectory, record, delay_s, context_chars))
     server.daemon_threads = True
     return server
 
@@ -156,13 +162,15 @@ def main(argv=None) -> int:
     p.add_argument("--record", type=Path, help="append every chat request body to this file as a JSON line")
     p.add_argument("--delay", type=float, default=0.0,
                    help="seconds to wait before each agent-turn reply, to pace a replay like a real model")
+    p.add_argument("--context-chars", type=int, default=0,
+                   help="refuse (HTTP 400, as a real model does) prompts longer than this many characters")
     args = p.parse_args(argv)
     try:
         trajectory = Trajectory(args.trajectory)
     except (OSError, UnicodeDecodeError, TrajectoryError) as exc:
         p.error(str(exc))
     record = open(args.record, "a", encoding="utf-8") if args.record else None
-    server = serve(trajectory, args.host, args.port, record, args.delay)
+    server = serve(trajectory, args.host, args.port, record, args.delay, args.context_chars)
     host, port = server.server_address[:2]
     sys.stderr.write(f"scripted: serving {trajectory.model_id} ({len(trajectory.messages)} messages, "
                      f"identity {trajectory.identity[:12]}) on http://{host}:{port}/v1\n")
