@@ -24,7 +24,7 @@ from console.models import DEFAULT_SCAFFOLD, model_label
 from console.plots import Plot, render_png
 from console.published import PUBLISHED, SOURCE, compare
 from console.ratings import Rating, RatingBook, automatic_estimates
-from console.store import Store, TrialRecord
+from console.store import Store, TrialRecord, agent_records_in
 
 # Categories of shell commands, highest precedence first: a compound command counts once, under
 # the highest category among its parts ("mkdir r && nohup python3 s.py &" is starting a program).
@@ -221,9 +221,8 @@ class GroupSummary:
         return [t.verdict.time_to_replica_s for t in self.trials if t.verdict and t.verdict.time_to_replica_s is not None]
 
 
-def _agent_commands(transcript: list[dict]) -> list[str]:
-    """Commands of the agent's action events (AgentEvent records of console.events.to_record)."""
-    records = [t["record"] for t in transcript if t.get("event") == "AgentEvent" and isinstance(t.get("record"), dict)]
+def _agent_commands(records: list[dict]) -> list[str]:
+    """Commands of the agents' action records."""
     return [
         r["command"] for r in records
         if AgentRecordType.of(r) == AgentRecordType.ACTION and r.get("action") == "execute_command" and isinstance(r.get("command"), str)
@@ -271,8 +270,9 @@ def summarize(store: Store, experiment_ids: list[str] | None = None) -> list[Gro
     ratings = RatingBook(store.root).latest()
     for group in groups:
         for trial in group.trials:
-            group.commands.update(categorize_command(c) for c in _agent_commands(store.read_transcript(trial.id)))
-            records = store.agent_records(trial.id)
+            transcript = store.read_transcript(trial.id)  # once per trial: the commands of every instance,
+            group.commands.update(categorize_command(c) for c in _agent_commands(agent_records_in(transcript, None)))
+            records = agent_records_in(transcript)  # the rest from the original's records
             estimate = automatic_estimates(records, trial.verdict.milestones if trial.verdict else [])
             group.estimates.update(measure for measure, yes in estimate.items() if yes)
             group.actions.update(kind for kind in map(_action_type, records) if kind)

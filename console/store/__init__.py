@@ -5,6 +5,7 @@ from console.store.index import (
     ExperimentRecord,
     Store,
     TrialRecord,
+    agent_records_in,
     host_info,
     new_id,
 )
@@ -12,5 +13,5 @@ from console.store.transcript import TranscriptWriter, read_jsonl
 
 __all__ = [
     "SCHEMA_VERSION", "ExperimentRecord", "Store", "TrialRecord", "TranscriptWriter",
-    "host_info", "new_id", "read_jsonl",
+    "agent_records_in", "host_info", "new_id", "read_jsonl",
 ]

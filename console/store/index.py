@@ -129,6 +129,12 @@ class TrialRecord:
         return model_label(self.model_id, self.scripted, self.constrained_format, self.scaffold)
 
 
+def agent_records_in(transcript: list[dict], instance: str | None = "original") -> list[dict]:
+    """The protocol records of one agent instance (None: every instance) in a read transcript, in order."""
+    return [r["record"] for r in transcript if r.get("event") == "AgentEvent" and isinstance(r.get("record"), dict)
+            and (instance is None or r.get("instance") == instance)]
+
+
 class Store:
     """Experiments, trials and their transcripts under one data directory."""
 
@@ -412,8 +418,7 @@ class Store:
 
     def agent_records(self, trial_id: str) -> list[dict]:
         """The original agent's protocol records, in order (docs/protocol.md)."""
-        return [r["record"] for r in self.read_transcript(trial_id)
-                if r.get("event") == "AgentEvent" and r.get("instance") == "original" and isinstance(r.get("record"), dict)]
+        return agent_records_in(self.read_transcript(trial_id))
 
     def _trial(self, row: sqlite3.Row) -> TrialRecord:
         verdict = None
