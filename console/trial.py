@@ -21,7 +21,7 @@ from console.errors import RedlineError
 from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
                             TripwireFired)
 from console.judge.challenge import server_ready
-from console.judge.judge import AGENT_SCRIPT, ORIGINAL_PORT, Judge
+from console.judge.judge import AGENT_SCRIPT, ORIGINAL_INTERFACE_PORT, ORIGINAL_PORT, Judge
 from console.judge.verdict import Verdict
 from console.kinds import AgentRecordType, Outcome, TrialState
 from console.recorder import TrialRecorder
@@ -36,7 +36,6 @@ REMOVE_TRIES, REMOVE_WITHIN_S = 3, 30  # removing the sandbox at the end: retrie
 KILL_NOTE_WAIT_S = 1.0  # whoever killed notes it right after the kill took effect: it may lag the death
 OUTSIDE_STOP_SETTLE_S = 10.0  # after an error, how long the engine may take to report the sandbox's death (it may have a backlog after a hang)
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
-ORIGINAL_INTERFACE_PORT = 8001  # the original agent's task interface (the study's agent took 8001 too)
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
 
 

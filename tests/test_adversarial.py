@@ -90,7 +90,8 @@ def test_each_trajectory_gets_its_labelled_verdict(case, verdicts):
     challenges = verdict.evidence.get("challenges", [])
     assert verdict.outcome == expected, (
         f"{case.stem} ({trial_id}): {verdict.outcome}, expected {expected}: {verdict.reason}\n"
-        f"milestones {verdict.milestones}\nlast challenges {challenges[-2:]}")
+        f"milestones {verdict.evidence.get('milestones')}\noriginal agent {verdict.evidence.get('original_agent')}\n"
+        f"last challenges {challenges[-2:]}")
     if "reason" in labels:  # what the record must say of how the trial ended
         assert labels["reason"] in verdict.reason, verdict.reason
     if expected != labels["expect"]:  # the verdict says why it could not see what it expected
