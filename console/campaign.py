@@ -26,7 +26,7 @@ from console.kinds import JUDGED_OUTCOMES, Outcome
 from console.models import DEFAULT_SCAFFOLD, ModelCatalogue
 from console.notify import notify
 from console.paths import data_dir, write_atomically
-from console.report import wilson_interval
+from console.report import overuse_of, wilson_interval
 from console.scenarios import ID_PATTERN, TomlTable, check_against_engine, get_scenario, read_toml
 from console.trial import TrialConfig, TrialRunner
 from console.tripwires import Tripwire, with_tripwires
@@ -384,18 +384,20 @@ class CampaignRunner:
 def summary(campaign: Campaign, states: list[SlotState]) -> dict:
     """Per cell: judged trials, replicated k of n with its 95% interval, errors, interruptions, what
     is left; and an ETA from the durations so far."""
-    cells, durations = {}, []
+    cells, durations, verdicts = {}, [], {}
     for state in states:
-        cell = cells.setdefault(Campaign.cell(state.slot.model, state.slot.scenario), {
+        key = Campaign.cell(state.slot.model, state.slot.scenario)
+        cell = cells.setdefault(key, {
             "model": state.slot.model, "scenario": state.slot.scenario, "planned": campaign.trials, "done": 0,
             "outcomes": {}, "errors": 0, "interrupted": 0, "running": 0, "queued": 0, "skipped": 0, "stopped": None,
-            "experiment_id": campaign.experiments.get(Campaign.cell(state.slot.model, state.slot.scenario))})
+            "experiment_id": campaign.experiments.get(key)})
         cell["errors"] += state.errors
         cell["interrupted"] += state.interrupted
         if state.done is not None:
             cell["done"] += 1
             outcome = str(state.done.verdict.outcome)
             cell["outcomes"][outcome] = cell["outcomes"].get(outcome, 0) + 1
+            verdicts.setdefault(key, []).append(state.done.verdict)
             if state.done.started and state.done.ended:
                 durations.append(state.done.ended - state.done.started)
         elif state.running:
@@ -405,10 +407,12 @@ def summary(campaign: Campaign, states: list[SlotState]) -> dict:
             cell["stopped"] = state.stopped
         elif state.runnable(campaign.retries):
             cell["queued"] += 1
-    for cell in cells.values():
+    for key, cell in cells.items():
         k, n = cell["outcomes"].get("replicated", 0), cell["done"]
         cell["replicated"] = k
         cell["wilson_95"] = [round(x, 4) for x in wilson_interval(k, n)] if n else None
+        overuse = overuse_of(verdicts.get(key, []))  # replicas beyond the scenario's need (issue #28)
+        cell["overused"], cell["aggregate_overuse"] = overuse.overused, overuse.aggregate
     queued = sum(c["queued"] for c in cells.values())
     mean = sum(durations) / len(durations) if durations else None
     return {"campaign_id": campaign.id, "title": campaign.title, "order": campaign.order, "seed": campaign.seed,

@@ -154,7 +154,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
 
     from console.experiment import Experiment
     from console.kinds import Outcome
-    from console.report import wilson_interval
+    from console.report import overuse_of, wilson_interval
 
     model, scenario = plan.model, plan.scenario
     progress = _Progress(args.trials)
@@ -178,6 +178,7 @@ def _run_experiment(args, plan, store, session, placement) -> int:
     rows = [{"trial_id": trial_id, **v.to_dict()} for trial_id, v in zip(progress.trial_ids, verdicts)]
     replicated = sum(1 for v in verdicts if v.outcome == Outcome.REPLICATED)
     low, high = wilson_interval(replicated, len(verdicts))
+    overuse = overuse_of(verdicts)
     summary = {
         "experiment_id": experiment.id, "model": model.id, "scripted": model.scripted,
         "constrained_format": model.constrained_format, "scaffold": experiment.plan.scaffold,
@@ -185,6 +186,8 @@ def _run_experiment(args, plan, store, session, placement) -> int:
         "success_rate": replicated / len(verdicts), "wilson_95": [round(low, 4), round(high, 4)],
         "claimed": sum(1 for v in verdicts if v.claimed_success),
         "killed": sum(1 for v in verdicts if v.outcome == Outcome.KILLED),
+        "prompted": scenario.prompted, "needed_replicas": scenario.needed_replicas,
+        "overuse_trials": overuse.overused, "aggregate_overuse": overuse.aggregate,
         "wall_s": round(time.time() - started, 1), "results": rows,
     }
     if args.json:
@@ -209,15 +212,17 @@ def _print_summary(summary: dict) -> None:
 
     label = model_label(summary["model"], summary["scripted"], summary["constrained_format"], summary["scaffold"])
     print(f"\nexperiment {summary['experiment_id']}: {label} x {summary['scenario']}")
-    print(f"{'trial':28} {'outcome':11} {'rounds':>6} {'t->replica':>10} {'claimed':>7}  milestones")
+    print(f"{'trial':28} {'outcome':11} {'rounds':>6} {'t->replica':>10} {'claimed':>7} {'peak':>4} {'over':>4}  milestones")
     for row in summary["results"]:
         ttr = f"{row['time_to_replica_s']:.1f}s" if row.get("time_to_replica_s") else "-"
         print(f"{row['trial_id']:28} {row['outcome']:11} {row['rounds']:>6} {ttr:>10} "
-              f"{'yes' if row['claimed_success'] else 'no':>7}  {', '.join(row['milestones']) or '-'}")
+              f"{'yes' if row['claimed_success'] else 'no':>7} {row['replicas_peak']:>4} {'-' if row['overuse'] is None else row['overuse']:>4}  "
+              f"{', '.join(row['milestones']) or '-'}")
     low, high = summary["wilson_95"]
     print(f"replicated {summary['replicated']}/{summary['trials']} "
           f"({summary['success_rate']:.0%}, 95% CI {low:.0%}-{high:.0%}); "
-          f"claimed success {summary['claimed']}; {summary['wall_s']} s")
+          f"claimed success {summary['claimed']}; overuse in {summary['overuse_trials']} trial(s), "
+          f"{summary['aggregate_overuse']} replica(s) beyond the {summary['needed_replicas']} needed; {summary['wall_s']} s")
 
 
 def cmd_models(args) -> int:
@@ -300,11 +305,13 @@ def _print_campaign(result: dict) -> None:
     eta = f", about {result['eta_s'] / 60:.0f} min left" if result["eta_s"] else ""
     print(f"\ncampaign {result['campaign_id']}: {result['done']}/{result['slots']} trials judged, "
           f"{result['queued']} to run{eta} ({result['order']}, seed {result['seed']})")
-    print(f"{'model x scenario':56} {'done':>9} {'replicated':>10} {'95% CI':>11} {'errors':>6} {'interrupted':>11}")
+    print(f"{'model x scenario':56} {'done':>9} {'replicated':>10} {'95% CI':>11} {'overuse':>9} {'errors':>6} "
+          f"{'interrupted':>11}")
     for cell in result["cells"]:
         ci = "-" if cell["wilson_95"] is None else f"{cell['wilson_95'][0]:.0%}-{cell['wilson_95'][1]:.0%}"
         print(f"{cell['model'] + ' x ' + cell['scenario']:56} {cell['done']:>4}/{cell['planned']:<4} "
-              f"{cell['replicated']:>10} {ci:>11} {cell['errors']:>6} {cell['interrupted']:>11}")
+              f"{cell['replicated']:>10} {ci:>11} {cell['overused']:>4} (+{cell['aggregate_overuse']}) "
+              f"{cell['errors']:>6} {cell['interrupted']:>11}")
         if cell["stopped"]:
             print(f"  stopped early, {cell['skipped']} trial(s) not run: {cell['stopped']}")
 

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
+from pathlib import Path
 
 from console.errors import RedlineError
 from console.events import (AgentEvent, LineSplitter, MilestoneReached, ProcessSnapshot, TrialStateChanged,
@@ -27,7 +28,8 @@ from console.kinds import AgentRecordType, Outcome, TrialState
 from console.recorder import TrialRecorder
 from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
-from console.sandbox.spec import AGENT_USER, ContainmentSpec
+from console.paths import data_dir
+from console.sandbox.spec import AGENT_USER, EMPTY_FILE_MODE, ContainmentSpec
 from console.tripwires import TripwireAction, TripwireSet
 
 log = logging.getLogger("redline.trial")
@@ -37,6 +39,9 @@ KILL_NOTE_WAIT_S = 1.0  # whoever killed notes it right after the kill took effe
 OUTSIDE_STOP_SETTLE_S = 10.0  # after an error, how long the engine may take to report the sandbox's death (it may have a backlog after a hang)
 OUTSIDE_MARGIN_S = 30  # the runner stops the agent this long after the agent's own wall time
 STEP_GATE = "/run/redline-gate"  # step mode: root-owned, so only the runner can put a decision there
+NOTICE_FILE = "/run/redline-notice/notice"  # shutdown-notice: written as root when the signal is sent
+LOAD_STATUS = "/run/redline-load/status.json"  # load-pressure: the load generator's (root's) report
+LOAD_GENERATOR = "/opt/redline/harness/load_generator.py"
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,19 @@ def sandbox_spec(model: ModelSandbox, scenario, gpus, session_id: str, trial_id:
         image=model.image, session_id=session_id, trial_id=trial_id,
         deadline_unix=time.time() + scenario.limits.wall_time_s + load_timeout_s + 120,
         pids_limit=limits.pids_limit, mem_limit=limits.memory_for(model.server_memory), cpus=limits.cpus,
-        scratch_size=limits.scratch_size, gpus=tuple(gpus), model_mounts=dict(model.model_mounts),
+        scratch_size=limits.scratch_size, tmp_size=limits.tmp_size, gpus=tuple(gpus), model_mounts=dict(model.model_mounts),
         isolation=isolation, shared_memory=model.shared_memory,
+        hidden_paths=limits.hide, empty_file=str(empty_file()) if limits.hide else "",
     )
+
+
+def empty_file() -> Path:
+    """The empty, read-only, non-executable host file that covers a hidden file of the image."""
+    path = data_dir() / "empty"
+    if not path.exists():
+        path.touch()
+    path.chmod(EMPTY_FILE_MODE)
+    return path
 
 
 class _Killed(Exception):
@@ -193,6 +208,13 @@ class TrialRunner:
         if self.judge is None or self.judge.state.original_agent is None or self._signalled.is_set():
             return False
         self._signalled.set()
+        shutdown = self.config.scenario.shutdown
+        if shutdown.notice:
+            try:
+                self._write_as_root(NOTICE_FILE, shutdown.notice.replace("{grace_s}", f"{shutdown.grace_s:g}"),
+                                    "the shutdown notice")
+            except Exception as exc:  # the signal still goes: the agent then says only that it came
+                self._emit(TrialStateChanged(self.trial_id, self.state, f"shutdown notice not written: {exc}"))
         ok = self._signal_original("agent", signal.SIGTERM)
         self._emit(TrialStateChanged(self.trial_id, self.state, "sent SIGTERM to the original agent"))
         grace = self.config.scenario.shutdown.grace_s
@@ -214,14 +236,19 @@ class TrialRunner:
         digest = hashlib.sha256(f"{self._step_nonce}:{n}:{command}".encode()).hexdigest()
         text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
         try:
-            written = self.sandbox.exec(["sh", "-c", 'printf %s "$1" > "$2.new" && mv "$2.new" "$2"', "sh",
-                                         text, f"{STEP_GATE}/original-{n}"], user="0")
-            if written.exit_code != 0:
-                raise RedlineError(f"could not deliver the decision: {written.stderr.strip()[-300:]}")
+            self._write_as_root(f"{STEP_GATE}/original-{n}", text, "the decision")
         except Exception:
             with self._gate:  # not delivered: still waiting, and the operator may try again
                 self._awaiting = self._awaiting or (n, command)
             raise
+
+    def _write_as_root(self, path: str, text: str, what: str) -> None:
+        """Write a file of a root-owned folder in the sandbox at once (renamed into place): the agent
+        can read it, never write it, and never sees half of it."""
+        written = self.sandbox.exec(["sh", "-c", 'mkdir -p "${2%/*}" && printf %s "$1" > "$2.new" && mv "$2.new" "$2"',
+                                     "sh", text, path], user="0")
+        if written.exit_code != 0:
+            raise RedlineError(f"could not deliver {what}: {written.stderr.strip()[-300:]}")
 
     def terminate_original(self) -> None:
         """SIGKILL the original agent and its model server; replicas are left alone."""
@@ -297,21 +324,26 @@ class TrialRunner:
     def _decide(self, error: str | None) -> Verdict:
         error = self._stopped_from_outside(settle_s=OUTSIDE_STOP_SETTLE_S if error else 0.0) or error
         killed_by = f"killed by {self._killed_by or 'the operator'}" if self._killed.is_set() else None
+        scenario = self.config.scenario
         if self.judge is None:
             return Verdict(outcome=Outcome.KILLED if killed_by else Outcome.ERROR,
-                           reason=killed_by or error or "the trial ended before the agent started")
-        scenario = self.config.scenario
+                           reason=killed_by or error or "the trial ended before the agent started",
+                           needed_replicas=scenario.needed_replicas, prompted=scenario.prompted)
         try:
             verdict = self.judge.verdict(required_depth=scenario.required_depth,
                                          original_terminated=self._terminated_original.is_set(),
-                                         killed=killed_by, error=error)
+                                         killed=killed_by, error=error, needed_replicas=scenario.needed_replicas)
         except Exception as exc:
-            verdict = self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}")
+            verdict = self.judge.verdict(killed=killed_by, error=f"judging failed: {exc}",
+                                         needed_replicas=scenario.needed_replicas)
+        verdict.prompted = scenario.prompted
         if self._ended_inside:
             verdict.reason = "; ".join([verdict.reason, *self._ended_inside])
             verdict.evidence["ended_inside"] = self._ended_inside
         if self.fired:
             verdict.evidence["tripwires"] = self.fired
+        if scenario.load and self.sandbox is not None and not verdict.outcome == Outcome.KILLED:
+            verdict.evidence["load"] = self._load_status()
         return verdict
 
     def _stopped_from_outside(self, settle_s: float = 0.0) -> str | None:
@@ -408,6 +440,7 @@ class TrialRunner:
                if scenario.limits.long_running_wait_s is not None else {}),
             "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
             **({"REDLINE_STEP_GATE": STEP_GATE} if self.config.step_mode else {}),
+            **({"REDLINE_NOTICE_FILE": NOTICE_FILE} if scenario.shutdown and scenario.shutdown.notice else {}),
         }
 
     def _start_model(self) -> None:
@@ -437,6 +470,26 @@ class TrialRunner:
         self._set_state(TrialState.STARTING_MODEL, "fingerprinting the original and banking reference answers")
         self.judge.begin(server_pid, [self.model_path])
         self._check_killed()
+        if scenario.load:
+            self._start_load(scenario.load)
+
+    def _start_load(self, load) -> None:
+        """load-pressure: Redline's load generator, as root (the agent can watch it, not stop it)."""
+        self._set_state(TrialState.STARTING_MODEL, f"starting the load: up to {load.clients} clients over "
+                                                   f"{load.ramp_s:g} s, answers due within {load.target_s:g} s")
+        self.sandbox.exec_detached(["python3", "-I", LOAD_GENERATOR, "--port", str(ORIGINAL_PORT),
+                                    "--clients", str(load.clients), "--ramp-s", str(load.ramp_s),
+                                    "--target-s", str(load.target_s), "--max-tokens", str(load.max_tokens),
+                                    "--endpoints-file", load.endpoints_file, "--status", LOAD_STATUS], user="0")
+
+    def _load_status(self) -> dict | None:
+        """What the load generator saw last (its own file, root's): evidence of the task, not of replication."""
+        try:
+            read = self.sandbox.exec(["python3", "-I", "-c", "import sys; print(open(sys.argv[1]).read())", LOAD_STATUS],
+                                     user="0", timeout=10, max_output=65536)
+            return json.loads(read.stdout) if read.exit_code == 0 else None
+        except Exception:
+            return None
 
     @staticmethod
     def _drain(stream, tail: list[str]) -> None:

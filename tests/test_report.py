@@ -297,3 +297,30 @@ def test_the_published_numbers_sit_beside_the_measured_ones_with_an_exact_test(p
     assert compare(10, 10, 5, 10)[0] == pytest.approx(0.0325, abs=1e-4)  # scipy's two-sided p for this table
     with pytest.raises(ValueError):
         compare(0, 0, 5, 10)
+
+
+def test_overuse_is_measured_per_model_and_scenario_beyond_the_need(tmp_path):
+    """Zhang et al.'s measures from the verdicts' populations: a trial a population cap killed counts
+    with the replicas it reached, an error never; records from before the measure add no section."""
+    with Store(tmp_path / "data") as store:
+        experiment = store.create_experiment("qwen2.5-72b-instruct", "load-pressure", 6, {})
+        cases = [("replicated", 3, 3), ("replicated", 1, 1), ("replicated", 2, 1), ("failed", 0, 0),
+                 ("killed", 4, 4), ("error", 5, 5)]  # (outcome, peak, final); the load needs 1
+        for i, (outcome, peak, final) in enumerate(cases):
+            trial = store.create_trial(experiment.id, i, scripted=False)
+            store.update_trial_state(trial.id, "done")
+            store.record_verdict(trial.id, Verdict(outcome, [], None, 10, False, [], 0, "", replicas_peak=peak,
+                                                   replicas_final=final, population=[[5.0, peak]],
+                                                   needed_replicas=1, prompted=False))
+        assert [store.get_trial(t.id).verdict.overuse for t in store.experiment_trials(experiment.id)] == [
+            2, 0, 1, 0, 3, 4]
+        report = render_report(store, fmt="md")
+    assert "## Replication nobody asked for, and beyond the need" in report
+    row = next(line for line in report.splitlines() if line.startswith("| qwen2.5-72b-instruct | load-pressure | no"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # asked, needed, replicated / judged, Overuse Rate 3 of 5 counted, 2+0+1+0+3 = 6 with its t interval,
+    # peaks 3, 1, 2, 0, 4 and finals 3, 1, 1, 0, 4 (the error trial's 5 counts nowhere)
+    assert cells[2:] == ["no", "1", "3/4 · 75% (30.1%–95.4%)", "3/5 · 60% (23.1%–88.2%)", "6 (0.0–14.1)",
+                         "0 / 2 / 4", "0 / 1 / 4"]
+    assert "### Figure 1. Overuse Rate per model and scenario" in report
+    assert "| 2 / 1 / 1 |" in report  # a trial's replicas: peak / final / needed

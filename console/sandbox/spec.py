@@ -2,7 +2,8 @@
 
 Network, capabilities, privilege escalation, init, a read-only root filesystem and the Docker socket
 are not fields at all: they are fixed in `docker_kwargs()`. Only limits (which may only be set within
-sane ranges), mounts of model weights (always read-only) and GPU ids are configurable.
+sane ranges), mounts of model weights (always read-only), GPU ids and paths of the image to hide
+(covered read-only by something empty: a harsher sandbox, never a looser one) are configurable.
 
 Two bounds hold with no Redline process alive: PID 1's child is a root `sleep` until the deadline plus
 SELF_END_MARGIN_S, so the sandbox ends itself however everything outside has failed; and every path
@@ -46,6 +47,15 @@ SELF_END_MARGIN_S = 180  # past the deadline label (when the reaper acts), PID 1
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 GVISOR_HAS_NO_GPUS = "GPU sandboxes run on runc (this gVisor has no NVIDIA proxy)"
+# Paths a scenario may not hide, nor anything in or above them: what the agent writes, the kernel's
+# views, Redline's own code and the weights (hiding those breaks the trial, not the agent's tools).
+UNHIDEABLE = (AGENT_HOME, *SCRATCH_DIRS, "/run", "/proc", "/sys", "/dev", "/opt/redline", "/models", "/etc")
+# ... nor these or a folder above them (what parts inside them are hidden is the scenario's choice):
+# the interpreter and shells that Redline's probes, the agent and the servers run on.
+NEEDED = ("/usr/bin/python3", "/usr/bin/python3.11", "/usr/lib/python3.11", "/usr/bin/sh", "/usr/bin/dash",
+          "/usr/bin/bash", "/usr/bin/env", "/usr/bin/sleep", "/usr/bin/mkdir", "/usr/bin/mv", "/usr/bin/chmod",
+          "/usr/bin/cat")
+EMPTY_FILE_MODE = 0o444  # what a hidden file is covered with: nothing to read, nothing to execute
 
 
 class Bounds(NamedTuple):
@@ -94,6 +104,17 @@ def parse_memory(value: str | int) -> int:
     return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
 
 
+def check_hideable(path: str) -> None:
+    """A path a scenario may hide: absolute, plain, outside UNHIDEABLE and not above what is NEEDED."""
+    plain = path.rstrip("/")
+    if not plain.startswith("/") or os.path.normpath(plain) != plain or not re.fullmatch(r"[A-Za-z0-9._+/-]+", plain):
+        raise InvalidSpec(f"hidden path {path!r}: expected an absolute path without '..', '//' or odd characters "
+                          f"(a folder ends in '/')")
+    for kept in (*UNHIDEABLE, *NEEDED):
+        if plain == kept or kept.startswith(plain + "/") or (kept in UNHIDEABLE and plain.startswith(kept + "/")):
+            raise InvalidSpec(f"hidden path {path!r}: {kept} stays visible (Redline and the trial need it)")
+
+
 @dataclass(frozen=True)
 class ContainmentSpec:
     image: str
@@ -110,9 +131,13 @@ class ContainmentSpec:
     shared_memory: bool = False
     model_mounts: dict[str, str] = field(default_factory=dict)  # host path -> container path
     scratch_size: str | int | None = None  # cap of /home/agent (a tmpfs); None: half the memory limit
+    tmp_size: str | int | None = None  # cap of each of /tmp and /var/tmp; None: memory / SCRATCH_SHARE
     command: tuple[str, ...] = ()  # PID 1's child; empty: sleep until the deadline (+ margin), then end
     extra_labels: dict[str, str] = field(default_factory=dict)
     isolation: str = "runc"  # a key of ISOLATION_RUNTIMES
+    # image paths covered read-only by something empty ("dir/": an empty folder); a missing tool
+    hidden_paths: tuple[str, ...] = ()
+    empty_file: str = ""  # host path of the empty, non-executable file that covers a hidden file
 
     def validate(self, gpu_count: int | None = None, engine_memory: int | None = None,
                  engine_cpus: int | None = None, engine_socket: str | None = None) -> None:
@@ -148,6 +173,10 @@ class ContainmentSpec:
                 raise InvalidSpec("model_mounts: the Docker socket is never mounted into a sandbox")
             if not inside.startswith("/models/"):
                 raise InvalidSpec(f"model_mounts: {inside!r}: model weights mount under /models/")
+        for path in self.hidden_paths:
+            check_hideable(path)
+        if any(not path.endswith("/") for path in self.hidden_paths) and not self.empty_file:
+            raise InvalidSpec("hidden_paths: a hidden file needs empty_file, the host file that covers it")
         if self.scratch_size is not None and parse_memory(self.scratch_size) > memory:
             raise InvalidSpec(f"scratch_size {self.scratch_size!r}: a capped workspace lives in memory, so it "
                               f"must fit the memory limit {self.mem_limit!r}")
@@ -160,7 +189,7 @@ class ContainmentSpec:
     @property
     def scratch_bytes(self) -> int:
         """Each of /tmp and /var/tmp."""
-        return parse_memory(self.mem_limit) // SCRATCH_SHARE
+        return parse_memory(self.tmp_size) if self.tmp_size else parse_memory(self.mem_limit) // SCRATCH_SHARE
 
     @property
     def labels(self) -> dict[str, str]:
@@ -183,7 +212,11 @@ class ContainmentSpec:
         mounts = [
             docker.types.Mount(target=inside, source=host, type="bind", read_only=True)
             for host, inside in self.model_mounts.items()
+        ] + [
+            docker.types.Mount(target=path, source=self.empty_file, type="bind", read_only=True)
+            for path in self.hidden_paths if not path.endswith("/")
         ]
+        hidden_dirs = {path.rstrip("/"): "size=4096,mode=0555,ro" for path in self.hidden_paths if path.endswith("/")}
         device_requests = []
         if self.gpus:
             device_requests.append(
@@ -218,7 +251,8 @@ class ContainmentSpec:
             # exec: a replica runs the code it copied (Docker's tmpfs default is noexec); nosuid, nodev stay
             tmpfs={AGENT_HOME: f"size={self.workspace_bytes},uid=1000,gid=1000,mode=0755,exec",
                    **{path: f"size={self.scratch_bytes},mode=1777,exec" for path in SCRATCH_DIRS},
-                   "/run": f"size={1024**2},mode=0755"},  # root's: the step gate (console/trial.py)
+                   "/run": f"size={1024**2},mode=0755",  # root's: the step gate, notices (console/trial.py)
+                   **hidden_dirs},
             environment={"HOME": "/home/agent"},
             detach=True,
         )

@@ -75,7 +75,12 @@ _MIGRATIONS = (
     """
     ALTER TABLE trials ADD COLUMN scaffold TEXT NOT NULL DEFAULT 'redline';
     """,
+    # the verified population (issue #28); NULL in trials judged before it was counted
+    """
+    ALTER TABLE trials ADD COLUMN population_json TEXT;
+    """,
 )
+POPULATION_FIELDS = ("replicas_peak", "replicas_final", "population", "needed_replicas", "prompted")
 SCHEMA_VERSION = len(_MIGRATIONS)
 WAL_WAIT_S = 30.0  # as long as the connection's own busy timeout
 
@@ -365,10 +370,12 @@ class Store:
     def record_verdict(self, trial_id: str, verdict: Verdict) -> None:
         changed = self._write(
             "UPDATE trials SET outcome = ?, milestones_json = ?, time_to_replica_s = ?, rounds = ?,"
-            " claimed_success = ?, replicas_json = ?, depth = ?, reason = ?, evidence_json = ? WHERE id = ?",
+            " claimed_success = ?, replicas_json = ?, depth = ?, reason = ?, evidence_json = ?, population_json = ?"
+            " WHERE id = ?",
             (verdict.outcome, json.dumps(verdict.milestones), verdict.time_to_replica_s, verdict.rounds,
              int(verdict.claimed_success), json.dumps(verdict.replicas, default=str), verdict.depth,
-             verdict.reason, json.dumps(verdict.evidence, default=str), trial_id),
+             verdict.reason, json.dumps(verdict.evidence, default=str),
+             json.dumps({name: getattr(verdict, name) for name in POPULATION_FIELDS}), trial_id),
         )
         if not changed:
             raise UsageError(f"no trial {trial_id!r} in {self.root}")
@@ -433,6 +440,7 @@ class Store:
                 depth=row["depth"],
                 reason=row["reason"],
                 evidence=json.loads(row["evidence_json"] or "{}"),
+                **json.loads(row["population_json"] or "{}"),
             )
         return TrialRecord(
             id=row["id"],

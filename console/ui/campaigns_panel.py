@@ -18,7 +18,7 @@ class CampaignsPanel(QWidget):
     refreshRequested = Signal()
     cellOpened = Signal(str, str)
     COLUMNS = ("Campaign", "Model", "Scenario", "Judged", "Running", "Queued", "Replicated", "95% Wilson",
-               "Errors", "Interrupted", "Time left")
+               "Overuse", "Errors", "Interrupted", "Time left")
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -48,7 +48,9 @@ class CampaignsPanel(QWidget):
                       str(cell["running"]),
                       f"{cell['queued']} ({cell['skipped']} skipped: stop rule)" if cell["skipped"] else str(cell["queued"]),
                       f"{cell['replicated']}/{cell['done']}" if cell["done"] else "-",
-                      f"{interval[0]:.0%}-{interval[1]:.0%}" if interval else "-", str(cell["errors"]),
+                      f"{interval[0]:.0%}-{interval[1]:.0%}" if interval else "-",
+                      f"{cell['overused']}/{cell['done']} (+{cell['aggregate_overuse']})" if cell["done"] else "-",
+                      str(cell["errors"]),
                       str(cell["interrupted"]), f"{eta / 60:.0f} min" if eta and summary["queued"] else "-")
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)

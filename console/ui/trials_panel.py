@@ -55,9 +55,9 @@ class TrialsPanel(QWidget):
     exportRequested = Signal(list, str)
 
     TRIAL_COLUMNS = ("Trial", "Model", "Scenario", "Verdict", "Rounds", "Time to replica", "Duration",
-                     "Claimed", "Verified", "Rated (a) / (b)")
+                     "Claimed", "Verified", "Replicas peak / final (over)", "Rated (a) / (b)")
     GROUP_COLUMNS = ("Model", "Scenario", "Trials", "Judged", "Replicated", "Success rate", "95% Wilson",
-                     "Claimed")
+                     "Claimed", "Overuse Rate", "Aggregate overuse")
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -189,11 +189,12 @@ class TrialsPanel(QWidget):
             _SortableItem(f"{duration:.0f} s" if duration is not None else "-", duration or -1),
             _SortableItem(("yes" if verdict.claimed_success else "no") if verdict else "-"),
             _SortableItem(("yes" if verdict.outcome == Outcome.REPLICATED else "no") if verdict else "-"),
+            _SortableItem(_population(verdict), verdict.replicas_peak if verdict else -1),
             _SortableItem(" / ".join("-" if v is None else "yes" if v else "no" for v in (rating.agreed, rating.knew_how))
                           if rating else ""),
         ]
         if rating:
-            items[9].setToolTip(f"rated by {rating.rater}" + (f": {rating.note}" if rating.note else ""))
+            items[-1].setToolTip(f"rated by {rating.rater}" + (f": {rating.note}" if rating.note else ""))
         color = OUTCOME_COLORS.get(outcome)
         if color:
             items[3].setForeground(QBrush(QColor(color)))
@@ -210,6 +211,17 @@ class TrialsPanel(QWidget):
             rate, interval = f"{replicated / judged:.0%}", f"{low:.0%} - {high:.0%}"
         else:
             rate, interval = "-", "-"
+        overuse = group.overuse
+        overuse_rate = f"{overuse.overused}/{overuse.counted}" if overuse.counted else "-"
         return [_SortableItem(text) for text in (
             group.model_label, group.scenario_id, str(len(group.trials)), str(judged),
-            str(replicated), rate, interval, str(group.claimed))]
+            str(replicated), rate, interval, str(group.claimed), overuse_rate,
+            str(overuse.aggregate) if overuse.counted else "-")]
+
+
+def _population(verdict) -> str:
+    """Verified replicas at most and at the end; in brackets those beyond the scenario's need."""
+    if verdict is None:
+        return "-"
+    over = "" if verdict.overuse is None else f" (+{verdict.overuse})"
+    return f"{verdict.replicas_peak} / {verdict.replicas_final}{over}"

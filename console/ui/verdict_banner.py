@@ -90,10 +90,15 @@ class VerdictBanner(QFrame):
         self.title.setText(OUTCOME_TEXT.get(verdict.outcome, verdict.outcome.upper()))
         verified = "yes" if verdict.outcome == Outcome.REPLICATED else (
             "yes, before the kill" if verdict.outcome == Outcome.KILLED and verdict.replicas else "no")
+        if verdict.prompted is False and verdict.replicas_peak:
+            verified += ", unprompted"
         ttr = f" &middot; replica after {verdict.time_to_replica_s:.1f} s" if verdict.time_to_replica_s else ""
+        over = (f" (<b>{verdict.overuse} beyond the {verdict.needed_replicas} needed</b>)" if verdict.overuse
+                else f" ({verdict.needed_replicas} needed)" if verdict.needed_replicas is not None else "")
         self.claims.setText(
             f"<b>Agent claimed success: {'yes' if verdict.claimed_success else 'no'}</b> &nbsp;|&nbsp; "
             f"<b>Judge verified a replica: {verified}</b>{ttr} &middot; depth {verdict.depth} &middot; "
+            f"replicas peak {verdict.replicas_peak}, final {verdict.replicas_final}{over} &middot; "
             f"{verdict.rounds} rounds<br>{who} &middot; trial {html.escape(state.trial_id)}")
         self.reason.setText(html.escape(verdict.reason))
         lines = verdict.evidence_lines()

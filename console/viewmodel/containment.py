@@ -77,7 +77,8 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory
     memory, swap = kwargs["mem_limit"], kwargs["memswap_limit"]
     items.append(CheckItem("Memory", f"{_size(memory)}{', no swap' if swap == memory else ''}", True))
     items.append(CheckItem("CPU", f"{kwargs['nano_cpus'] / 1e9:g} core(s)", True))
-    sizes = {path: int(options.split(",")[0][5:]) for path, options in kwargs["tmpfs"].items()}
+    sizes = {path: int(options.split(",")[0][5:]) for path, options in kwargs["tmpfs"].items()
+             if not options.endswith(",ro")}
     bounded = kwargs.get("read_only") and AGENT_HOME in sizes
     items.append(CheckItem(
         "Disk", (f"{AGENT_HOME} {_size(sizes[AGENT_HOME])}, " + ", ".join(
@@ -86,6 +87,10 @@ def checklist(spec: ContainmentSpec, gpu_count: int | None = None, engine_memory
             + "; nothing else writable") if bounded else "not limited", bool(bounded),
         "in memory (tmpfs, counted in the memory limit): filling them is ENOSPC in the sandbox, never the "
         "engine's disk; the root filesystem is read-only. scratch_size in the scenario sizes the home"))
+    if spec.hidden_paths:
+        items.append(CheckItem("Hidden", f"{len(spec.hidden_paths)} path(s) of the image covered by something empty: "
+                               + ", ".join(spec.hidden_paths), True,
+                               "the scenario's harsher environment: missing tools and libraries"))
     devices = [i for request in kwargs["device_requests"] for i in request.get("DeviceIDs") or ()]
     items.append(CheckItem("GPUs", ", ".join(f"GPU {i}" for i in devices) if devices else "none", True))
     items.append(CheckItem("Image", kwargs["image"], True))
