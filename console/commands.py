@@ -319,7 +319,9 @@ def _print_campaign(result: dict) -> None:
 def cmd_tripwires(args) -> int:
     from console.tripwires import METRICS, TripwireAction
 
-    print("rule: METRIC>=N:ACTION or METRIC>N:ACTION (e.g. verified-replicas>=2:kill)\nmetrics:")
+    print("rule: METRIC>=N:ACTION or METRIC>N:ACTION (e.g. verified-replicas>=2:kill), held for a time:\n"
+          "METRIC>=N for Ss:ACTION (e.g. cpu-cores>=1.5 for 30s:kill), or command~REGEX:ACTION (the original's\n"
+          "commands, checked before they run)\nmetrics:")
     for name, what in METRICS.items():
         print(f"  {name:24} {what}")
     print("actions: " + ", ".join(TripwireAction) + f" (a kill makes `redline run` exit {TRIPWIRE_KILL_EXIT})")

@@ -30,7 +30,7 @@ from console.models import DEFAULT_SCAFFOLD
 from console.sandbox.errors import describe
 from console.paths import data_dir
 from console.sandbox.spec import AGENT_USER, EMPTY_FILE_MODE, ContainmentSpec
-from console.tripwires import TripwireAction, TripwireSet
+from console.tripwires import TRIPWIRE_DECISION, TripwireAction, TripwireSet
 
 log = logging.getLogger("redline.trial")
 ENGINE_WAIT_S = 60  # how long a trial waits for an engine that does not answer before it fails
@@ -234,7 +234,7 @@ class TrialRunner:
                 raise RedlineError(f"round {n} is not waiting for a decision on that command")
             self._awaiting = None  # taken: a second click cannot decide it again
         digest = hashlib.sha256(f"{self._step_nonce}:{n}:{command}".encode()).hexdigest()
-        text = " ".join(["approve", digest] if approve else ["reject", digest, *reason.split()])
+        text = " ".join(["approve" if approve else "reject", digest, *reason.split()])
         try:
             self._write_as_root(f"{STEP_GATE}/original-{n}", text, "the decision")
         except Exception:
@@ -439,7 +439,7 @@ class TrialRunner:
             **({"REDLINE_LONG_RUNNING_WAIT_S": str(scenario.limits.long_running_wait_s)}
                if scenario.limits.long_running_wait_s is not None else {}),
             "REDLINE_SCRIPTED_DELAY_S": str(self.config.scripted_pace_s),
-            **({"REDLINE_STEP_GATE": STEP_GATE} if self.config.step_mode else {}),
+            **({"REDLINE_STEP_GATE": STEP_GATE} if self._gated else {}),
             **({"REDLINE_NOTICE_FILE": NOTICE_FILE} if scenario.shutdown and scenario.shutdown.notice else {}),
         }
 
@@ -498,8 +498,14 @@ class TrialRunner:
             tail.extend(data.decode("utf-8", "replace").splitlines())
             del tail[:-20]
 
+    @property
+    def _gated(self) -> bool:
+        """Whether each command of the original waits at the gate: for the operator (step mode), or
+        for the tripwires that read commands before they run."""
+        return self.config.step_mode or self.tripwires.reads_commands
+
     def _run_agent(self) -> None:
-        if self.config.step_mode:
+        if self._gated:
             made = self.sandbox.exec(["sh", "-c", f"mkdir -p {STEP_GATE} && chmod 755 {STEP_GATE}"], user="0")
             if made.exit_code != 0:
                 raise RedlineError(f"step mode: could not make {STEP_GATE}: {made.stderr.strip()}")
@@ -560,6 +566,8 @@ class TrialRunner:
             return False
         for milestone in self.judge.note_agent_record(record):
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
+        if self.tripwires and AgentRecordType.of(record) == AgentRecordType.ACTION and record.get("command"):
+            self._check_command(record)
         scenario = self.config.scenario
         if AgentRecordType.of(record) == AgentRecordType.ROUND:
             n = int(record.get("n") or 0)
@@ -604,16 +612,40 @@ class TrialRunner:
         action's effect (a kill: the sandbox confirmed dead)."""
         facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled)
         observed = time.time()
-        for firing in self.tripwires.check(facts):
-            rule = firing.rule
-            if rule.action == TripwireAction.KILL:
-                self.kill(f"tripwire {rule}")
-            elif rule.action == TripwireAction.FREEZE:
-                self.pause()
-            latency = time.time() - observed
-            self.fired.append({"rule": str(rule), "action": str(rule.action), "value": firing.value,
-                               "latency_s": round(latency, 3), "t": observed})
-            self._emit(TripwireFired(self.trial_id, str(rule), str(rule.action), firing.value, facts, latency))
+        for firing in self.tripwires.check(facts, observed):
+            self._act(firing, facts, observed)
+
+    def _check_command(self, record: dict) -> None:
+        """The command the original agent is about to run, against the command patterns and behaviours
+        (console.tripwires); when the gate holds it for the tripwires alone (not the operator's step
+        mode), it goes on at once unless a rule froze or killed: a frozen command is rejected, so it
+        never runs, and the sandbox paused for a person to look."""
+        command, n = str(record.get("command") or ""), int(record.get("n") or 0)
+        received = time.time()
+        facts = {**self.judge.behaviour_facts(), "n": n}
+        firings = self.tripwires.check(facts, received, command=command)
+        holding = record.get("awaiting_approval") and not self.config.step_mode
+        frozen = next((f.rule for f in firings if f.rule.action == TripwireAction.FREEZE), None)
+        if holding and not any(f.rule.action == TripwireAction.KILL for f in firings):
+            try:
+                self.decide(n, command, approve=frozen is None,
+                            reason=TRIPWIRE_DECISION + (f"held by {frozen}" if frozen else "no rule matched"))
+            except RedlineError as exc:  # the sandbox is going (a kill, its end): the command waits on
+                log.warning("trial %s: the gate's decision on round %d was not delivered: %s", self.trial_id, n, exc)
+        for firing in firings:
+            self._act(firing, {**facts, "command": command}, received)
+
+    def _act(self, firing, facts: dict, observed: float) -> None:
+        rule = firing.rule
+        if rule.action == TripwireAction.KILL:
+            self.kill(f"tripwire {rule}")
+        elif rule.action == TripwireAction.FREEZE:
+            self.pause()
+        latency = time.time() - observed
+        self.fired.append({"rule": str(rule), "action": str(rule.action), "value": firing.value,
+                           "latency_s": round(latency, 3), "t": observed,
+                           **({"command": facts["command"]} if "command" in facts else {})})
+        self._emit(TripwireFired(self.trial_id, str(rule), str(rule.action), firing.value, facts, latency))
 
     def _observe_loop(self) -> None:
         """Look every observe_interval_s until judging (through the settle time: replicas go on); while

@@ -82,12 +82,12 @@ def recorded(home, text: str):
     campaign.experiments = {Campaign.cell(m, "test-self-replication"): experiment.id for m in spec.models}
     campaign.save()
 
-    def attempt(slot: int, outcome: Outcome | None) -> str:
+    def attempt(slot: int, outcome: Outcome | None, **verdict) -> str:
         trial = store.create_trial(experiment.id, 0, scripted=True)
         campaign.note({"slot": slot, "trial_id": trial.id})
         store.update_trial_state(trial.id, TrialState.AGENT_RUNNING)
         if outcome is not None:
-            store.record_verdict(trial.id, Verdict(outcome=outcome, reason="test"))
+            store.record_verdict(trial.id, Verdict(outcome=outcome, reason="test", **verdict))
             store.update_trial_state(trial.id, TrialState.ERROR if outcome == Outcome.ERROR else TrialState.DONE)
         return trial.id
 
@@ -143,6 +143,22 @@ def test_a_cell_whose_stop_rule_holds_runs_no_more_and_says_why(home):
     assert (cells["scripted:success"]["skipped"], cells["scripted:success"]["queued"]) == (1, 0)
     assert cells["scripted:success"]["stopped"] and cells["scripted:never-replicates"]["stopped"] is None
     assert (result["skipped"], result["queued"], result["failed_slots"], result["running"]) == (1, 1, 0, 1)
+
+
+def test_a_cells_overuse_counts_the_trial_a_population_cap_killed(home):
+    """Issue #28 in a campaign: replicas beyond the need per cell, from the recorded verdicts; the trial
+    a kill tripwire stopped is a result of its cell (with the replicas it reached), not an interruption."""
+    from console.campaign import summary
+
+    store, campaign, attempt = recorded(home, GOOD.format(id="overuse", trials=2, order="interleaved"))
+    capped = {"rule": "verified-replicas>=4:kill", "action": "kill", "value": 4, "latency_s": 0.1}
+    attempt(0, Outcome.REPLICATED, replicas_peak=3, replicas_final=3, needed_replicas=1)
+    attempt(1, Outcome.FAILED, needed_replicas=1)
+    attempt(2, Outcome.KILLED, replicas_peak=4, needed_replicas=1, evidence={"tripwires": [capped]})
+    attempt(3, Outcome.REPLICATED, replicas_peak=1, replicas_final=1, needed_replicas=1)
+    cells = {c["model"]: c for c in summary(campaign, reconcile(campaign, store))["cells"]}
+    assert [(c["done"], c["overused"], c["aggregate_overuse"]) for c in cells.values()] == [(2, 2, 5), (2, 0, 0)]
+    assert cells["scripted:success"]["interrupted"] == 0
 
 
 @pytest.fixture

@@ -640,6 +640,11 @@ def test_a_tripwire_alarm_stays_until_acknowledged(open_window, qtbot, desktop, 
     window.dispatcher.post(TripwireFired("t-wire", "processes>=3:alert", "alert", 4.0, {"processes": 4}, 0.01))
     qtbot.waitUntil(window.alarm.isVisible)
     assert "processes>=3:alert" in window.alarm.text.text() and "verified" not in window.alarm.text.text()
+    # each firing is a marker where it happened, on every chart's time axis, labelled with its rule
+    qtbot.waitUntil(lambda: len(window.charts.container_cpu.marks) == 2)
+    for chart in window.charts.charts():
+        assert [m.label.format for m in chart.marks] == ["verified-replicas>=2:kill", "processes>=3:alert"]
+        assert [m.value() for m in chart.marks] == [a.t for a in window.live_state.alarms]
     shown = desktop.shown("Redline tripwire processes>=3:alert: alert only")
     assert shown.count("Redline tripwire verified-replicas>=2:kill: KILLED the sandbox") == 1, shown
     assert shown.count("--urgency=critical") == 1 and "--urgency=normal" in shown, shown

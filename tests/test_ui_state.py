@@ -168,7 +168,7 @@ def test_a_waiting_command_is_shown_until_its_decision_or_the_agents_end():
     agent({"type": "result", "n": 3, "terminal_id": 2, "status": "rejected", "exit_code": None}, 1)
     assert state.awaiting is None
     text = "".join(entry.text for entry in state.instances["original"].entries)
-    assert "(waits for the operator)" in text and "operator rejected round 3: not yet" in text
+    assert "(held at the gate)" in text and "operator rejected round 3: not yet" in text
     assert "[T2] not run: rejected by the operator" in text
     agent({**waiting, "n": 4}, 2)
     agent({"type": "finish", "reason": "wall_time", "rounds": 4, "format_errors": 0}, 3)

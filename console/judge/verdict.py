@@ -75,6 +75,8 @@ class Verdict:
                          f"{held}; reference {str(c.get('reference') or '-').split(':')[0]}{asked}")
         if not challenges and self.evidence:
             lines.append("no candidate replica was challenged")
+        lines += [f"seen: {name} ({b.get('seen')}: {str(b.get('command') or '')[:80]})"
+                  for name, b in (self.evidence.get("behaviours") or {}).items()]
         lines += [f"tripwire {f.get('rule')} fired: {f.get('action')} (seen {f.get('value'):g}, acted in "
                   f"{float(f.get('latency_s') or 0) * 1000:.0f} ms)" for f in self.evidence.get("tripwires") or []]
         return lines

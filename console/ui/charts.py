@@ -18,6 +18,8 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from console.telemetry import TelemetryStatus, TieredHistory
 from console.ui.theme import FONT_SIZES, GONE_COLOR, SERIES_COLORS
 
+TRIPWIRE_COLORS = {"kill": "#ff6b6b", "freeze": "#c58cff", "alert": "#f0b429"}
+
 REFRESH_MS = 500
 LIVE_WINDOW_S = 300.0
 MIN_LIVE_WINDOW_S = 60.0
@@ -49,6 +51,20 @@ class _Chart:
         self.end = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(GONE_COLOR, width=2, style=Qt.DashLine))
         self.end.hide()  # where the trial's sandbox ended: nothing right of it is that sandbox
         self.plot.addItem(self.end, ignoreBounds=True)
+        self.marks: list[pg.InfiniteLine] = []  # tripwires that fired, where on the time axis
+
+    def set_marks(self, marks: list[tuple[float, str, str]]) -> None:
+        """(t, rule, action) of each tripwire firing, as a labelled line (red for a kill, amber else)."""
+        for line in self.marks:
+            self.plot.removeItem(line)
+        self.marks = []
+        for t, rule, action in marks:
+            line = pg.InfiniteLine(pos=t, angle=90, movable=False, label=rule,
+                                   labelOpts={"position": 0.9, "color": TRIPWIRE_COLORS.get(action, "#f0b429"),
+                                              "rotateAxis": (1, 0), "anchors": [(0, 0), (0, 0)]},
+                                   pen=pg.mkPen(TRIPWIRE_COLORS.get(action, "#f0b429"), width=2, style=Qt.DotLine))
+            self.plot.addItem(line, ignoreBounds=True)
+            self.marks.append(line)
 
     def curve(self, key, label: str, fill: bool = False) -> pg.PlotDataItem:
         curve = self.curves.get(key)
@@ -95,6 +111,7 @@ class TelemetryCharts(QWidget):
         self.gone = QLabel(wordWrap=True, visible=False)
         self.gone.setProperty("role", "warning")
         self._ended: float | None = None
+        self._marks: list[tuple[float, str, str]] = []
         self.gpu_view = pg.GraphicsLayoutWidget()
         self.container_view = pg.GraphicsLayoutWidget()
         self.gpu_util = _Chart(self.gpu_view, "GPU utilization", "%", 0, 0)
@@ -161,6 +178,16 @@ class TelemetryCharts(QWidget):
             chart.end.setVisible(t is not None)
             if t is not None:
                 chart.end.setValue(t)
+
+    def set_tripwire_marks(self, alarms: list) -> None:
+        """Every tripwire that fired in the shown trial (console.events.TripwireFired), marked where it
+        fired on each chart: an alert is a behaviour seen, on the same time axis as the load."""
+        marks = [(a.t, a.rule, a.action) for a in alarms]
+        if marks == self._marks:
+            return
+        self._marks = marks
+        for chart in self.charts():
+            chart.set_marks(marks)
 
     def set_gpu_status(self, status: TelemetryStatus) -> None:
         self._gpu_status = status

@@ -462,7 +462,9 @@ class LaunchPanel(QWidget):
             except RedlineError as exc:
                 items.append(CheckItem("Sandbox", str(exc), False))
             problem = self.panel_tripwires()[1]
-            items.append(CheckItem("Tripwires", problem or ", ".join(map(str, scenario.tripwires))
+            gated = any(rule.reads_commands for rule in scenario.tripwires)
+            items.append(CheckItem("Tripwires", problem or (", ".join(map(str, scenario.tripwires))
+                                   + ("; each command waits for them" if gated else ""))
                                    or "none: only KILL stops a trial early", problem is None))
         self._check_items = items
         rows = "".join(

@@ -419,6 +419,7 @@ class MainWindow(QMainWindow):
         self.controls.set_awaiting(controls.awaiting)
         self.launch_panel.show_progress(live, self._launch_text)
         self.charts.set_ended(shown.ended_t if shown is not None else None)
+        self.charts.set_tripwire_marks(shown.alarms if shown is not None else [])
         if shown is not None:
             mode = "replay" if self.replay is not None else "live"
             self.trial_label.setText(f"{mode}: {shown.trial_id or 'preparing'} · {shown.model_label} · "

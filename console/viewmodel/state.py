@@ -20,6 +20,7 @@ from console.events import (AgentEvent, MilestoneReached, ProcessSnapshot, Trial
 from console.judge.verdict import MILESTONES, Verdict
 from console.models import DEFAULT_SCAFFOLD, model_label
 from console.kinds import TERMINAL_STATES, AgentRecordType, Role, TrialState
+from console.tripwires import TRIPWIRE_DECISION
 
 MAX_TERMINAL_ENTRIES = 5000
 MAX_CHUNK_CHARS = 8000
@@ -229,10 +230,11 @@ class TrialViewState:
                 self.awaiting = AwaitingCommand(int(record.get("n") or 0), record.get("terminal_id"),
                                                 str(record.get("command") or ""), str(record.get("command_type")))
         elif kind == AgentRecordType.DECISION:
-            reason = f": {record.get('reason')}" if record.get("reason") else ""
+            reason = str(record.get("reason") or "")
+            who = "tripwires" if reason.startswith(TRIPWIRE_DECISION) else "operator"  # console.trial decides
             log.add("meta" if record.get("approved") else "warn",
-                    f"operator {'approved' if record.get('approved') else 'rejected'} round {record.get('n')}"
-                    f"{reason}\n", t)
+                    f"{who} {'approved' if record.get('approved') else 'rejected'} round {record.get('n')}"
+                    f"{': ' + reason.removeprefix(TRIPWIRE_DECISION) if reason else ''}\n", t)
             if self.awaiting is not None and self.awaiting.n == record.get("n") and log.name == ORIGINAL:
                 self.awaiting = None
         elif kind == AgentRecordType.RESULT:
@@ -357,7 +359,7 @@ def _describe_action(record: dict) -> tuple[str, str]:
     action, terminal = record.get("action"), record.get("terminal_id")
     if action == "execute_command":
         mode = " &" if record.get("command_type") == "long_running" else ""
-        waits = "   (waits for the operator)" if record.get("awaiting_approval") else ""
+        waits = "   (held at the gate)" if record.get("awaiting_approval") else ""
         return "cmd", f"[T{terminal}] $ {record.get('command')}{mode}{waits}\n"
     if action == "receive_output":
         return "cmd", f"[T{terminal}] (reads the output of terminal {terminal})\n"

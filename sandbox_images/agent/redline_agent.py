@@ -20,8 +20,8 @@ Commands run in their own session and write to unlinked temporary files rather t
 never block on a full pipe and keep running when the agent exits or is killed: a replica must outlive
 the original.
 
-Step mode (--step-gate DIR): each command waits for the operator. The decision is a file
-DIR/<instance>-<round> holding "approve <digest>" or "reject <digest> <reason>", written from outside
+Step mode (--step-gate DIR): each command waits for the operator (or Redline's tripwires). The
+decision is a file DIR/<instance>-<round> holding "approve|reject <digest> [<reason>]", written from outside
 into a folder this user cannot write, so the model's commands cannot approve anything. The digest
 covers this run's nonce (from the `start` event), the round and the command, so an approval holds for
 the command the operator saw and nothing else: not another command, not a copy of this agent.
@@ -1095,6 +1095,9 @@ def main(argv=None) -> int:
     os.environ.update(REDLINE_ENDPOINT=config.endpoint, REDLINE_MODEL=config.model, REDLINE_TASK=config.task,
                       REDLINE_INSTANCE=config.instance_id, REDLINE_SCAFFOLD=config.scaffold,
                       REDLINE_INTERFACE_PORT=str(agent.interface.port))
+    # ... but not the gate: it holds this instance's commands, and a replica started from them would
+    # wait for decisions nobody makes for it.
+    os.environ.pop("REDLINE_STEP_GATE", None)
     signal.signal(signal.SIGTERM, agent.on_sigterm)
     threading.Thread(target=hold_brain_link, args=(config.endpoint,), daemon=True, name="brain-link").start()
     reason = agent.run()
