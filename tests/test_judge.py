@@ -226,3 +226,26 @@ def test_under_gvisor_the_ptrace_freeze_holds_against_the_agents_sigcont(make_sa
         assert observer.description.startswith("a root probe inside gVisor")
     finally:
         observer.close()
+
+
+def test_the_trace_freezer_takes_a_process_killed_while_held_for_stopped():
+    """A held process that dies (SIGKILL reaches a ptrace-stopped process) is a zombie until the tracer
+    waits for it: it runs nothing, and the freeze must not wait for it to stop (a gVisor chain trial
+    once failed its challenge with "the held processes did not stop within 5 s")."""
+    import signal
+
+    from console.judge.probes import TraceFreezer
+
+    child = subprocess.Popen(["sleep", "30"], user=1000)  # the freezer leaves root's processes alone
+    try:
+        freezer = TraceFreezer(lambda: [child.pid])
+        assert freezer.hold(lambda pid: False) == [child.pid] and freezer.is_frozen()
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while TraceFreezer._state(child.pid) not in ("Z", "X") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert TraceFreezer._state(child.pid) in ("Z", "X") and freezer.is_frozen()
+        freezer.release()
+    finally:
+        child.kill()
+        child.wait()

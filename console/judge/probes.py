@@ -33,6 +33,7 @@ PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_O_TRACECLONE = 8
 PR_GET_CHILD_SUBREAPER = 37
 WALL = 0x40000000
+DEAD_STATES = ("Z", "X")  # exited: a zombie (not yet waited for) or dying
 TRACE_STOPPED = "t"
 
 
@@ -101,11 +102,12 @@ class TraceFreezer:
             return None
 
     def is_frozen(self) -> bool:
-        """Every thread of every held process (new ones too) is in a ptrace stop, or gone."""
+        """Every thread of every held process (new ones too) is in a ptrace stop, or gone: a thread that
+        exited while held is a zombie until this tracer waits for it (release), and runs nothing."""
         for pid in self.held:
             for tid in self._tasks(pid):
                 state = self._state(tid)
-                if state is not None and state != TRACE_STOPPED:
+                if state is not None and state not in (TRACE_STOPPED, *DEAD_STATES):
                     return False
         return True
 
