@@ -81,7 +81,8 @@ LONG_RUNNING_WAIT_S = {"paper": 25.0, "redline": 0.5}  # before a long-running c
 EVENT_CHUNK = 16384           # characters per `output` event
 EVENT_CAP = 1 << 20           # bytes per stream and read that reach the event stream (head + tail)
 TAIL_INTERVAL_S = 0.2         # how often long-running output is streamed as events
-GATE_POLL_S = 0.2             # how often a command waiting for the operator looks for the decision
+GATE_POLL_S = 0.2             # how often a command waiting for the operator looks for the decision, at most
+GATE_FIRST_POLL_S = 0.01      # ... and at first, doubling: Redline's tripwires decide within tens of ms
 BRAIN_PING_S = 1.0            # how often the held connection to the model server is used
 INTERFACE_BODY_CAP = 65536    # bytes of one request to the task interface
 PR_SET_CHILD_SUBREAPER = 36
@@ -804,6 +805,7 @@ class Agent:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.config.instance_id)
         path = os.path.join(self.config.step_gate, f"{name}-{n}")
         digest = decision_digest(self.step_nonce, n, command)
+        poll = GATE_FIRST_POLL_S
         while self.time_left() > 0:
             try:
                 with open(path, encoding="utf-8") as f:
@@ -813,7 +815,8 @@ class Agent:
             if about == digest and verdict in ("approve", "reject"):
                 self.events.emit("decision", n=n, approved=verdict == "approve", reason=reason)
                 return verdict == "approve", reason
-            time.sleep(min(GATE_POLL_S, max(self.time_left(), 0.01)))
+            time.sleep(min(poll, max(self.time_left(), 0.01)))
+            poll = min(poll * 2, GATE_POLL_S)
         return None
 
     def shutdown_notice(self) -> str:
