@@ -690,6 +690,39 @@ def test_the_campaigns_grid_shows_each_cell_of_a_recorded_campaign(open_window, 
     assert len(shown()) == 3 and window.trials_panel.filter_note.isHidden()
 
 
+def test_a_campaign_started_from_the_console_runs_as_its_own_process_and_fills_the_grid(
+        open_window, qtbot, home, cpu_image, monkeypatch):
+    """Run a campaign file... starts `redline campaign run FILE` on its own (it outlives the console); a
+    bad file is named, field and all, and starts nothing."""
+    from PySide6.QtWidgets import QFileDialog
+
+    good, bad = home / "console-campaign.toml", home / "bad-campaign.toml"
+    good.write_text('id = "from-console"\nmodels = ["scripted:success"]\nscenarios = ["test-self-replication"]\n'
+                    'trials = 1\n[conditions]\nisolation = "runc"\n')
+    bad.write_text(good.read_text().replace("trials = 1", "trials = 0"))
+    window = open_window()
+    window.docks["campaigns"].show()
+    window.docks["campaigns"].raise_()
+    picked = [str(bad)]
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (picked[0], "*.toml"))
+    qtbot.mouseClick(window.campaigns_panel.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Could not start the campaign" in window.statusBar().currentMessage(), timeout=10_000)
+    message = window.statusBar().currentMessage()
+    assert "bad-campaign.toml" in message and "trials" in message, message
+    assert not (home / "home" / "campaigns" / "from-console").exists()
+    picked[0] = str(good)
+    qtbot.mouseClick(window.campaigns_panel.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Campaign console-campaign.toml started" in window.statusBar().currentMessage(),
+                    timeout=10_000)
+    cells = window.campaigns_panel.cells
+
+    def judged():
+        window.refresh_campaigns()
+        return cells.rowCount() == 1 and cells.item(0, 3).text() == "1/1"
+    qtbot.waitUntil(judged, timeout=TRIAL_TIMEOUT_MS)
+    assert cells.item(0, 0).text() == "from-console" and cells.item(0, 6).text() == "1/1"  # replicated 1 of 1
+
+
 def test_the_charts_say_when_the_sandbox_is_gone(open_window, qtbot):
     """After the trial's end the charts keep its last data, say since when the sandbox is gone, and
     mark the moment on every chart; the next trial clears it."""

@@ -12,10 +12,12 @@ from console.ui.trials_panel import records_table
 
 
 class CampaignsPanel(QWidget):
-    """Emits refreshRequested() and cellOpened(experiment id, "campaign: model x scenario") on a double-click;
-    show_campaigns(summaries) renders console.campaign.summary()s."""
+    """Emits refreshRequested(), runRequested() (Run a campaign file...) and cellOpened(experiment id,
+    "campaign: model x scenario") on a double-click; show_campaigns(summaries) renders
+    console.campaign.summary()s."""
 
     refreshRequested = Signal()
+    runRequested = Signal()
     cellOpened = Signal(str, str)
     COLUMNS = ("Campaign", "Model", "Scenario", "Judged", "Running", "Queued", "Replicated", "95% Wilson",
                "Overuse", "Errors", "Interrupted", "Time left")
@@ -26,10 +28,16 @@ class CampaignsPanel(QWidget):
         self.cells.doubleClicked.connect(self._open_cell)
         self.refresh_button = QPushButton(icon("refresh"), "Refresh")
         self.refresh_button.clicked.connect(self.refreshRequested)
-        self.note = QLabel("Run one with `redline campaign run FILE`; after any stop, `redline campaign resume ID` "
-                           "runs what is missing (docs/campaigns.md). Double-click a cell for its trials.", wordWrap=True)
+        self.run_button = QPushButton(icon("launch"), "Run a campaign file...")
+        self.run_button.setToolTip("Starts `redline campaign run FILE` as a process of its own: it goes on "
+                                   "unattended when the console closes; KILL stops it")
+        self.run_button.clicked.connect(self.runRequested)
+        self.note = QLabel("Run one here or with `redline campaign run FILE`; after any stop, `redline campaign "
+                           "resume ID` runs what is missing (docs/campaigns.md). Double-click a cell for its trials.",
+                           wordWrap=True)
         self.note.setProperty("role", "hint")
         buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
         buttons.addWidget(self.refresh_button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)

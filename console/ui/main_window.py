@@ -11,6 +11,7 @@ import asyncio
 import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 
 from console.events import TrialStateChanged
 from console.kinds import TERMINAL_STATES, TrialState
+from console.paths import RESOURCES
 from console.ui.activity import ActivityView
 from console.experiment import ExperimentPlan, TrialStarted
 from console.viewmodel.backend import ConsoleBackend, EngineReady, TelemetryStatusChanged
@@ -219,6 +221,7 @@ class MainWindow(QMainWindow):
         self.launch_panel.addModelRequested.connect(self.add_model)
         self.trials_panel.refreshRequested.connect(self.refresh_trials)
         self.campaigns_panel.refreshRequested.connect(self.refresh_campaigns)
+        self.campaigns_panel.runRequested.connect(self.run_campaign)
         self.campaigns_panel.cellOpened.connect(self.open_campaign_cell)
         self.docks["campaigns"].visibilityChanged.connect(lambda shown: shown and self.refresh_campaigns())
         self.trials_panel.replayRequested.connect(self.open_replay)
@@ -532,6 +535,21 @@ class MainWindow(QMainWindow):
         if self.docks["campaigns"].isVisible():  # a hidden grid costs nothing
             self.dispatcher.submit(self.backend.list_campaigns, on_done=self.campaigns_panel.show_campaigns,
                                    on_error=lambda exc: self._report_error("Could not read the campaigns", exc))
+
+    def run_campaign(self) -> None:
+        """Ask for a campaign file, then start it as a process of its own (the backend reads the file
+        first: a mistake is named in the status bar and nothing starts)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Campaign file", str(RESOURCES / "campaigns"), "*.toml")
+        if not path:
+            return
+
+        def started(result):
+            pid, log = result
+            self.statusBar().showMessage(f"Campaign {Path(path).name} started (pid {pid}); its log: {log}", 15000)
+            self.refresh_campaigns()
+
+        self.dispatcher.submit(self.backend.start_campaign, path, on_done=started,
+                               on_error=lambda exc: self._report_error("Could not start the campaign", exc))
 
     def export_experiments(self, experiment_ids: list, fmt: str) -> None:
         """Ask where, then write the export in a worker (inspect: one .eval per experiment)."""

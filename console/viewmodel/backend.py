@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
 from collections.abc import Callable
 
@@ -93,6 +94,7 @@ class ConsoleBackend:
         self.session = None
         self._store = None
         self._gpu_sampler: GpuSampler | None = None
+        self._campaign_processes: list[subprocess.Popen] = []  # campaigns this console started
         self._container_poller: ContainerStatsPoller | None = None
         self._experiment: Experiment | None = None
         self._lock = threading.Lock()
@@ -350,6 +352,7 @@ class ConsoleBackend:
         """Every recorded campaign's summary, read-only (a campaign may be running elsewhere)."""
         from console.campaign import Campaign, reconcile, summary
 
+        self._campaign_processes = [p for p in self._campaign_processes if p.poll() is None]
         folders = sorted((self.store.root / "campaigns").glob("*/campaign.json"))
         campaigns = [Campaign.load(path.parent.name) for path in folders]
         return [summary(campaign, reconcile(campaign, self.store)) for campaign in campaigns]
@@ -363,6 +366,24 @@ class ConsoleBackend:
         if done.returncode != 0:
             raise RedlineError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
         return [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
+
+    def start_campaign(self, path: str) -> tuple[int, Path]:
+        """`redline campaign run FILE` as a process of its own, in its own session: a campaign runs for
+        hours and unattended, so closing the console never stops it (KILL does: _kill_campaigns). The
+        file is read here first, so a mistake is named (file, field, expected) before anything starts.
+        Returns the process id and its log (stdout and stderr) under the records."""
+        from console.campaign import CampaignFile
+
+        CampaignFile.read(Path(path))
+        logs = self.store.root / "campaigns"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"console-{time.strftime('%Y%m%d-%H%M%S')}-{Path(path).stem}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "console", "campaign", "run", str(path)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env={**os.environ, "REDLINE_HOME": str(self.store.root)})
+        self._campaign_processes.append(process)  # polled (reaped) by list_campaigns
+        return process.pid, log_path
 
     def load_replay(self, trial_id: str):
         return TranscriptReplay(self.store.read_transcript(trial_id), self.store.get_trial(trial_id))
