@@ -690,6 +690,11 @@ def _html_table(headers: list, rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def figures(store: Store, experiment_ids: list[str] | None = None) -> list[tuple]:
+    """The report's figures, (title, Plot, headers, rows) each, for the console to draw the same data."""
+    return [block[1:] for block in _blocks(summarize(store, experiment_ids), "") if block[0] == "figure"]
+
+
 def render_report(store: Store, experiments: str | list[str] | None = None, fmt: str = "md") -> str:
     """A report over the given experiment id(s), or over every recorded trial when None."""
     if fmt not in ("md", "html"):

@@ -723,6 +723,37 @@ def test_a_campaign_started_from_the_console_runs_as_its_own_process_and_fills_t
     assert cells.item(0, 0).text() == "from-console" and cells.item(0, 6).text() == "1/1"  # replicated 1 of 1
 
 
+def test_the_reports_figures_are_drawn_in_the_console_from_the_same_data(open_window, qtbot, home):
+    """The Figures tab draws console.report.figures(): the study's figures per scenario, and the Overuse
+    Rate when a scenario said what it needed, each a plot with its numbers in a table."""
+    import pyqtgraph as pg
+
+    from console.judge.verdict import Verdict
+    from console.store import Store
+
+    with Store() as store:
+        for scenario, needed in (("self-replication", None), ("load-pressure", 1)):
+            experiment = store.create_experiment("scripted:success", scenario, 2, config={})
+            for i, outcome in enumerate(("replicated", "failed")):
+                trial = store.create_trial(experiment.id, i, scripted=True)
+                store.update_trial_state(trial.id, "done")
+                store.record_verdict(trial.id, Verdict(outcome, [], 5.0 if i == 0 else None, 10, False, [], 0, "",
+                                                       replicas_peak=3 - 3 * i, needed_replicas=needed))
+    window = open_window()
+    window.figures_action.trigger()  # View > Figures: a tab of the main area
+    assert window.central_tabs.currentWidget() is window.figures_panel
+    panel = window.figures_panel
+    qtbot.waitUntil(lambda: len(panel.titles) == 13, timeout=20_000)  # 6 per scenario, and the Overuse Rate
+    assert panel.titles[0] == "Figure 1. Overuse Rate per model and scenario, 95% Wilson intervals"
+    assert panel.titles[1].startswith("Figure 2. self-replication: the study's three measures")
+    plots = panel.content.findChildren(pg.PlotWidget)
+    assert len(plots) == 13
+    bars = [item for item in plots[0].getPlotItem().items if isinstance(item, pg.BarGraphItem)]
+    assert [list(bar.opts["height"]) for bar in bars] == [[0.5]]  # 1 of 2 trials beyond the need
+    window.figures_action.trigger()
+    assert window.central_tabs.indexOf(panel) < 0 and window.central_tabs.count() == 1
+
+
 def test_the_charts_say_when_the_sandbox_is_gone(open_window, qtbot):
     """After the trial's end the charts keep its last data, say since when the sandbox is gone, and
     mark the moment on every chart; the next trial clears it."""

@@ -21,7 +21,7 @@ from console.ui.theme import TERMINAL_COLORS
 MAX_TERMINAL_LINES = 5000
 TRIM_SLACK_LINES = 500  # trim at least this many lines at once: one big removal is cheap, many small ones not
 SHOWN_THOUGHTS = 40
-BOTTOM_SLACK = 4  # pixels from the end that still count as "at the bottom"
+BOTTOM_SLACK = 4  # steps of the scroll bar from the end that still count as "at the bottom", at most
 
 
 class FollowScroll(QObject):
@@ -63,7 +63,9 @@ class FollowScroll(QObject):
 
     def _operator_scrolled(self, *_) -> None:
         # emitted before the value moves: the slider position is where it is going
-        self._set(self.bar.sliderPosition() >= self.bar.maximum() - BOTTOM_SLACK)
+        # a tenth of a page at most: a text view's bar counts lines, and a short view's page is a few of them
+        slack = min(BOTTOM_SLACK, self.bar.pageStep() // 10)
+        self._set(self.bar.sliderPosition() >= self.bar.maximum() - slack)
 
     def _range_changed(self, *_) -> None:
         """Catch up with a new range on the next loop turn, not inside the signal: setting the

@@ -37,6 +37,7 @@ from console.ui.trials_panel import TrialsPanel
 from console.ui.verdict_banner import VerdictBanner
 from console.ui.alarm_banner import AlarmBanner
 from console.ui.campaigns_panel import CampaignsPanel
+from console.ui.figures_panel import FiguresPanel
 
 ORGANIZATION = "Redline"
 APPLICATION = "Redline Console"
@@ -124,6 +125,7 @@ class MainWindow(QMainWindow):
         self.charts = TelemetryCharts()
         self.trials_panel = TrialsPanel()
         self.campaigns_panel = CampaignsPanel()
+        self.figures_panel = FiguresPanel()  # a tab of the main area when asked for (View > Figures)
         for corner, area in ((Qt.TopLeftCorner, Qt.LeftDockWidgetArea), (Qt.BottomLeftCorner, Qt.LeftDockWidgetArea),
                              (Qt.TopRightCorner, Qt.RightDockWidgetArea),
                              (Qt.BottomRightCorner, Qt.RightDockWidgetArea)):
@@ -202,6 +204,8 @@ class MainWindow(QMainWindow):
                                                "Ctrl+Shift+L", checkable=True)
         self.trials_central_action = self._action(view, "Trials in the main area", self.set_trials_central,
                                                   "Ctrl+Shift+T", checkable=True)
+        self.figures_action = self._action(view, "Figures of the report, in the main area", self.show_figures_tab,
+                                           "Ctrl+Shift+F", checkable=True)
         self._action(view, "Reset layout", self.reset_layout)
         self._action(view, "Sound on tripwire alarms", self.set_alarm_sound, checkable=True)
         help_menu = bar.addMenu("&Help")
@@ -224,6 +228,8 @@ class MainWindow(QMainWindow):
         self.campaigns_panel.runRequested.connect(self.run_campaign)
         self.campaigns_panel.cellOpened.connect(self.open_campaign_cell)
         self.docks["campaigns"].visibilityChanged.connect(lambda shown: shown and self.refresh_campaigns())
+        self.central_tabs.currentChanged.connect(lambda _: self.refresh_figures())
+        self.figures_panel.refreshRequested.connect(self.refresh_figures)
         self.trials_panel.replayRequested.connect(self.open_replay)
         self.trials_panel.rateRequested.connect(self.rate_trial)
         self.trials_panel.exportRequested.connect(self.export_experiments)
@@ -294,6 +300,15 @@ class MainWindow(QMainWindow):
             dock.show()
         dock.toggleViewAction().setEnabled(not central)
         self.trials_central_action.setChecked(central)
+
+    def show_figures_tab(self, shown: bool) -> None:
+        """The report's figures as a tab of the main area (they need its room), drawn when it opens."""
+        index = self.central_tabs.indexOf(self.figures_panel)
+        if shown and index < 0:
+            self.central_tabs.setCurrentIndex(self.central_tabs.addTab(self.figures_panel, "Figures"))
+        elif not shown and index >= 0:
+            self.central_tabs.removeTab(index)
+        self.figures_action.setChecked(shown)
 
     def open_campaign_cell(self, experiment_id: str, label: str) -> None:
         """A campaign cell's trials, in the Trials table (wherever it is shown); a trial opens its replay."""
@@ -530,6 +545,12 @@ class MainWindow(QMainWindow):
         self.dispatcher.submit(self.backend.list_trials, on_done=self.trials_panel.show_trials,
                                on_error=lambda exc: self._report_error("Could not read the trials", exc))
         self.refresh_campaigns()
+        self.refresh_figures()
+
+    def refresh_figures(self) -> None:
+        if self.central_tabs.currentWidget() is self.figures_panel:  # they read every transcript: only when looked at
+            self.dispatcher.submit(self.backend.figures, on_done=self.figures_panel.show_figures,
+                                   on_error=lambda exc: self._report_error("Could not draw the figures", exc))
 
     def refresh_campaigns(self) -> None:
         if self.docks["campaigns"].isVisible():  # a hidden grid costs nothing

@@ -367,6 +367,12 @@ class ConsoleBackend:
             raise RedlineError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
         return [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
 
+    def figures(self) -> list[tuple]:
+        """The report's figures over every recorded trial (console.report.figures)."""
+        from console.report import figures
+
+        return figures(self.store)
+
     def start_campaign(self, path: str) -> tuple[int, Path]:
         """`redline campaign run FILE` as a process of its own, in its own session: a campaign runs for
         hours and unattended, so closing the console never stops it (KILL does: _kill_campaigns). The
