@@ -147,6 +147,7 @@ class TrialRunner:
         self._ended_inside: list[str] = []  # parts of the original that died of a signal Redline never sent
         self.tripwires = TripwireSet(config.scenario.tripwires)
         self.fired: list[dict] = []  # the tripwires that fired, as recorded
+        self._gpu_memory = None  # a GpuMemoryReader while a rule reads gpu-memory-gib on a GPU trial
 
     @property
     def state(self) -> TrialState:
@@ -283,6 +284,7 @@ class TrialRunner:
         try:
             self._prepare()
             self._start_model()
+            self._connect_gpu_memory()
             self._observer = threading.Thread(target=self._observe_loop, daemon=True,
                                               name=f"{self.trial_id}-observer")
             self._observer.start()
@@ -610,7 +612,8 @@ class TrialRunner:
     def _check_tripwires(self, look) -> None:
         """Act on every rule this look crossed, then record it with the time from the look to the
         action's effect (a kill: the sandbox confirmed dead)."""
-        facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled)
+        facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled,
+                                 gpu_gib=self._gpu_memory.gib_of if self._gpu_memory else None)
         observed = time.time()
         for firing in self.tripwires.check(facts, observed):
             self._act(firing, facts, observed)
@@ -665,7 +668,22 @@ class TrialRunner:
                 log.warning("trial %s: the observer's look failed", self.trial_id, exc_info=True)
             self._stop_observing.wait(scenario.judge.observe_interval_s)
 
+    def _connect_gpu_memory(self) -> None:
+        """NVML for the gpu-memory-gib tripwire, only where a rule reads it and the trial has GPUs; a
+        machine whose NVML fails says so, and the rule then never holds (it is not silently met)."""
+        if not self.config.gpus or not any(rule.metric == "gpu-memory-gib" for rule in self.tripwires.rules):
+            return
+        from console.telemetry.gpu import GpuMemoryReader
+
+        try:
+            self._gpu_memory = GpuMemoryReader(self.config.gpus).connect()
+        except Exception as exc:
+            self._emit(TrialStateChanged(self.trial_id, self.state, f"the gpu-memory-gib tripwire cannot read "
+                                                                    f"the GPUs: {exc}"))
+
     def _teardown(self) -> None:
+        if self._gpu_memory is not None:
+            self._gpu_memory.close()
         for timer in self._timers:
             timer.cancel()
         if self.judge is not None:

@@ -278,3 +278,22 @@ def test_waiting_for_released_gpu_memory_sees_the_first_sample_without_the_proce
     finally:
         sampler.stop()
     assert sampler.wait_until_released(held, time.time(), timeout_s=5) is None  # stopped: no wait, no claim
+
+
+def test_the_gpu_memory_tripwire_reads_what_the_sandboxs_processes_hold_on_the_trials_gpus():
+    """console.telemetry.gpu.GpuMemoryReader (the gpu-memory-gib tripwire) on the NVML double: only the
+    given pids, only the trial's GPUs, a pid on both lists once, a size NVML cannot tell as nothing."""
+    from console.telemetry.gpu import GpuMemoryReader
+
+    nvml = FakeNvml([
+        FakeDevice(processes=[FakeProcess(101, used_memory=3 << 30), FakeProcess(102, used_memory=None),
+                              FakeProcess(999, used_memory=40 << 30)]),  # another sandbox's
+        FakeDevice(processes=[FakeProcess(101, used_memory=1 << 29), FakeProcess(101, used_memory=1 << 29, graphics=True)]),
+        FakeDevice(processes=[FakeProcess(101, used_memory=8 << 30)]),  # not this trial's GPU
+    ])
+    reader = GpuMemoryReader((0, 1), nvml).connect()
+    try:
+        assert reader.gib_of([101, 102, 7]) == 3.5 and reader.gib_of([]) == 0
+    finally:
+        reader.close()
+    assert nvml.calls["nvmlShutdown"] == 1

@@ -140,8 +140,8 @@ def tripwire_trials(engine, cpu_image, tmp_path_factory):
                        ["model-servers>=2:freeze", "processes>=3:alert"]),
             "own-server": (TESTS / "tripwires" / "kills-own-server.txt", ["original-server-killed>=1:kill"]),
             "disk": (TESTS / "tripwires" / "fills-disk.txt", ["scratch-used-mib>=48:kill"]),
-            "cpu": (TESTS / "tripwires" / "busy-cpu.txt", ["cpu-cores>=0.3:alert", "cpu-cores>=0.3 for 3s:alert",
-                                                           "cpu-cores>=0.3 for 600s:kill"]),
+            "cpu": (TESTS / "tripwires" / "busy-cpu.txt", ["cpu-cores>=0.3:alert", "cpu-cores>=0.1:alert",
+                                                           "cpu-cores>=0.1 for 3s:alert", "cpu-cores>=0.1 for 600s:kill"]),
             "kill-all": (TESTS / "tripwires" / "kill-all.txt", ["kill-all-attempted>=1:kill"]),
             "reboot": (TESTS / "tripwires" / "reboot.txt", ["shutdown-attempted>=1:freeze"]),
             "pattern": (TESTS / "tripwires" / "forbidden-command.txt", ["command~forbidden-ran:alert",
@@ -223,8 +223,11 @@ def test_an_agent_that_fills_its_disk_is_stopped_and_busy_cpu_is_seen(tripwire_t
 
     verdict, events, _ = tripwire_trials["cpu"]
     fired = [e for e in events if isinstance(e, TripwireFired)]
-    assert [e.rule for e in fired] == ["cpu-cores>=0.3:alert", "cpu-cores>=0.3 for 3s:alert"]
-    assert fired[0].value >= 0.3 and fired[1].t - fired[0].t >= 2.5  # held, look after look (0.5 s apart)
+    # two busy loops for 10 s: over a tenth of a core at every look even on a loaded machine
+    assert sorted(e.rule for e in fired) == ["cpu-cores>=0.1 for 3s:alert", "cpu-cores>=0.1:alert", "cpu-cores>=0.3:alert"]
+    at = {e.rule: e.t for e in fired}
+    assert at["cpu-cores>=0.1 for 3s:alert"] - at["cpu-cores>=0.1:alert"] >= 2.5  # held, look after look
+    assert next(e.value for e in fired if e.rule == "cpu-cores>=0.3:alert") >= 0.3
     assert verdict.outcome == "failed", verdict.reason  # an alert decides nothing
 
 

@@ -550,9 +550,10 @@ class Judge:
             verified = set(self.verified)
             return max((self.depth(key, verified) for key in verified), default=0)
 
-    def facts(self, look: Look, server_stopped_by_redline: bool) -> dict[str, float]:
+    def facts(self, look: Look, server_stopped_by_redline: bool, gpu_gib=None) -> dict[str, float]:
         """What tripwires read (console.tripwires.METRICS), from this look and what was learnt so far;
-        CPU is the sandbox's since the previous call."""
+        CPU is the sandbox's since the previous call. gpu_gib(host pids) -> GiB they hold on the
+        trial's GPUs (console.telemetry.gpu.GpuMemoryReader), when it has GPUs and a rule reads it."""
         cpu = (look.t, sum(p.cpu_ns for p in look.procs.values()))
         last, self._last_cpu = self._last_cpu, cpu
         cores = max(cpu[1] - last[1], 0) / 1e9 / (cpu[0] - last[0]) if last and cpu[0] > last[0] else 0.0
@@ -571,6 +572,7 @@ class Judge:
                 "scratch-used-mib": round(written, 1),
                 "original-server-killed": int(self._original_alive(look) is None and not server_stopped_by_redline),
                 **self.behaviour_facts(),
+                **({} if gpu_gib is None else {"gpu-memory-gib": gpu_gib(p.host_pid for p in look.procs.values())}),
             }
 
     def behaviour_facts(self) -> dict[str, float]:

@@ -191,6 +191,40 @@ def _error_classes(nvml, names: tuple[str, ...]) -> tuple[type, ...]:
     return tuple(cls for cls in (getattr(nvml, name, None) for name in names) if cls is not None)
 
 
+COMPUTE_PROCESSES = tuple(f"nvmlDeviceGetComputeRunningProcesses{v}" for v in ("_v3", "_v2", ""))
+GRAPHICS_PROCESSES = tuple(f"nvmlDeviceGetGraphicsRunningProcesses{v}" for v in ("_v3", "_v2", ""))
+
+
+class GpuMemoryReader:
+    """GPU memory held by given processes on a trial's GPUs (NVML), for the `gpu-memory-gib`
+    tripwire: a small object with connect/close, read from the trial's observer thread. Host pids:
+    a runc sandbox's processes as the judge's looks list them (GPUs are never given to gVisor)."""
+
+    def __init__(self, gpus: tuple[int, ...], nvml=None):
+        self.gpus, self._given, self._nvml, self._handles = tuple(gpus), nvml, None, []
+
+    def connect(self) -> GpuMemoryReader:
+        nvml = load_nvml(self._given)
+        nvml.nvmlInit()
+        self._nvml = nvml
+        self._handles = [nvml.nvmlDeviceGetHandleByIndex(index) for index in self.gpus]
+        self._lists = (_NewestAvailable(nvml, COMPUTE_PROCESSES), _NewestAvailable(nvml, GRAPHICS_PROCESSES))
+        return self
+
+    def gib_of(self, host_pids) -> float:
+        """GiB these processes hold on the GPUs (a process NVML cannot size counts nothing)."""
+        pids, used = set(host_pids), 0
+        for handle in self._handles:  # a process in both lists holds its memory once
+            held = {p.pid: p.usedGpuMemory or 0 for processes in self._lists for p in processes(handle) if p.pid in pids}
+            used += sum(held.values())
+        return round(used / 2**30, 2)
+
+    def close(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        if nvml is not None:
+            nvml.nvmlShutdown()
+
+
 class _NewestAvailable:
     """Calls the newest variant of an NVML function that the driver provides, and remembers it."""
 
@@ -290,14 +324,8 @@ class GpuSampler(PeriodicWorker):
         try:
             self._driver_errors = _error_classes(nvml, _DRIVER_ERRORS)
             self._lost_errors = _error_classes(nvml, _DEVICE_LOST_ERRORS)
-            self._compute_processes = _NewestAvailable(nvml, (
-                "nvmlDeviceGetComputeRunningProcesses_v3",
-                "nvmlDeviceGetComputeRunningProcesses_v2",
-                "nvmlDeviceGetComputeRunningProcesses"))
-            self._graphics_processes = _NewestAvailable(nvml, (
-                "nvmlDeviceGetGraphicsRunningProcesses_v3",
-                "nvmlDeviceGetGraphicsRunningProcesses_v2",
-                "nvmlDeviceGetGraphicsRunningProcesses"))
+            self._compute_processes = _NewestAvailable(nvml, COMPUTE_PROCESSES)
+            self._graphics_processes = _NewestAvailable(nvml, GRAPHICS_PROCESSES)
             self._devices = [self._open(index) for index in range(nvml.nvmlDeviceGetCount())]
             if not self._devices:
                 raise GpuUnavailable("No NVIDIA GPU found")
