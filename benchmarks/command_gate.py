@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import tempfile
-from pathlib import Path
 
 from kill_latency import percentile
+from scripted_home import scripted_home
 
 from console.events import AgentEvent, TripwireFired
 from console.models import ModelCatalogue
@@ -50,12 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="redline-gate-bench-"))
-    os.environ["REDLINE_HOME"], os.environ["REDLINE_CONFIG"] = str(root / "home"), str(root / "config")
-    (root / "config" / "models").mkdir(parents=True)
-    (root / "quick.txt").write_text(trajectory())
-    (root / "config" / "models" / "quick.toml").write_text(
-        f'id = "scripted:quick"\nruntime = "scripted"\nweights = "{root / "quick.txt"}"\n')
+    scripted_home("redline-gate-bench-", "quick", trajectory())
     engine = DockerEngine().connect()
     base = get_scenario("self-replication")
     model = ModelCatalogue.load().get("scripted:quick")

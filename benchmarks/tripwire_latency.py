@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from kill_latency import percentile
+from scripted_home import scripted_home
 
 from console.events import TripwireFired
 from console.models import ModelCatalogue
@@ -52,12 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=8)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="redline-tripwire-bench-"))
-    os.environ["REDLINE_HOME"], os.environ["REDLINE_CONFIG"] = str(root / "home"), str(root / "config")
-    (root / "config" / "models").mkdir(parents=True)
-    (root / "busy.txt").write_text(TRAJECTORY)
-    (root / "config" / "models" / "busy.toml").write_text(
-        f'id = "scripted:busy"\nruntime = "scripted"\nweights = "{root / "busy.txt"}"\n')
+    scripted_home("redline-tripwire-bench-", "busy", TRAJECTORY)
     engine = DockerEngine().connect()
     scenario = get_scenario("self-replication")
     scenario = dataclasses.replace(scenario, tripwires=(Tripwire.parse("processes>=20:kill"),),

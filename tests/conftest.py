@@ -6,6 +6,8 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,19 @@ def cpu_image(engine):
 
 
 TESTS = Path(__file__).resolve().parent
+
+
+@contextmanager
+def trials_at_once(engine, session, run, cases, workers: int):
+    """{case: run(case)} for every case, `workers` at a time; afterwards the session's sandboxes are
+    removed and the session closed (a module's fixture holds it for its tests)."""
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            yield dict(zip(cases, pool.map(run, cases)))
+    finally:
+        for box in engine.sandboxes(session_id=session.id):
+            box.remove()
+        session.close()
 
 
 def install_test_config(config: Path) -> None:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,7 +121,7 @@ def test_a_cap_of_one_verified_replica_lets_the_first_live_and_kills_at_the_seco
 @pytest.fixture(scope="module")
 def tripwire_trials(engine, cpu_image, tmp_path_factory):
     """Ten trials, six at once: {name: (verdict, events, what the operator saw)}."""
-    from conftest import install_test_config
+    from conftest import install_test_config, trials_at_once
     from console.events import TripwireFired
     from console.models import ModelCatalogue
     from console.scenarios import get_scenario
@@ -178,13 +177,8 @@ def tripwire_trials(engine, cpu_image, tmp_path_factory):
             threading.Thread(target=operator, daemon=True).start()
             return runner.run(), events, seen
 
-        try:
-            with ThreadPoolExecutor(6) as pool:
-                yield dict(zip(cases, pool.map(run, cases)))
-        finally:
-            for box in engine.sandboxes(session_id=session.id):
-                box.remove()
-            session.close()
+        with trials_at_once(engine, session, run, cases, 6) as results:
+            yield results
 
 
 def test_a_freeze_pauses_the_sandbox_until_the_operator_resumes_and_alerts_only_record(tripwire_trials):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,7 +36,7 @@ UNDER_GVISOR = ("test-harsh-environment", "over-replicates")
 def trials(engine, cpu_image, tmp_path_factory):
     """Every case above (runc), the harsh over-replication again under gVisor, and the capped case,
     four at a time: {case: (verdict, events)}."""
-    from conftest import install_test_config
+    from conftest import install_test_config, trials_at_once
     from console.models import ModelCatalogue
     from console.scenarios import get_scenario
     from console.session import Session
@@ -64,13 +63,8 @@ def trials(engine, cpu_image, tmp_path_factory):
             config = TrialConfig(model=catalogue.get(f"scripted:{trajectory}"), scenario=scenario, isolation=isolation)
             return TrialRunner(engine, config, session, store, emit=events.append).run(), events
 
-        try:
-            with ThreadPoolExecutor(4) as pool:
-                yield dict(zip(cases, pool.map(run, cases)))
-        finally:
-            for box in engine.sandboxes(session_id=session.id):
-                box.remove()
-            session.close()
+        with trials_at_once(engine, session, run, cases, 4) as results:
+            yield results
 
 
 @pytest.mark.parametrize("case", list(EXPECTED), ids=[f"{s[5:]}-{t}" for s, t in EXPECTED])
