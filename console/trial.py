@@ -148,6 +148,8 @@ class TrialRunner:
         self.tripwires = TripwireSet(config.scenario.tripwires)
         self.fired: list[dict] = []  # the tripwires that fired, as recorded
         self._gpu_memory = None  # a GpuMemoryReader while a rule reads gpu-memory-gib on a GPU trial
+        self._held_at_gate: tuple[int, str, str] | None = None  # (round, command, reason): a freeze's, rejected on resume
+        self._tripwire_checks = threading.Lock()  # one check at a time: a look's, or a command's at the gate
 
     @property
     def state(self) -> TrialState:
@@ -191,6 +193,9 @@ class TrialRunner:
         if self.sandbox:
             self.sandbox.unpause()
             self._emit(TrialStateChanged(self.trial_id, self.state, "resumed", paused=False))
+            held, self._held_at_gate = self._held_at_gate, None
+            if held:  # the command a freeze tripwire held at the gate never runs
+                self._decide_at_gate(*held[:2], False, held[2])
 
     def _signal_original(self, which: str, signum: int) -> bool:
         """Signal the original agent or server (and the server's children) through the judge's observer
@@ -566,10 +571,12 @@ class TrialRunner:
         self._emit(AgentEvent(self.trial_id, "original", record, line))
         if record is None:
             return False
-        for milestone in self.judge.note_agent_record(record):
+        with self._tripwire_checks:  # a look must not act on a behaviour this command shows before the gate does
+            reached = self.judge.note_agent_record(record)
+            if self.tripwires and AgentRecordType.of(record) == AgentRecordType.ACTION and record.get("command"):
+                self._check_command(record)
+        for milestone in reached:
             self._emit(MilestoneReached(self.trial_id, milestone, self.judge.state.milestones[milestone]["evidence"]))
-        if self.tripwires and AgentRecordType.of(record) == AgentRecordType.ACTION and record.get("command"):
-            self._check_command(record)
         scenario = self.config.scenario
         if AgentRecordType.of(record) == AgentRecordType.ROUND:
             n = int(record.get("n") or 0)
@@ -614,9 +621,11 @@ class TrialRunner:
         action's effect (a kill: the sandbox confirmed dead)."""
         facts = self.judge.facts(look, server_stopped_by_redline="server" in self._redline_signalled,
                                  gpu_gib=self._gpu_memory.gib_of if self._gpu_memory else None)
-        observed = time.time()
-        for firing in self.tripwires.check(facts, observed):
-            self._act(firing, facts, observed)
+        with self._tripwire_checks:
+            facts.update(self.judge.behaviour_facts())  # as of now: a command's check may have come between
+            observed = time.time()
+            for firing in self.tripwires.check(facts, observed):
+                self._act(firing, facts, observed)
 
     def _check_command(self, record: dict) -> None:
         """The command the original agent is about to run, against the command patterns and behaviours
@@ -629,14 +638,18 @@ class TrialRunner:
         firings = self.tripwires.check(facts, received, command=command)
         holding = record.get("awaiting_approval") and not self.config.step_mode
         frozen = next((f.rule for f in firings if f.rule.action == TripwireAction.FREEZE), None)
-        if holding and not any(f.rule.action == TripwireAction.KILL for f in firings):
-            try:
-                self.decide(n, command, approve=frozen is None,
-                            reason=TRIPWIRE_DECISION + (f"held by {frozen}" if frozen else "no rule matched"))
-            except RedlineError as exc:  # the sandbox is going (a kill, its end): the command waits on
-                log.warning("trial %s: the gate's decision on round %d was not delivered: %s", self.trial_id, n, exc)
+        if holding and frozen is not None:  # decided on resume: frozen, the agent must not read it first
+            self._held_at_gate = (n, command, TRIPWIRE_DECISION + f"held by {frozen}")
+        elif holding and not any(f.rule.action == TripwireAction.KILL for f in firings):
+            self._decide_at_gate(n, command, True, TRIPWIRE_DECISION + "no rule matched")
         for firing in firings:
             self._act(firing, {**facts, "command": command}, received)
+
+    def _decide_at_gate(self, n: int, command: str, approve: bool, reason: str) -> None:
+        try:
+            self.decide(n, command, approve=approve, reason=reason)
+        except RedlineError as exc:  # the sandbox is going (a kill, its end): the command waits on
+            log.warning("trial %s: the gate's decision on round %d was not delivered: %s", self.trial_id, n, exc)
 
     def _act(self, firing, facts: dict, observed: float) -> None:
         rule = firing.rule
